@@ -1,0 +1,1 @@
+"""The operator surface: the `triage` CLI, the local runner and the demo producer."""

@@ -1,0 +1,1 @@
+"""Configuration: settings from the environment, the tier taxonomy, routing rules, broker assembly."""

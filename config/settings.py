@@ -1,0 +1,149 @@
+"""Triage's settings: one validated object read from the environment.
+
+Guarantees:
+- Every setting comes from an environment variable: `REDIS_URL` (the Heroku/Render
+  convention) and `TRIAGE_*` for the rest. Nested values use `__`, for example
+  `TRIAGE_TIERS__CRITICAL__MAX_RETRIES=3`.
+- An invalid value raises `ConfigError` when settings are loaded, that is when a
+  process starts, with one line per problem naming the environment variable and
+  what it accepts. Nothing runs on a half-valid configuration.
+- The Redis password never appears in a repr, a log line or an error message:
+  use `Settings.redis_url_redacted` wherever the URL is shown.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+TierName = Literal["critical", "default", "background"]
+TIER_NAMES: tuple[TierName, ...] = ("critical", "default", "background")
+MIB = 1024 * 1024
+
+_QUEUE_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9._-]*")
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+Priority = Annotated[int, Field(ge=1, le=10)]
+PositiveMs = Annotated[int, Field(gt=0)]
+
+
+class ConfigError(Exception):
+    """The environment holds an invalid setting; the message names each variable."""
+
+
+class TierOverride(BaseModel):
+    """Per-tier overrides of the built-in policies; unset fields keep the tier's default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    priority: Priority | None = None
+    sla_seconds: Annotated[float, Field(gt=0)] | None = None
+    max_retries: Annotated[int, Field(ge=0)] | None = None
+    min_backoff_ms: PositiveMs | None = None
+    max_backoff_ms: PositiveMs | None = None
+    time_limit_ms: PositiveMs | None = None
+
+
+class Settings(BaseSettings):
+    """The effective configuration of one Triage process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TRIAGE_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    redis_url: str = Field(
+        default="redis://localhost:6379/0",
+        validation_alias=AliasChoices("REDIS_URL", "TRIAGE_REDIS_URL"),
+        repr=False,
+    )
+    namespace: str = Field(default="triage", pattern=r"^[a-zA-Z0-9_.-]{1,64}$")
+    max_payload_bytes: int = Field(default=10 * MIB, gt=0, le=512 * MIB)
+    encoder: Literal["msgpack", "json"] = "msgpack"
+    tiers: dict[TierName, TierOverride] = Field(default_factory=dict)
+    # Extra named queues, each inheriting the policies of a tier: {"email": "default"}.
+    queues: dict[str, TierName] = Field(default_factory=dict)
+    # Ordered routing rules for plain Dramatiq actors: [["erp.orders.*", "critical"], ...].
+    # The target is a tier or a queue; an empty list keeps the built-in rules.
+    routes: list[tuple[str, str]] = Field(default_factory=list)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in _REDIS_SCHEMES:
+            allowed = ", ".join(f"{s}://" for s in _REDIS_SCHEMES)
+            raise ValueError(
+                f"must start with one of {allowed} (got {scheme + '://' if scheme else 'no scheme'})"
+            )
+        return value
+
+    @field_validator("queues")
+    @classmethod
+    def _check_queue_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not _QUEUE_NAME.fullmatch(name) or name.endswith((".DQ", ".XQ")):
+                raise ValueError(
+                    f"queue name {name!r} must match [a-zA-Z_][a-zA-Z0-9._-]* and not end in .DQ/.XQ"
+                )
+        return value
+
+    @property
+    def redis_url_redacted(self) -> str:
+        return redact_url(self.redis_url)
+
+    def public_dict(self) -> dict[str, Any]:
+        """The settings as plain data, safe to print: secrets are redacted."""
+        data = self.model_dump(mode="json")
+        data["redis_url"] = self.redis_url_redacted
+        return data
+
+
+def redact_url(url: str) -> str:
+    """`redis://user:secret@host:6379/0` → `redis://user:***@host:6379/0`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+_SECRET_FIELDS = {"redis_url"}
+
+
+def _variable_name(loc: tuple[int | str, ...]) -> str:
+    """The environment variable behind a validation error's location."""
+    head = str(loc[0]) if loc else ""
+    if head.upper() in ("REDIS_URL", "TRIAGE_REDIS_URL"):
+        return "REDIS_URL" if head != "TRIAGE_REDIS_URL" else head
+    return "TRIAGE_" + "__".join(str(part).upper() for part in loc if not isinstance(part, int))
+
+
+_FIELD_IN_SETTINGS_ERROR = re.compile(r'field "([a-z_]+)"')
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the settings, or raise `ConfigError` naming each bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_url=False, include_input=False):
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "literal_error" and "ctx" in error:
+                message = f"must be one of {error['ctx'].get('expected')}"
+            lines.append(f"{_variable_name(tuple(error['loc']))}: {message}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+    except SettingsError as exc:  # a nested value (TRIAGE_QUEUES, TRIAGE_ROUTES, ...) that is not JSON
+        match = _FIELD_IN_SETTINGS_ERROR.search(str(exc))
+        name = _variable_name((match.group(1),)) if match else "a TRIAGE_* variable"
+        raise ConfigError(f"invalid configuration:\n  {name}: must be valid JSON") from None

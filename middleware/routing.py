@@ -1,0 +1,127 @@
+"""Routing and priority: every actor lands on a tier's queue, every message carries a priority.
+
+Guarantees:
+- At declaration, an actor declared with a tier decorator keeps the tier and queue it
+  asked for; a plain `@dramatiq.actor` left on Dramatiq's implicit `default` queue is
+  routed by name (`config/routing.py`); a plain actor on an explicit queue keeps it,
+  and a queue no tier knows joins the `default` tier (logged), so a worker consumes it.
+- Every routed actor gets its tier's retry policy and time limit unless it set its
+  own, and Dramatiq's worker-side priority derived from the tier (critical first).
+- Before enqueue, a message without a `priority` option gets its actor's default
+  (the decorator's `priority=`, else the tier's); a priority that is not an integer
+  from 1 to 10 raises `InvalidPriority` (a `ValueError`) and nothing is enqueued.
+Failure mode: a message for an actor this process does not know takes the default
+priority of the tier of its queue.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from dramatiq import Actor, Broker, Middleware
+from dramatiq.common import q_name
+from dramatiq.errors import ActorNotFound
+from dramatiq.message import Message
+from dramatiq.middleware import MiddlewareError
+
+from config.routing import Router
+from config.settings import TierName
+from config.tiers import Taxonomy, Tier
+
+logger = logging.getLogger(__name__)
+
+DRAMATIQ_DEFAULT_QUEUE = "default"
+
+
+class InvalidPriority(MiddlewareError, ValueError):
+    """A message priority that is not an integer from 1 to 10."""
+
+
+class RoutingError(MiddlewareError, ValueError):
+    """An actor cannot be bound to a tier (e.g. its queue belongs to another tier)."""
+
+
+def check_priority(value: Any, *, actor_name: str) -> int:
+    """Return `value` if it is a valid message priority, else raise a ValueError that names the actor."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10:
+        raise InvalidPriority(
+            f"actor {actor_name!r}: priority must be an integer from 1 to 10 (10 most urgent), got {value!r}"
+        )
+    return value
+
+
+class Routing(Middleware):
+    """Binds actors to tiers at declaration and stamps message priorities at enqueue."""
+
+    def __init__(self, *, router: Router, taxonomy: Taxonomy) -> None:
+        self.router = router
+        self.taxonomy = taxonomy
+
+    @property
+    def actor_options(self) -> set[str]:
+        return {"tier", "message_priority"}
+
+    def tier_actor_kwargs(
+        self, tier_name: TierName, *, actor_name: str, queue: str | None, priority: int | None
+    ) -> dict[str, Any]:
+        """The `dramatiq.actor` keyword arguments for an actor declared with a tier decorator."""
+        tier = self.taxonomy.tiers[tier_name]
+        queue_name = queue or tier_name
+        self._bind(queue_name, tier_name)
+        message_priority = (
+            tier.priority if priority is None else check_priority(priority, actor_name=actor_name)
+        )
+        return {
+            "queue_name": queue_name,
+            "priority": tier.actor_priority,
+            "tier": tier_name,
+            "message_priority": message_priority,
+            **tier.actor_options(),
+        }
+
+    def _bind(self, queue_name: str, tier_name: TierName) -> None:
+        try:
+            self.taxonomy.add_queue(queue_name, tier_name)
+        except ValueError as exc:
+            raise RoutingError(str(exc)) from None
+
+    def before_declare_actor(self, broker: Broker, actor: Actor[Any, Any]) -> None:
+        if "tier" in actor.options:
+            return  # declared through a tier decorator, already bound
+        tier = self._route_plain_actor(actor)
+        if actor.priority == 0:  # Dramatiq's default: take the tier's
+            actor.priority = tier.actor_priority
+        for key, value in tier.actor_options().items():
+            actor.options.setdefault(key, value)
+        actor.options["tier"] = tier.name
+        actor.options.setdefault("message_priority", tier.priority)
+        logger.debug("Actor %r routed to queue %r (tier %s).", actor.actor_name, actor.queue_name, tier.name)
+
+    def _route_plain_actor(self, actor: Actor[Any, Any]) -> Tier:
+        if actor.queue_name == DRAMATIQ_DEFAULT_QUEUE:
+            route = self.router.route(actor.actor_name)
+            actor.queue_name = route.queue_name
+            return route.tier
+        tier = self.taxonomy.tier_of_queue(actor.queue_name)
+        if tier is None:
+            logger.warning(
+                "Actor %r uses queue %r, which no tier declares; it joins the default tier "
+                "(declare it with TRIAGE_QUEUES to choose another).",
+                actor.actor_name,
+                actor.queue_name,
+            )
+            self._bind(actor.queue_name, "default")
+            tier = self.taxonomy.tiers["default"]
+        return tier
+
+    def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
+        options = message.options
+        if "priority" in options:
+            check_priority(options["priority"], actor_name=message.actor_name)
+            return
+        try:
+            options["priority"] = broker.get_actor(message.actor_name).options["message_priority"]
+        except (ActorNotFound, KeyError):
+            tier = self.taxonomy.tier_of_queue(q_name(message.queue_name)) or self.taxonomy.tiers["default"]
+            options["priority"] = tier.priority

@@ -1,0 +1,80 @@
+"""The `triage` CLI as an operator runs it: stats from Redis, config without secrets."""
+
+from __future__ import annotations
+
+import json
+
+import redis
+
+from tests import worker_actors
+from tests.helpers import dramatiq_worker, env_with, triage, wait_for
+
+CONTRACT_FIELDS = {"queued", "delayed", "running", "dead_letters_total", "paused"}
+
+
+def test_stats_json_counts_queued_delayed_running_and_dead(r: redis.Redis) -> None:
+    # Given queued, delayed, running and dead-lettered messages
+    for i in range(3):
+        worker_actors.record_background.send(f"b{i}")
+    worker_actors.record_background.send_with_options(args=("later",), delay=60_000)
+    worker_actors.always_fails.send("x")
+    worker_actors.wait_for_release.send("slow")
+    with dramatiq_worker("actors", "tests.worker_actors", queues=["critical", "default"]):
+        wait_for(lambda: r.zcard("triage:critical.XQ") == 1)
+        wait_for(lambda: b"started:slow" in r.lrange(worker_actors.DONE, 0, -1))
+        # When an operator asks for the stats while the slow message runs
+        done = triage("stats", "--json")
+        r.rpush("test:release", "go")
+    # Then the JSON has the contract's shape and the right counts
+    assert done.returncode == 0, done.stderr
+    queues = json.loads(done.stdout)["queues"]
+    assert {"critical", "default", "background", "email", "reports"} <= set(queues)
+    for row in queues.values():
+        assert set(row) >= CONTRACT_FIELDS
+        assert row["paused"] is False
+    assert queues["background"]["queued"] == 3
+    assert queues["background"]["delayed"] == 1
+    assert queues["critical"]["dead_letters_total"] == 1
+    assert queues["default"]["running"] == 1
+    assert queues["critical"]["queued"] == queues["critical"]["running"] == 0
+
+
+def test_stats_table(r: redis.Redis) -> None:
+    worker_actors.record_critical.send("c")
+    done = triage("stats")
+    assert done.returncode == 0, done.stderr
+    header, *rows = done.stdout.splitlines()
+    assert "dead_letters_total" in header
+    critical = next(row for row in rows if row.startswith("critical"))
+    assert critical.split()[:3] == ["critical", "critical", "1"]
+
+
+def test_stats_names_unreachable_redis_without_password() -> None:
+    done = triage("stats", env=env_with(REDIS_URL="redis://:hunter2@127.0.0.1:1/0"))
+    assert done.returncode == 1
+    assert "cannot read Redis at redis://:***@127.0.0.1:1/0" in done.stderr
+    assert "hunter2" not in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_config_redacts_the_password() -> None:
+    done = triage("config", "--json", env=env_with(REDIS_URL="redis://admin:hunter2@10.0.0.5:6380/2"))
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["redis_url"] == "redis://admin:***@10.0.0.5:6380/2"
+    assert "hunter2" not in done.stdout
+
+
+def test_bad_configuration_exits_2_naming_the_variable() -> None:
+    done = triage("stats", env=env_with(TRIAGE_MAX_PAYLOAD_BYTES="lots"))
+    assert done.returncode == 2
+    assert "TRIAGE_MAX_PAYLOAD_BYTES: Input should be a valid integer" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_queues_of_a_tier_for_the_procfile() -> None:
+    done = triage("queues", "background")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["background", "reports"]
+    extra = triage("queues", "default", env=env_with(TRIAGE_QUEUES='{"sms": "default"}'))
+    assert extra.stdout.split() == ["default", "email", "sms"]

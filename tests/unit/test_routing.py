@@ -1,0 +1,104 @@
+"""Routing rules and the routing middleware, on Dramatiq's StubBroker."""
+
+from __future__ import annotations
+
+import timeit
+
+import dramatiq
+import pytest
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import Retries
+
+from config.routing import DEFAULT_ROUTES, Router
+from config.settings import ConfigError, Settings
+from config.tiers import build_taxonomy
+from middleware import Routing
+
+
+def make_router(rules: list[tuple[str, str]] | None = None, queues: dict[str, str] | None = None) -> Router:
+    taxonomy = build_taxonomy(Settings.model_validate({"queues": queues or {}}))
+    return Router(DEFAULT_ROUTES if rules is None else rules, taxonomy)
+
+
+@pytest.mark.parametrize(
+    ("actor_name", "queue"),
+    [
+        ("erp.orders.tasks.reserve_stock", "critical"),
+        ("erp.inventory.sync", "critical"),
+        ("erp.notifications.send_sms", "default"),
+        ("erp.reports.monthly", "background"),
+        ("billing.invoice", "default"),
+        ("erp.ordersx", "default"),
+    ],
+)
+def test_default_rules(actor_name: str, queue: str) -> None:
+    assert make_router().route(actor_name).queue_name == queue
+
+
+def test_first_matching_rule_wins_and_targets_may_be_queues() -> None:
+    # Given rules where a specific pattern precedes a broad one, targeting a queue
+    router = make_router([("erp.reports.pdf.*", "reports"), ("erp.*", "critical")], {"reports": "background"})
+    # When actors are routed
+    pdf, other = router.route("erp.reports.pdf.render"), router.route("erp.reports.csv")
+    # Then the first match wins and a queue target carries its tier
+    assert (pdf.queue_name, pdf.tier.name) == ("reports", "background")
+    assert (other.queue_name, other.tier.name) == ("critical", "critical")
+
+
+def test_unknown_target_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"TRIAGE_ROUTES: rule 'a\.\*' targets 'nowhere'"):
+        make_router([("a.*", "nowhere")])
+
+
+def test_routing_costs_microseconds() -> None:
+    router = make_router([(f"svc{i}.*", "critical") for i in range(50)])
+    seconds = min(timeit.repeat(lambda: router.route("unmatched.actor"), number=1000, repeat=3)) / 1000
+    assert seconds < 200e-6  # 50 rules, no match: the worst case
+
+
+@pytest.fixture
+def stub() -> StubBroker:
+    router = make_router()
+    broker = StubBroker(middleware=[Routing(router=router, taxonomy=router.taxonomy), Retries()])
+    broker.emit_after("process_boot")
+    return broker
+
+
+def test_plain_actor_is_routed_by_name(stub: StubBroker) -> None:
+    # Given a plain Dramatiq actor whose name matches the critical rule
+    @dramatiq.actor(actor_name="erp.orders.tasks.reserve_stock", broker=stub)
+    def reserve_stock(order_id: str) -> None: ...
+
+    # Then it is on the critical queue with the critical tier's policies
+    assert reserve_stock.queue_name == "critical"
+    assert reserve_stock.priority == 0
+    assert reserve_stock.options["tier"] == "critical"
+    assert reserve_stock.options["max_retries"] == 5
+    assert "critical" in stub.get_declared_queues()
+    assert "default" not in stub.get_declared_queues()
+
+
+def test_plain_actor_keeps_its_explicit_settings(stub: StubBroker) -> None:
+    # Given a plain actor with its own queue and retry count
+    @dramatiq.actor(queue_name="legacy", max_retries=1, broker=stub)
+    def legacy_job() -> None: ...
+
+    # Then it keeps them, and the unknown queue joins the default tier
+    assert legacy_job.queue_name == "legacy"
+    assert legacy_job.options["max_retries"] == 1
+    assert legacy_job.options["tier"] == "default"
+    assert legacy_job.priority == 50
+
+
+def test_message_priority_is_stamped_and_checked(stub: StubBroker) -> None:
+    @dramatiq.actor(actor_name="erp.reports.monthly", broker=stub)
+    def monthly() -> None: ...
+
+    # When sent without a priority, it gets the tier's; an explicit one is kept
+    assert monthly.send().options["priority"] == 2
+    assert monthly.send_with_options(priority=10).options["priority"] == 10
+    # And an out-of-range or non-integer priority is refused before it is queued
+    for bad in (0, 11, "high", 5.5, True):
+        with pytest.raises(ValueError, match="priority must be an integer from 1 to 10"):
+            monthly.send_with_options(priority=bad)
+    assert stub.queues["background"].qsize() == 2
