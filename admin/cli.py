@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import cast
 
 import click
 import redis
 
-from config.settings import ConfigError, load_settings
+from config.broker import Runtime
+from config.settings import ConfigError, TierName, load_settings
 
 
-def _runtime() -> Any:
+def _runtime() -> Runtime:
     """Import the actors package (which installs the broker) and return the runtime."""
     try:
         import actors
@@ -38,16 +39,9 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def stats(as_json: bool) -> None:
     """Per-queue counters: queued, delayed, running, dead letters, paused."""
-    from broker.inspection import queue_stats
-
     runtime = _runtime()
     try:
-        data = queue_stats(
-            runtime.broker.client,
-            runtime.settings.namespace,
-            runtime.taxonomy.queues,
-            heartbeat_timeout_ms=runtime.broker.heartbeat_timeout,
-        )
+        data = runtime.queue_stats()
     except redis.RedisError as exc:
         click.echo(f"triage: cannot read Redis at {runtime.settings.redis_url_redacted}: {exc}", err=True)
         sys.exit(1)
@@ -86,7 +80,7 @@ def queues(tier: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"queues": taxonomy.queues}, indent=2))
     elif tier:
-        click.echo(" ".join(taxonomy.queues_of(tier)))
+        click.echo(" ".join(taxonomy.queues_of(cast(TierName, tier))))
     else:
         for name, tier_name in taxonomy.queues.items():
             click.echo(f"{name} {tier_name}")

@@ -13,12 +13,11 @@ import signal
 import time
 import uuid
 from types import FrameType
-from typing import Any
 
 import click
 import redis
 
-from broker.inspection import queue_stats
+from config.broker import Runtime
 
 ORGS = ("acme", "globex", "initech", "umbrella", "hooli")
 
@@ -51,7 +50,7 @@ def _report_burst(size: int) -> None:
         reports.generate_report.send(org, uuid.uuid4().hex[:8])
 
 
-def produce(runtime: Any, *, rate: float, duration: float = 0.0) -> int:
+def produce(runtime: Runtime, *, rate: float, duration: float = 0.0) -> int:
     """Send work until interrupted (or for `duration` seconds); return how many messages were sent."""
     stopping = False
 
@@ -85,12 +84,7 @@ def produce(runtime: Any, *, rate: float, duration: float = 0.0) -> int:
     return sent
 
 
-def _print_counters(runtime: Any, sent: int) -> None:
-    stats = queue_stats(
-        runtime.broker.client,
-        runtime.settings.namespace,
-        runtime.taxonomy.queues,
-        heartbeat_timeout_ms=runtime.broker.heartbeat_timeout,
-    )
+def _print_counters(runtime: Runtime, sent: int) -> None:
+    stats = runtime.queue_stats()
     parts = [f"{q}: {s['queued']} queued/{s['running']} running" for q, s in stats.items()]
     click.echo(f"demo: sent {sent} | " + " | ".join(parts))

@@ -16,6 +16,7 @@ Guarantees:
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any, TypedDict
 
 import redis
@@ -31,7 +32,7 @@ class QueueStats(TypedDict):
 
 
 def queue_stats(
-    client: redis.Redis, namespace: str, queues: dict[str, str], *, heartbeat_timeout_ms: int
+    client: redis.Redis, namespace: str, queues: Mapping[str, str], *, heartbeat_timeout_ms: int
 ) -> dict[str, QueueStats]:
     """Per-queue counters for `queues` (name → tier), in the order given."""
     now_ms = int(time.time() * 1000)

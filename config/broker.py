@@ -19,6 +19,7 @@ from dramatiq.encoder import Encoder
 from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, Retries, ShutdownNotifications, TimeLimit
 
 from broker.encoder import encoder_for
+from broker.inspection import QueueStats, queue_stats
 from middleware import PayloadGuard, Routing
 
 from .routing import DEFAULT_ROUTES, Router
@@ -35,6 +36,15 @@ class Runtime:
     routing: Routing
     broker: RedisBroker
     encoder: Encoder
+
+    def queue_stats(self) -> dict[str, QueueStats]:
+        """Counters of every queue of every tier, read from Redis (see `broker/inspection.py`)."""
+        return queue_stats(
+            self.broker.client,
+            self.settings.namespace,
+            self.taxonomy.queues,
+            heartbeat_timeout_ms=self.broker.heartbeat_timeout,
+        )
 
 
 _runtime: Runtime | None = None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import timeit
-
 import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
@@ -48,12 +46,6 @@ def test_first_matching_rule_wins_and_targets_may_be_queues() -> None:
 def test_unknown_target_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"TRIAGE_ROUTES: rule 'a\.\*' targets 'nowhere'"):
         make_router([("a.*", "nowhere")])
-
-
-def test_routing_costs_microseconds() -> None:
-    router = make_router([(f"svc{i}.*", "critical") for i in range(50)])
-    seconds = min(timeit.repeat(lambda: router.route("unmatched.actor"), number=1000, repeat=3)) / 1000
-    assert seconds < 200e-6  # 50 rules, no match: the worst case
 
 
 @pytest.fixture
