@@ -72,9 +72,7 @@ def answers(url: str, timeout: float = 0.5) -> bool:
 class RedisServer:
     """One redis-server process on 127.0.0.1:`port` with its files under `data_dir`."""
 
-    def __init__(
-        self, *, port: int, data_dir: Path, appendonly: bool = True, fsync: str = "everysec"
-    ) -> None:
+    def __init__(self, *, port: int, data_dir: Path, appendonly: bool = True, fsync: str = "everysec") -> None:
         self.port = port
         self.data_dir = data_dir
         self.appendonly = appendonly

@@ -2,28 +2,39 @@
 
 Guarantees:
 - `install()` validates the settings (a bad one raises `ConfigError` before anything
-  connects), builds the broker with the middleware stack in the documented order,
-  sets the message encoder, and installs the broker as Dramatiq's global broker.
+  connects), builds the Triage broker with the middleware stack in the documented
+  order, sets the message encoder, and installs the broker as Dramatiq's global broker.
   It is idempotent within a process.
-- Building the broker does not connect to Redis; the first command does.
+- Building the broker loads its Lua scripts lazily: nothing connects to Redis until the
+  first command.
 - This module is the seam: the broker class is chosen here and nowhere else.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 import dramatiq
-from dramatiq.brokers.redis import RedisBroker
 from dramatiq.encoder import Encoder
-from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, Retries, ShutdownNotifications, TimeLimit
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    CurrentMessage,
+    Pipelines,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
 
 from broker.encoder import encoder_for
 from broker.inspection import QueueStats, queue_stats
-from middleware import PayloadGuard, Routing
+from broker.redis_broker import TriageBroker
+from middleware import PayloadGuard, Placement, Routing
+from middleware.placement import PriorityHook
 
 from .routing import DEFAULT_ROUTES, Router
-from .settings import Settings, load_settings
+from .settings import ConfigError, Settings, load_settings
 from .tiers import Taxonomy, build_taxonomy
 
 
@@ -34,20 +45,28 @@ class Runtime:
     settings: Settings
     taxonomy: Taxonomy
     routing: Routing
-    broker: RedisBroker
+    broker: TriageBroker
     encoder: Encoder
 
     def queue_stats(self) -> dict[str, QueueStats]:
         """Counters of every queue of every tier, read from Redis (see `broker/inspection.py`)."""
-        return queue_stats(
-            self.broker.client,
-            self.settings.namespace,
-            self.taxonomy.queues,
-            heartbeat_timeout_ms=self.broker.heartbeat_timeout,
-        )
+        return queue_stats(self.broker, self.taxonomy.queues)
 
 
 _runtime: Runtime | None = None
+
+
+def load_hook(spec: str | None) -> PriorityHook | None:
+    if spec is None:
+        return None
+    module_name, _, attribute = spec.partition(":")
+    try:
+        hook = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"invalid configuration:\n  TRIAGE_PRIORITY_HOOK: cannot load {spec!r}: {exc}") from None
+    if not callable(hook):
+        raise ConfigError(f"invalid configuration:\n  TRIAGE_PRIORITY_HOOK: {spec!r} is not callable")
+    return hook  # type: ignore[no-any-return]
 
 
 def build(settings: Settings) -> Runtime:
@@ -56,9 +75,12 @@ def build(settings: Settings) -> Runtime:
     routing = Routing(router=Router(settings.routes or DEFAULT_ROUTES, taxonomy), taxonomy=taxonomy)
     middleware = [
         # Producer side, in this order for before_enqueue:
-        PayloadGuard(max_bytes=settings.max_payload_bytes, encoder=encoder),
-        routing,  # binds actors to tiers at declaration; stamps the message priority
-        # Consumer side: Dramatiq's own policies, fed by the tier's actor options.
+        PayloadGuard(max_bytes=settings.max_payload_bytes, encoder=encoder),  # plain data, bounded size
+        routing,  # binds actors to tiers at declaration
+        Placement(taxonomy=taxonomy, hook=load_hook(settings.priority_hook)),  # priority and tenant
+        # Consumer side: the current message (for inheritance), then Dramatiq's own
+        # policies, fed by the tier's actor options.
+        CurrentMessage(),
         AgeLimit(),
         TimeLimit(),
         ShutdownNotifications(),
@@ -66,9 +88,7 @@ def build(settings: Settings) -> Runtime:
         Pipelines(),
         Retries(),
     ]
-    broker = RedisBroker(  # type: ignore[no-untyped-call]
-        url=settings.redis_url, namespace=settings.namespace, middleware=middleware
-    )
+    broker = TriageBroker(url=settings.redis_url, namespace=settings.namespace, middleware=middleware)
     return Runtime(settings=settings, taxonomy=taxonomy, routing=routing, broker=broker, encoder=encoder)
 
 

@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     # Ordered routing rules for plain Dramatiq actors: [["erp.orders.*", "critical"], ...].
     # The target is a tier or a queue; an empty list keeps the built-in rules.
     routes: list[tuple[str, str]] = Field(default_factory=list)
+    # A function that adjusts message priorities: "package.module:function".
+    priority_hook: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
     @field_validator("redis_url")
     @classmethod
@@ -80,9 +82,7 @@ class Settings(BaseSettings):
         scheme = urlsplit(value).scheme
         if scheme not in _REDIS_SCHEMES:
             allowed = ", ".join(f"{s}://" for s in _REDIS_SCHEMES)
-            raise ValueError(
-                f"must start with one of {allowed} (got {scheme + '://' if scheme else 'no scheme'})"
-            )
+            raise ValueError(f"must start with one of {allowed} (got {scheme + '://' if scheme else 'no scheme'})")
         return value
 
     @field_validator("queues")
@@ -90,9 +90,7 @@ class Settings(BaseSettings):
     def _check_queue_names(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value:
             if not _QUEUE_NAME.fullmatch(name) or name.endswith((".DQ", ".XQ")):
-                raise ValueError(
-                    f"queue name {name!r} must match [a-zA-Z_][a-zA-Z0-9._-]* and not end in .DQ/.XQ"
-                )
+                raise ValueError(f"queue name {name!r} must match [a-zA-Z_][a-zA-Z0-9._-]* and not end in .DQ/.XQ")
         return value
 
     @property

@@ -121,8 +121,7 @@ def build_taxonomy(settings: Settings) -> Taxonomy:
     for queue_name, tier_name in settings.queues.items():
         if queue_name in TIER_NAMES and queue_name != tier_name:
             raise ConfigError(
-                "invalid configuration:\n  "
-                f"TRIAGE_QUEUES: {queue_name!r} is a tier and cannot join {tier_name!r}"
+                f"invalid configuration:\n  TRIAGE_QUEUES: {queue_name!r} is a tier and cannot join {tier_name!r}"
             )
         queues[queue_name] = tier_name
     return Taxonomy(tiers=tiers, queues=queues)

@@ -1,13 +1,16 @@
 """Triage's middleware: one policy per module, assembled in `config/broker.py`."""
 
 from .payload_guard import PayloadGuard, PayloadTooLarge, PayloadTypeError
-from .routing import InvalidPriority, Routing, RoutingError
+from .placement import InvalidPriority, InvalidTenant, Placement
+from .routing import Routing, RoutingError
 
 __all__ = [
     "InvalidPriority",
+    "InvalidTenant",
     "PayloadGuard",
     "PayloadTooLarge",
     "PayloadTypeError",
+    "Placement",
     "Routing",
     "RoutingError",
 ]

@@ -63,9 +63,7 @@ class PayloadGuard(Middleware):
         try:
             size = len(self.encoder.encode(message.asdict()))
         except (TypeError, ValueError, OverflowError) as exc:  # e.g. an option that is not plain data
-            raise PayloadTypeError(
-                f"actor {message.actor_name!r}: message cannot be encoded: {exc}"
-            ) from None
+            raise PayloadTypeError(f"actor {message.actor_name!r}: message cannot be encoded: {exc}") from None
         if size > self.max_bytes:
             raise PayloadTooLarge(message.actor_name, size, self.max_bytes)
 

@@ -1,4 +1,4 @@
-"""Routing and priority: every actor lands on a tier's queue, every message carries a priority.
+"""Routing: every actor lands on a tier's queue, with the tier's policies.
 
 Guarantees:
 - At declaration, an actor declared with a tier decorator keeps the tier and queue it
@@ -7,11 +7,9 @@ Guarantees:
   and a queue no tier knows joins the `default` tier (logged), so a worker consumes it.
 - Every routed actor gets its tier's retry policy and time limit unless it set its
   own, and Dramatiq's worker-side priority derived from the tier (critical first).
-- Before enqueue, a message without a `priority` option gets its actor's default
-  (the decorator's `priority=`, else the tier's); a priority that is not an integer
-  from 1 to 10 raises `InvalidPriority` (a `ValueError`) and nothing is enqueued.
-Failure mode: a message for an actor this process does not know takes the default
-priority of the tier of its queue.
+- Each actor records its default message priority (`message_priority`: the
+  decorator's `priority=`, else the tier's), which `placement.py` applies at enqueue.
+Failure mode: a queue bound to two tiers raises `RoutingError` at declaration.
 """
 
 from __future__ import annotations
@@ -20,39 +18,25 @@ import logging
 from typing import Any
 
 from dramatiq import Actor, Broker, Middleware
-from dramatiq.common import q_name
-from dramatiq.errors import ActorNotFound
-from dramatiq.message import Message
 from dramatiq.middleware import MiddlewareError
 
 from config.routing import Router
 from config.settings import TierName
 from config.tiers import Taxonomy, Tier
 
+from .placement import check_priority
+
 logger = logging.getLogger(__name__)
 
 DRAMATIQ_DEFAULT_QUEUE = "default"
-
-
-class InvalidPriority(MiddlewareError, ValueError):
-    """A message priority that is not an integer from 1 to 10."""
 
 
 class RoutingError(MiddlewareError, ValueError):
     """An actor cannot be bound to a tier (e.g. its queue belongs to another tier)."""
 
 
-def check_priority(value: Any, *, actor_name: str) -> int:
-    """Return `value` if it is a valid message priority, else raise a ValueError that names the actor."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10:
-        raise InvalidPriority(
-            f"actor {actor_name!r}: priority must be an integer from 1 to 10 (10 most urgent), got {value!r}"
-        )
-    return value
-
-
 class Routing(Middleware):
-    """Binds actors to tiers at declaration and stamps message priorities at enqueue."""
+    """Binds actors to tiers at declaration."""
 
     def __init__(self, *, router: Router, taxonomy: Taxonomy) -> None:
         self.router = router
@@ -69,9 +53,7 @@ class Routing(Middleware):
         tier = self.taxonomy.tiers[tier_name]
         queue_name = queue or tier_name
         self._bind(queue_name, tier_name)
-        message_priority = (
-            tier.priority if priority is None else check_priority(priority, actor_name=actor_name)
-        )
+        message_priority = tier.priority if priority is None else check_priority(priority, actor_name=actor_name)
         return {
             "queue_name": queue_name,
             "priority": tier.actor_priority,
@@ -114,14 +96,3 @@ class Routing(Middleware):
             self._bind(actor.queue_name, "default")
             tier = self.taxonomy.tiers["default"]
         return tier
-
-    def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
-        options = message.options
-        if "priority" in options:
-            check_priority(options["priority"], actor_name=message.actor_name)
-            return
-        try:
-            options["priority"] = broker.get_actor(message.actor_name).options["message_priority"]
-        except (ActorNotFound, KeyError):
-            tier = self.taxonomy.tier_of_queue(q_name(message.queue_name)) or self.taxonomy.tiers["default"]
-            options["priority"] = tier.priority

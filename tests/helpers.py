@@ -24,9 +24,7 @@ def env_with(**extra: str) -> dict[str, str]:
     return env
 
 
-def triage(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
+def triage(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(BIN / "triage"), *args],
         cwd=ROOT,

@@ -82,8 +82,8 @@ def test_plain_dramatiq_actor_is_routed_to_critical(r: redis.Redis) -> None:
     # Then it lands on the critical queue with the critical priority
     assert reserve_stock.queue_name == "critical"
     assert message.options["priority"] == 9
-    assert r.llen("triage:critical") == 1
-    assert r.llen("triage:default") == 0
+    assert actors.runtime.broker.counts("critical") == (1, 0, 0)
+    assert actors.runtime.broker.counts("default") == (0, 0, 0)
 
 
 def test_send_with_invalid_priority_writes_nothing(r: redis.Redis) -> None:

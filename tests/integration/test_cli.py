@@ -6,9 +6,11 @@ import json
 
 import redis
 
+from actors import runtime
 from tests import worker_actors
 from tests.helpers import dramatiq_worker, env_with, triage, wait_for
 
+broker = runtime.broker
 CONTRACT_FIELDS = {"queued", "delayed", "running", "dead_letters_total", "paused"}
 
 
@@ -20,7 +22,7 @@ def test_stats_json_counts_queued_delayed_running_and_dead(r: redis.Redis) -> No
     worker_actors.always_fails.send("x")
     worker_actors.wait_for_release.send("slow")
     with dramatiq_worker("actors", "tests.worker_actors", queues=["critical", "default"]):
-        wait_for(lambda: r.zcard("triage:critical.XQ") == 1)
+        wait_for(lambda: r.zcard(broker.keys("critical").dead) == 1)
         wait_for(lambda: b"started:slow" in r.lrange(worker_actors.DONE, 0, -1))
         # When an operator asks for the stats while the slow message runs
         done = triage("stats", "--json")

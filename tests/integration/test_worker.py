@@ -6,8 +6,11 @@ import subprocess
 
 import redis
 
+from actors import runtime
 from tests import worker_actors
 from tests.helpers import BIN, ROOT, dramatiq_worker, env_with, wait_for
+
+broker = runtime.broker
 
 
 def test_critical_worker_leaves_other_tiers_untouched(r: redis.Redis) -> None:
@@ -19,12 +22,12 @@ def test_critical_worker_leaves_other_tiers_untouched(r: redis.Redis) -> None:
     # When a worker for the critical tier runs
     with dramatiq_worker("actors", "tests.worker_actors", queues=["critical"]):
         wait_for(lambda: r.llen(worker_actors.DONE) == 5)
-        wait_for(lambda: r.llen("triage:critical") == 0)
+        wait_for(lambda: broker.counts("critical") == (0, 0, 0))
     # Then it ran every critical message, and only those
     done = [x.decode() if isinstance(x, bytes) else x for x in r.lrange(worker_actors.DONE, 0, -1)]
     assert sorted(done) == [f"critical:c{i}" for i in range(5)]
-    assert r.llen("triage:default") == 5
-    assert r.llen("triage:background") == 5
+    assert broker.counts("default") == (5, 0, 0)
+    assert broker.counts("background") == (5, 0, 0)
 
 
 def test_worker_with_bad_configuration_stops_at_start_naming_the_variable() -> None:

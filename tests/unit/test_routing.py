@@ -80,17 +80,3 @@ def test_plain_actor_keeps_its_explicit_settings(stub: StubBroker) -> None:
     assert legacy_job.options["max_retries"] == 1
     assert legacy_job.options["tier"] == "default"
     assert legacy_job.priority == 50
-
-
-def test_message_priority_is_stamped_and_checked(stub: StubBroker) -> None:
-    @dramatiq.actor(actor_name="erp.reports.monthly", broker=stub)
-    def monthly() -> None: ...
-
-    # When sent without a priority, it gets the tier's; an explicit one is kept
-    assert monthly.send().options["priority"] == 2
-    assert monthly.send_with_options(priority=10).options["priority"] == 10
-    # And an out-of-range or non-integer priority is refused before it is queued
-    for bad in (0, 11, "high", 5.5, True):
-        with pytest.raises(ValueError, match="priority must be an integer from 1 to 10"):
-            monthly.send_with_options(priority=bad)
-    assert stub.queues["background"].qsize() == 2

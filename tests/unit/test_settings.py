@@ -99,9 +99,7 @@ def test_tier_overrides_apply(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_min_backoff_above_max_is_an_error() -> None:
-    settings = Settings.model_validate(
-        {"tiers": {"default": {"min_backoff_ms": 10_000, "max_backoff_ms": 10}}}
-    )
+    settings = Settings.model_validate({"tiers": {"default": {"min_backoff_ms": 10_000, "max_backoff_ms": 10}}})
     with pytest.raises(ConfigError, match="TRIAGE_TIERS__DEFAULT__MIN_BACKOFF_MS"):
         build_taxonomy(settings)
 

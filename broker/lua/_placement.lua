@@ -1,0 +1,86 @@
+-- Placement: the per-queue structure shared by every script (prepended at load time).
+--
+-- A queue's keys form one block of 17 KEYS, all under the queue's hash tag {ns:Q}:
+--   b+1  {ns:Q}:msgs      hash   message id -> encoded message (queued, delayed and in flight)
+--   b+2  {ns:Q}:items     hash   "level|seq|tenant" -> message id, one field per queued message
+--   b+3  {ns:Q}:state     hash   "n|level|tenant" count, "h|..." head seq, "t|..." tail seq
+--   b+4  {ns:Q}:delayed   zset   "id|level|tenant" scored by eta (ms)
+--   b+5  {ns:Q}:stats     hash   running, enqueued_total, acked_total, dead_total
+--   b+6  {ns:Q}:paused    string present while the queue is paused
+--   b+7  {ns:Q}:wake      list   wake-up tokens that idle consumers block on (BLPOP)
+--   b+8 .. b+17  {ns:Q}:rr:1 .. {ns:Q}:rr:10
+--                         list   the tenants that have work at that priority level, in
+--                                round-robin order (each tenant at most once)
+-- Within a level and tenant, messages are FIFO (head and tail sequence numbers); across
+-- tenants of a level, the fetch takes the tenant at the front of rr:level and puts it back
+-- at the end if it has more work: O(1) per message, whatever the number of messages or
+-- tenants. Scripts touch no key that is not in KEYS.
+
+local BLOCK = 17
+local WAKE_TOKENS_MAX = 64
+
+local function fifo_push(b, level, tenant, id, front)
+  local state = KEYS[b + 3]
+  local suffix = level .. "|" .. tenant
+  local n = redis.call("hincrby", state, "n|" .. suffix, 1)
+  local seq
+  if n == 1 then
+    seq = 0
+    redis.call("hset", state, "h|" .. suffix, 0, "t|" .. suffix, 0)
+  elseif front then
+    seq = redis.call("hincrby", state, "h|" .. suffix, -1)
+  else
+    seq = redis.call("hincrby", state, "t|" .. suffix, 1)
+  end
+  redis.call("hset", KEYS[b + 2], level .. "|" .. seq .. "|" .. tenant, id)
+  if n == 1 then
+    if front then
+      redis.call("lpush", KEYS[b + 7 + level], tenant)
+    else
+      redis.call("rpush", KEYS[b + 7 + level], tenant)
+    end
+  end
+end
+
+-- Take the next message of a level: the oldest of the tenant whose turn it is.
+local function fifo_pop(b, level)
+  local rr = KEYS[b + 7 + level]
+  local tenant = redis.call("lpop", rr)
+  if not tenant then
+    return nil
+  end
+  local state = KEYS[b + 3]
+  local suffix = level .. "|" .. tenant
+  local head = redis.call("hget", state, "h|" .. suffix)
+  local item = level .. "|" .. head .. "|" .. tenant
+  local id = redis.call("hget", KEYS[b + 2], item)
+  redis.call("hdel", KEYS[b + 2], item)
+  if redis.call("hincrby", state, "n|" .. suffix, -1) > 0 then
+    redis.call("hincrby", state, "h|" .. suffix, 1)
+    redis.call("rpush", rr, tenant)
+  else
+    redis.call("hdel", state, "n|" .. suffix, "h|" .. suffix, "t|" .. suffix)
+  end
+  return id, tenant
+end
+
+-- "id|level|tenant" -> id, level, tenant (the tenant may itself contain "|")
+local function split_member(member)
+  local first = string.find(member, "|", 1, true)
+  local second = string.find(member, "|", first + 1, true)
+  return string.sub(member, 1, first - 1), tonumber(string.sub(member, first + 1, second - 1)),
+    string.sub(member, second + 1)
+end
+
+-- "level|tenant" -> level, tenant
+local function split_meta(meta)
+  local sep = string.find(meta, "|", 1, true)
+  return tonumber(string.sub(meta, 1, sep - 1)), string.sub(meta, sep + 1)
+end
+
+local function wake(b, tokens)
+  local room = WAKE_TOKENS_MAX - redis.call("llen", KEYS[b + 7])
+  for _ = 1, math.min(tokens, room) do
+    redis.call("rpush", KEYS[b + 7], "1")
+  end
+end

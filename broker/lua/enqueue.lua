@@ -1,0 +1,38 @@
+-- enqueue: store messages and place them by priority and tenant, or in the delayed set,
+-- for one or more queues, all or nothing (one script call is atomic).
+--
+-- KEYS: one 17-key block per queue (see _placement.lua), queue g at offset 17*(g-1):
+--   msgs, items, state, delayed, stats, paused, wake, rr:1 .. rr:10
+-- ARGV: now_ms, queue_count, then for each queue: message_count, then for each message:
+--   id, encoded message, level (1-10), tenant ("" for the shared tenant), eta_ms (0: now)
+-- Writes: msgs, items, state, delayed, stats (enqueued_total), wake, rr:*
+-- Returns: the number of messages stored.
+
+local now = tonumber(ARGV[1])
+local queues = tonumber(ARGV[2])
+local arg = 3
+local stored = 0
+for g = 1, queues do
+  local b = BLOCK * (g - 1)
+  local count = tonumber(ARGV[arg])
+  arg = arg + 1
+  local ready = 0
+  for _ = 1, count do
+    local id, payload, level, tenant, eta = ARGV[arg], ARGV[arg + 1], tonumber(ARGV[arg + 2]), ARGV[arg + 3],
+      tonumber(ARGV[arg + 4])
+    arg = arg + 5
+    redis.call("hset", KEYS[b + 1], id, payload)
+    if eta > now then
+      redis.call("zadd", KEYS[b + 4], eta, id .. "|" .. level .. "|" .. tenant)
+    else
+      fifo_push(b, level, tenant, id, false)
+      ready = ready + 1
+    end
+  end
+  redis.call("hincrby", KEYS[b + 5], "enqueued_total", count)
+  stored = stored + count
+  -- Idle consumers wake for ready messages, and for a new delayed one so that they
+  -- recompute how long to block.
+  wake(b, ready > 0 and ready or 1)
+end
+return stored
