@@ -47,7 +47,11 @@ class TriageConsumer(Consumer):
         self.settle_keys = self.keys.settle_keys(self.consumer_id)
         self.prefetch = max(1, prefetch)
         self.low_water = max(1, self.prefetch // 2)
+        # A blocking wait must end before the client's socket timeout (redis-py's default is 5 s).
+        socket_timeout = broker.client.connection_pool.connection_kwargs.get("socket_timeout")
         self.timeout = max(timeout, 10) / 1000
+        if socket_timeout:
+            self.timeout = min(self.timeout, socket_timeout * 0.8)
         self.cache: deque[MessageProxy] = deque()
         self.outstanding = 0  # fetched and not settled yet, cache included
         self.lock = threading.Lock()

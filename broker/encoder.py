@@ -8,7 +8,7 @@ Guarantees:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import msgpack
 from dramatiq.encoder import Encoder, JSONEncoder, MessageData
@@ -23,14 +23,14 @@ class MsgpackEncoder(Encoder):
         return packed
 
     def decode(self, data: bytes) -> MessageData:
+        # Result backends decode plain values with the same encoder, so any value is allowed
+        # here; `Message.decode` rejects a payload that is not a message.
         try:
-            decoded: Any = msgpack.unpackb(data, raw=False)
+            decoded: MessageData = msgpack.unpackb(data, raw=False)
         except Exception as exc:  # msgpack raises several unrelated types
             raise DecodeError(  # type: ignore[no-untyped-call]
                 f"failed to decode msgpack message ({type(exc).__name__})", data, exc
             ) from None
-        if not isinstance(decoded, dict):
-            raise DecodeError("message is not a map", data, TypeError(type(decoded).__name__))  # type: ignore[no-untyped-call]
         return decoded
 
 

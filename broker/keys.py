@@ -8,69 +8,27 @@ order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 LEVELS = range(1, 11)  # message priorities; 10 is the most urgent
 BLOCK_SIZE = 17
 
 
-@dataclass(frozen=True)
 class QueueKeys:
-    namespace: str
-    queue: str
+    """The key names of one queue, computed once."""
 
-    @property
-    def tag(self) -> str:
-        return f"{{{self.namespace}:{self.queue}}}"
-
-    def key(self, name: str) -> str:
-        return f"{self.tag}:{name}"
-
-    @property
-    def msgs(self) -> str:
-        return self.key("msgs")
-
-    @property
-    def items(self) -> str:
-        return self.key("items")
-
-    @property
-    def state(self) -> str:
-        return self.key("state")
-
-    @property
-    def delayed(self) -> str:
-        return self.key("delayed")
-
-    @property
-    def stats(self) -> str:
-        return self.key("stats")
-
-    @property
-    def paused(self) -> str:
-        return self.key("paused")
-
-    @property
-    def wake(self) -> str:
-        return self.key("wake")
-
-    @property
-    def dead(self) -> str:
-        return self.key("dead")
-
-    @property
-    def dead_msgs(self) -> str:
-        return self.key("dead.msgs")
-
-    def rr(self, level: int) -> str:
-        return self.key(f"rr:{level}")
-
-    def acks(self, consumer_id: str) -> str:
-        return self.key(f"acks:{consumer_id}")
-
-    def block(self) -> list[str]:
-        """The 17 keys every placement script takes, in `_placement.lua` order."""
-        return [
+    def __init__(self, namespace: str, queue: str) -> None:
+        self.namespace, self.queue = namespace, queue
+        self.tag = tag = f"{{{namespace}:{queue}}}"
+        self.msgs = f"{tag}:msgs"
+        self.items = f"{tag}:items"
+        self.state = f"{tag}:state"
+        self.delayed = f"{tag}:delayed"
+        self.stats = f"{tag}:stats"
+        self.paused = f"{tag}:paused"
+        self.wake = f"{tag}:wake"
+        self.dead = f"{tag}:dead"
+        self.dead_msgs = f"{tag}:dead.msgs"
+        self.levels = [f"{tag}:rr:{level}" for level in LEVELS]
+        self._block = [
             self.msgs,
             self.items,
             self.state,
@@ -78,12 +36,23 @@ class QueueKeys:
             self.stats,
             self.paused,
             self.wake,
-            *(self.rr(level) for level in LEVELS),
+            *self.levels,
         ]
+        assert len(self._block) == BLOCK_SIZE
+
+    def rr(self, level: int) -> str:
+        return self.levels[level - 1]
+
+    def acks(self, consumer_id: str) -> str:
+        return f"{self.tag}:acks:{consumer_id}"
+
+    def block(self) -> list[str]:
+        """The 17 keys every placement script takes, in `_placement.lua` order."""
+        return list(self._block)
 
     def settle_keys(self, consumer_id: str) -> list[str]:
         return [self.msgs, self.stats, self.acks(consumer_id), self.dead, self.dead_msgs]
 
     def message_keys(self) -> list[str]:
         """Every key that holds messages (what a flush drops)."""
-        return [self.msgs, self.items, self.state, self.delayed, *(self.rr(level) for level in LEVELS)]
+        return [self.msgs, self.items, self.state, self.delayed, *self.levels]

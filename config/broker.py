@@ -16,16 +16,21 @@ import importlib
 from dataclasses import dataclass
 
 import dramatiq
+import redis
 from dramatiq.encoder import Encoder
 from dramatiq.middleware import (
     AgeLimit,
     Callbacks,
     CurrentMessage,
+    GroupCallbacks,
     Pipelines,
     Retries,
     ShutdownNotifications,
     TimeLimit,
 )
+from dramatiq.rate_limits.backends import RedisBackend as RedisRateLimiterBackend
+from dramatiq.results import Results
+from dramatiq.results.backends import RedisBackend as RedisResultBackend
 
 from broker.encoder import encoder_for
 from broker.inspection import QueueStats, queue_stats
@@ -73,6 +78,7 @@ def build(settings: Settings) -> Runtime:
     taxonomy = build_taxonomy(settings)
     encoder = encoder_for(settings.encoder)
     routing = Routing(router=Router(settings.routes or DEFAULT_ROUTES, taxonomy), taxonomy=taxonomy)
+    client = redis.Redis.from_url(settings.redis_url)
     middleware = [
         # Producer side, in this order for before_enqueue:
         PayloadGuard(max_bytes=settings.max_payload_bytes, encoder=encoder),  # plain data, bounded size
@@ -87,8 +93,13 @@ def build(settings: Settings) -> Runtime:
         Callbacks(),
         Pipelines(),
         Retries(),
+        # Opt-in per actor or message (`store_results=True`, `group(...).run()` with a callback).
+        Results(  # type: ignore[no-untyped-call]
+            backend=RedisResultBackend(client=client, namespace=f"{settings.namespace}-results", encoder=encoder)
+        ),
+        GroupCallbacks(RedisRateLimiterBackend(client=client)),
     ]
-    broker = TriageBroker(url=settings.redis_url, namespace=settings.namespace, middleware=middleware)
+    broker = TriageBroker(client=client, namespace=settings.namespace, middleware=middleware)
     return Runtime(settings=settings, taxonomy=taxonomy, routing=routing, broker=broker, encoder=encoder)
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
 import redis
+from dramatiq.middleware import CurrentMessage
 
 from actors import background, critical, default
 
@@ -43,3 +45,51 @@ def wait_for_release(token: str) -> None:
     """Runs until the test pushes to `test:release` (at most 30 s)."""
     _client.rpush(DONE, f"started:{token}")
     _client.blpop(["test:release"], timeout=30)
+
+
+@default(queue="t_order")
+def record_order(token: str) -> None:
+    """Records the order in which a worker runs messages (tests pause the queue, fill it, resume)."""
+    _client.rpush(DONE, token)
+
+
+@critical
+def parent_sends_children(token: str) -> None:
+    record_placement.send(f"{token}:inherited")
+    record_placement.send_with_options(args=(f"{token}:own",), priority=3, tenant="own-tenant")
+
+
+@background
+def record_placement(token: str) -> None:
+    message = CurrentMessage.get_current_message()
+    assert message is not None
+    options = message.options
+    _client.rpush(DONE, json.dumps([token, options.get("priority"), options.get("tenant")]))
+
+
+@default(max_retries=3, min_backoff=10, max_backoff=50)
+def flaky(token: str, failures: int) -> None:
+    attempt = _client.incr(f"test:attempts:{token}")
+    if attempt <= failures:
+        raise RuntimeError(f"attempt {attempt} fails on purpose")
+    _client.rpush(DONE, f"flaky:{token}:{attempt}")
+
+
+@default
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@default(store_results=True)
+def multiply(x: int, y: int) -> int:
+    return x * y
+
+
+@default
+def record_value(value: int) -> None:
+    _client.rpush(DONE, f"value:{value}")
+
+
+@default
+def group_done() -> None:
+    _client.rpush(DONE, "group-done")
