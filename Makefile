@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint format clean
+.PHONY: install run test lint format clean bench
 
 install: $(STAMP)
 
@@ -31,3 +31,6 @@ format: install
 
 clean:
 	rm -rf $(VENV) .triage .mypy_cache .ruff_cache *.egg-info
+
+bench: install  ## stock Dramatiq vs Triage, same run; prints the table (a few minutes)
+	$(BIN)/python -m bench.run

@@ -29,17 +29,20 @@ them on one node (any single Redis or Sentinel setup).
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
 import redis
+from dramatiq import get_encoder
 from dramatiq.broker import Broker
 from dramatiq.common import current_millis
 from dramatiq.message import Message
-from dramatiq.middleware import Middleware
+from dramatiq.middleware import Middleware, MiddlewareError
 
 from .consumer import TriageConsumer
 from .errors import connection_lost, join_timeout
@@ -69,6 +72,7 @@ class TriageBroker(Broker):
         namespace: str = "triage",
         middleware: list[Middleware] | None = None,
     ) -> None:
+        self._hooks: dict[str, list[Any]] = {}
         super().__init__(middleware=middleware)
         if client is None and url is None:
             raise ValueError("TriageBroker needs a Redis url or client")
@@ -78,6 +82,39 @@ class TriageBroker(Broker):
         self.queues: set[str] = set()
         self._keys: dict[str, QueueKeys] = {}
         self.scripts = register(self.client)
+
+    # -- middleware dispatch -------------------------------------------------------------
+
+    def add_middleware(self, middleware: Middleware, *, before: Any = None, after: Any = None) -> None:
+        super().add_middleware(middleware, before=before, after=after)
+        self._hooks = {}
+
+    def _hooks_for(self, signal: str) -> list[Any]:
+        """The middleware methods that implement `signal` (the base class's are no-ops)."""
+        hooks = self._hooks.get(signal)
+        if hooks is None:
+            base = getattr(Middleware, signal)
+            hooks = self._hooks[signal] = [
+                getattr(m, signal) for m in self.middleware if getattr(type(m), signal) is not base
+            ]
+        return hooks
+
+    def emit_before(self, signal: str, *args: Any, **kwargs: Any) -> None:
+        """Dramatiq's dispatch, minus the calls to hooks that do nothing (enqueue is a hot path)."""
+        for hook in self._hooks_for("before_" + signal):
+            try:
+                hook(self, *args, **kwargs)
+            except MiddlewareError:
+                raise
+            except Exception:
+                self.logger.critical("Unexpected failure in before_%s of %r.", signal, hook.__self__, exc_info=True)
+
+    def emit_after(self, signal: str, *args: Any, **kwargs: Any) -> None:
+        for hook in reversed(self._hooks_for("after_" + signal)):
+            try:
+                hook(self, *args, **kwargs)
+            except Exception:
+                self.logger.critical("Unexpected failure in after_%s of %r.", signal, hook.__self__, exc_info=True)
 
     # -- declaration ---------------------------------------------------------------------
 
@@ -127,29 +164,48 @@ class TriageBroker(Broker):
         if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int) or delay < 0):
             raise ValueError(f"actor {message.actor_name!r}: delay must be a whole number of ms >= 0, got {delay!r}")
         # A fresh id per enqueue: a retried message keeps its message_id but is a new delivery.
-        message = message.copy(options={"redis_message_id": uuid.uuid4().hex})
+        # (The constructor, not Message.copy: dataclasses.replace costs more than the rest.)
+        message = Message(
+            queue_name=message.queue_name,
+            actor_name=message.actor_name,
+            args=message.args,
+            kwargs=message.kwargs,
+            options={**message.options, "redis_message_id": os.urandom(16).hex()},
+            message_id=message.message_id,
+            message_timestamp=message.message_timestamp,
+        )
         self.emit_before("enqueue", message, delay)
         level = message.options.get("priority", DEFAULT_PRIORITY)
         if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 10:
             raise ValueError(f"actor {message.actor_name!r}: priority must be an integer from 1 to 10, got {level!r}")
         tenant = message.options.get("tenant") or SHARED_TENANT
         eta = current_millis() + delay if delay else 0
-        return _Placed(message, delay, message.encode(), level, str(tenant), eta)
+        payload = get_encoder().encode(
+            {
+                "queue_name": message.queue_name,
+                "actor_name": message.actor_name,
+                "args": message.args,
+                "kwargs": message.kwargs,
+                "options": message.options,
+                "message_id": message.message_id,
+                "message_timestamp": message.message_timestamp,
+            }
+        )  # Message.asdict(), without its per-field reflection
+        return _Placed(message, delay, payload, level, str(tenant), eta)
 
     def _store(self, placed: Sequence[_Placed]) -> None:
-        groups: dict[str, list[_Placed]] = {}
+        groups: dict[str, list[Any]] = {}
         for p in placed:
-            groups.setdefault(p.message.queue_name, []).append(p)
+            fields = groups.setdefault(p.message.queue_name, [])
+            fields += (p.message.options["redis_message_id"], p.payload, p.level, p.tenant, p.eta)
         keys: list[str] = []
-        args: list[Any] = [current_millis(), len(groups)]
-        for queue_name, members in groups.items():
-            keys.extend(self.keys(queue_name).block())
-            args.append(len(members))
-            for p in members:
-                args.extend((p.message.options["redis_message_id"], p.payload, p.level, p.tenant, p.eta))
+        for queue_name in groups:
+            keys += self.keys(queue_name).block()
         assert len(keys) == BLOCK_SIZE * len(groups)
+        # Lua's cmsgpack reads byte strings as msgpack "raw": no bin type.
+        blob = msgpack.packb(list(groups.values()), use_bin_type=False)
         try:
-            self.scripts["enqueue"](keys=keys, args=args)
+            self.scripts["enqueue"](keys=keys, args=[current_millis(), blob])
         except redis.ConnectionError as exc:
             raise connection_lost(exc) from None
 

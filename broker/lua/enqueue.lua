@@ -3,24 +3,21 @@
 --
 -- KEYS: one 17-key block per queue (see _placement.lua), queue g at offset 17*(g-1):
 --   msgs, items, state, delayed, stats, paused, wake, rr:1 .. rr:10
--- ARGV: now_ms, queue_count, then for each queue: message_count, then for each message:
---   id, encoded message, level (1-10), tenant ("" for the shared tenant), eta_ms (0: now)
+-- ARGV: 1 now_ms, 2 a msgpack array with one entry per queue, in KEYS order, each a flat array
+--   of id, encoded message, level (1-10), tenant ("" for the shared tenant), eta_ms (0: now),
+--   repeated for each message (one argument for the whole batch keeps the call cheap)
 -- Writes: msgs, items, state, delayed, stats (enqueued_total), wake, rr:*
 -- Returns: the number of messages stored.
 
 local now = tonumber(ARGV[1])
-local queues = tonumber(ARGV[2])
-local arg = 3
+local groups = cmsgpack.unpack(ARGV[2])
 local stored = 0
-for g = 1, queues do
+for g, fields in ipairs(groups) do
   local b = BLOCK * (g - 1)
-  local count = tonumber(ARGV[arg])
-  arg = arg + 1
   local ready = 0
-  for _ = 1, count do
-    local id, payload, level, tenant, eta = ARGV[arg], ARGV[arg + 1], tonumber(ARGV[arg + 2]), ARGV[arg + 3],
-      tonumber(ARGV[arg + 4])
-    arg = arg + 5
+  local count = #fields / 5
+  for i = 1, #fields, 5 do
+    local id, payload, level, tenant, eta = fields[i], fields[i + 1], fields[i + 2], fields[i + 3], fields[i + 4]
     redis.call("hset", KEYS[b + 1], id, payload)
     if eta > now then
       redis.call("zadd", KEYS[b + 4], eta, id .. "|" .. level .. "|" .. tenant)

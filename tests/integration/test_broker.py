@@ -258,9 +258,17 @@ def test_close_puts_fetched_messages_back_at_the_head_in_order(r: redis.Redis) -
 def test_undecodable_message_is_dead_lettered_and_the_consumer_goes_on(r: redis.Redis) -> None:
     # Given raw garbage and a valid msgpack value that is not a message, ahead of a good message
     keys = broker.keys("t_q")
+    garbage = ["garbage-id", b"\xc1\xff not msgpack", 5, "", 0]
+    not_a_message = ["number-id", msgpack.packb(42), 5, "", 0]
     broker.scripts["enqueue"](
         keys=keys.block(),
-        args=[0, 1, 2, "garbage-id", b"\xc1\xff not msgpack", 5, "", 0, "number-id", msgpack.packb(42), 5, "", 0],
+        args=[
+            0,
+            msgpack.packb(
+                [[*garbage, *not_a_message]],
+                use_bin_type=False,
+            ),
+        ],
     )
     t_job.send(7)
     # When the consumer fetches, then the good message comes through

@@ -1,0 +1,24 @@
+"""Actor bodies shared by both benchmark apps, so both brokers run the same work."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import redis
+
+_client = redis.Redis.from_url(os.environ["REDIS_URL"])
+LATENCY_KEY = "bench:latency"
+
+
+def noop() -> None:
+    return None
+
+
+def sleep_ms(ms: float) -> None:
+    time.sleep(ms / 1000)
+
+
+def record_wait(sent_at: float, label: str) -> None:
+    """Record how long the message waited between send and start, in ms."""
+    _client.rpush(f"{LATENCY_KEY}:{label}", (time.time() - sent_at) * 1000)

@@ -1,0 +1,55 @@
+"""One producer command against one app, in its own process: `python -m bench.client APP COMMAND ...`.
+
+Prints one JSON object. Commands:
+  enqueue N         single sends of no-op messages; rate in msg/s
+  batch N           batches of 1000 (Triage's enqueue_batch; stock sends one by one)
+  prefill_noop N    N no-op messages on `bench`
+  prefill_bg N MS   N background messages of MS ms each
+  prefill_tenant N MS   N messages of tenant A (MS ms each) on `bench`
+  probes COUNT RATE     COUNT critical probes at RATE per second
+  tenant_b COUNT        COUNT messages of tenant B, at once
+  prefill_delayed N     N no-op messages delayed by one hour
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import time
+from typing import Any
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    app: Any = importlib.import_module(f"bench.{argv[0]}_app")
+    command, args = argv[1], [float(a) for a in argv[2:]]
+    started = time.perf_counter()
+    if command == "enqueue":
+        for _ in range(int(args[0])):
+            app.send(app.noop)
+    elif command == "batch" or command == "prefill_noop":
+        app.send_many(app.noop, [() for _ in range(int(args[0]))])
+    elif command == "prefill_bg":
+        app.send_many(app.background_work, [(args[1],) for _ in range(int(args[0]))])
+    elif command == "prefill_tenant":
+        app.send_many(app.tenant_job, [(0.0, "", args[1]) for _ in range(int(args[0]))], tenant="A")
+    elif command == "probes":
+        count, rate = int(args[0]), args[1]
+        for i in range(count):
+            next_at = started + i / rate
+            time.sleep(max(0.0, next_at - time.perf_counter()))
+            app.send(app.critical_probe, time.time())
+    elif command == "tenant_b":
+        for _ in range(int(args[0])):
+            app.send(app.tenant_job, time.time(), "tenant_b", 0.0, tenant="B")
+    elif command == "prefill_delayed":
+        app.send_many(app.noop, [() for _ in range(int(args[0]))], delay=3_600_000)
+    else:
+        raise SystemExit(f"unknown command {command!r}")
+    elapsed = time.perf_counter() - started
+    count = int(args[0]) if args else 0
+    return {"seconds": elapsed, "rate": count / elapsed if elapsed else 0.0}
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1:])))

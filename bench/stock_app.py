@@ -1,0 +1,50 @@
+"""The benchmark actors on stock Dramatiq: RedisBroker with its default middleware and JSON."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+
+from . import _probes
+
+broker = RedisBroker(url=os.environ["REDIS_URL"])
+dramatiq.set_broker(broker)
+NAME = "stock"
+
+
+def msgs_key(queue: str) -> str:
+    return f"dramatiq:{queue}.msgs"
+
+
+@dramatiq.actor(queue_name="bench")
+def noop() -> None:
+    _probes.noop()
+
+
+@dramatiq.actor(queue_name="background")
+def background_work(ms: float) -> None:
+    _probes.sleep_ms(ms)
+
+
+@dramatiq.actor(queue_name="critical")
+def critical_probe(sent_at: float) -> None:
+    _probes.record_wait(sent_at, "critical")
+
+
+@dramatiq.actor(queue_name="bench")
+def tenant_job(sent_at: float, label: str, ms: float) -> None:
+    if label:
+        _probes.record_wait(sent_at, label)
+    _probes.sleep_ms(ms)
+
+
+def send(actor: Any, *args: Any, tenant: str | None = None, delay: int | None = None) -> None:
+    actor.send_with_options(args=args, delay=delay)  # no tenants in stock Dramatiq
+
+
+def send_many(actor: Any, argss: list[tuple[Any, ...]], tenant: str | None = None, delay: int | None = None) -> None:
+    for args in argss:  # no batch API in stock Dramatiq
+        actor.send_with_options(args=args, delay=delay)

@@ -1,0 +1,52 @@
+"""The benchmark actors on Triage: the full default middleware stack, msgpack."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from actors import background, critical, default, enqueue_batch, runtime
+
+from . import _probes
+
+broker = runtime.broker
+NAME = "triage"
+
+
+def msgs_key(queue: str) -> str:
+    return broker.keys(queue).msgs
+
+
+@default(queue="bench")
+def noop() -> None:
+    _probes.noop()
+
+
+@background
+def background_work(ms: float) -> None:
+    _probes.sleep_ms(ms)
+
+
+@critical
+def critical_probe(sent_at: float) -> None:
+    _probes.record_wait(sent_at, "critical")
+
+
+@default(queue="bench")
+def tenant_job(sent_at: float, label: str, ms: float) -> None:
+    if label:
+        _probes.record_wait(sent_at, label)
+    _probes.sleep_ms(ms)
+
+
+def _options(tenant: str | None) -> dict[str, Any]:
+    return {"tenant": tenant} if tenant else {}
+
+
+def send(actor: Any, *args: Any, tenant: str | None = None, delay: int | None = None) -> None:
+    actor.send_with_options(args=args, delay=delay, **_options(tenant))
+
+
+def send_many(actor: Any, argss: list[tuple[Any, ...]], tenant: str | None = None, delay: int | None = None) -> None:
+    for start in range(0, len(argss), 1000):
+        chunk = argss[start : start + 1000]
+        enqueue_batch([(actor.message_with_options(args=args, **_options(tenant)), delay) for args in chunk])
