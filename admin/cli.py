@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import cast
 
 import click
@@ -40,11 +42,8 @@ def main() -> None:
 def stats(as_json: bool) -> None:
     """Per-queue counters: queued, delayed, running, dead letters, paused."""
     runtime = _runtime()
-    try:
+    with _reporting_redis_errors(runtime):
         data = runtime.queue_stats()
-    except redis.RedisError as exc:
-        click.echo(f"triage: cannot read Redis at {runtime.settings.redis_url_redacted}: {exc}", err=True)
-        sys.exit(1)
     if as_json:
         click.echo(json.dumps({"queues": data}, indent=2))
         return
@@ -53,6 +52,41 @@ def stats(as_json: bool) -> None:
     click.echo(header)
     for name, row in data.items():
         click.echo(f"{name:<18}{row['tier']:<12}" + "".join(f"{row[c]!s:>20}" for c in columns))  # type: ignore[literal-required]
+
+
+@contextmanager
+def _reporting_redis_errors(runtime: Runtime) -> Iterator[None]:
+    """Turn a Redis failure into one line naming the (redacted) URL, and exit status 1."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        click.echo(f"triage: cannot reach Redis at {runtime.settings.redis_url_redacted}: {exc}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("queue")
+def pause(queue: str) -> None:
+    """Stop delivering QUEUE's messages (persisted in Redis); producers can still enqueue."""
+    _set_paused(queue, True)
+
+
+@main.command()
+@click.argument("queue")
+def resume(queue: str) -> None:
+    """Deliver QUEUE's messages again; idle workers wake at once."""
+    _set_paused(queue, False)
+
+
+def _set_paused(queue: str, paused: bool) -> None:
+    runtime = _runtime()
+    if queue not in runtime.taxonomy.queues:
+        known = ", ".join(runtime.taxonomy.queues)
+        click.echo(f"triage: unknown queue {queue!r}; known queues: {known}", err=True)
+        sys.exit(2)
+    with _reporting_redis_errors(runtime):
+        (runtime.broker.pause if paused else runtime.broker.resume)(queue)
+    click.echo(f"{'paused' if paused else 'resumed'} {queue}")
 
 
 @main.command()

@@ -33,8 +33,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 import redis
@@ -53,8 +52,7 @@ DEFAULT_PRIORITY = 5
 SHARED_TENANT = ""
 
 
-@dataclass(frozen=True)
-class _Placed:
+class _Placed(NamedTuple):
     message: Message[Any]
     delay: int | None
     payload: bytes

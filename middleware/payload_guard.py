@@ -67,7 +67,7 @@ class PayloadGuard(Middleware):
 
     def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
         try:
-            bound = self._bound(message.args) + self._bound(message.kwargs)
+            bound = self._bound((message.args, message.kwargs))
         except _NotNative:
             self._raise_type_error(broker, message)
         try:

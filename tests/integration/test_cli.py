@@ -54,7 +54,7 @@ def test_stats_table(r: redis.Redis) -> None:
 def test_stats_names_unreachable_redis_without_password() -> None:
     done = triage("stats", env=env_with(REDIS_URL="redis://:hunter2@127.0.0.1:1/0"))
     assert done.returncode == 1
-    assert "cannot read Redis at redis://:***@127.0.0.1:1/0" in done.stderr
+    assert "cannot reach Redis at redis://:***@127.0.0.1:1/0" in done.stderr
     assert "hunter2" not in done.stdout + done.stderr
     assert "Traceback" not in done.stderr
 
@@ -80,3 +80,24 @@ def test_queues_of_a_tier_for_the_procfile() -> None:
     assert done.stdout.split() == ["background", "reports"]
     extra = triage("queues", "default", env=env_with(TRIAGE_QUEUES='{"sms": "default"}'))
     assert extra.stdout.split() == ["default", "email", "sms"]
+
+
+def test_pause_and_resume_from_the_cli(r: redis.Redis) -> None:
+    # Given a message on the critical queue
+    worker_actors.record_critical.send("c")
+    # When an operator pauses the queue
+    paused = triage("pause", "critical")
+    assert paused.returncode == 0, paused.stderr
+    # Then it is persisted in Redis and shown by stats
+    assert broker.is_paused("critical")
+    assert json.loads(triage("stats", "--json").stdout)["queues"]["critical"]["paused"] is True
+    # And resume clears it
+    resumed = triage("resume", "critical")
+    assert resumed.returncode == 0, resumed.stderr
+    assert not broker.is_paused("critical")
+
+
+def test_pause_of_an_unknown_queue_names_the_known_ones() -> None:
+    done = triage("pause", "nope")
+    assert done.returncode == 2
+    assert "unknown queue 'nope'; known queues: critical, default, background" in done.stderr
