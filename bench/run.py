@@ -110,20 +110,33 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
+def children(master: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == master:
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
 def rss_mb_of_children(master: int) -> float:
     total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[1]) != master:
-                continue
-            status = (entry / "status").read_text()
-        except OSError:
-            continue
+    for pid in children(master):
+        status = Path(f"/proc/{pid}/status").read_text()
         total += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
     return total / 1024
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of the processes so far."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 # -- scenarios ---------------------------------------------------------------------------
@@ -188,14 +201,18 @@ def fairness(app: str, flood: int, count: int) -> dict[str, float]:
 
 def delayed_rss(app: str, n: int, settle: float) -> dict[str, float]:
     with fresh_redis() as (env, _), workers(app, env, ["bench"], 1) as master:
+        time.sleep(1)
+        pids = [master, *children(master)]
+        cpu_before = cpu_seconds(pids)
         time.sleep(settle)
+        idle_cpu = (cpu_seconds(pids) - cpu_before) / settle * 100
         idle = rss_mb_of_children(master)
     with fresh_redis() as (env, _):
         client(app, env, "prefill_delayed", n)
         with workers(app, env, ["bench"], 1) as master:
             time.sleep(settle)
             loaded = rss_mb_of_children(master)
-    return {"idle": idle, "delayed": loaded}
+    return {"idle": idle, "delayed": loaded, "idle_cpu": idle_cpu}
 
 
 # -- report ------------------------------------------------------------------------------
@@ -279,6 +296,7 @@ def report(
             "≤ 50 ms",
             False,
         ),
+        row("idle worker CPU (1 process × 8 threads)", s["rss"]["idle_cpu"], t["rss"]["idle_cpu"], "%", "~0 %", None),
         row("worker RSS, idle", s["rss"]["idle"], t["rss"]["idle"], "MB", "", None),
         row(
             f"worker RSS with {n_delayed:,} delayed messages", s["rss"]["delayed"], t["rss"]["delayed"], "MB", "", None

@@ -15,6 +15,10 @@
 -- tenants of a level, the fetch takes the tenant at the front of rr:level and puts it back
 -- at the end if it has more work: O(1) per message, whatever the number of messages or
 -- tenants. Scripts touch no key that is not in KEYS.
+--
+-- Skipping a tenant (over its in-flight or rate limit) needs no message to move: the fetch
+-- pops the tenant from rr:level and parks it instead of pushing it back; when the tenant is
+-- under its limit again it is pushed back onto rr:level, and its FIFO is where it was.
 
 local BLOCK = 17
 local WAKE_TOKENS_MAX = 64
