@@ -9,22 +9,29 @@ Guarantees:
   fetches only when no more than half of that is outstanding: a busy worker keeps about
   one message per thread waiting beyond those running, so urgent messages are not stuck
   behind a hoard in another worker's memory.
-- A message that cannot be decoded is dead-lettered at once and the consumer goes on.
-- Ack, nack and requeue may be called from any worker thread.
+- Every delivered message carries its delivery count in `options["triage_deliveries"]`.
+- A message that cannot be decoded is dead-lettered at once (reason `undecodable`, raw
+  bytes kept) and the consumer goes on; a nack records why the message failed
+  (`failed`, or `unknown-actor`) with the error type, message and a truncated traceback.
+- Ack, nack and requeue may be called from any worker thread. When Redis is unreachable
+  they do not block or fail the worker thread: they wait in the broker's backlog and are
+  applied, in order, as soon as Redis answers again.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import redis
 from dramatiq.broker import Consumer, MessageProxy
-from dramatiq.errors import DecodeError
+from dramatiq.errors import ActorNotFound, DecodeError
 from dramatiq.message import Message
 
 from .errors import connection_lost
@@ -35,6 +42,58 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_DUE_MOVED_PER_FETCH = 1000
+DELIVERIES_OPTION = "triage_deliveries"
+TRACEBACK_LIMIT = 4000
+CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+
+
+def failure_info(reason: str, exception: BaseException | None, **extra: Any) -> str:
+    """The JSON kept with a dead letter: why, and the last error (type, message, traceback tail)."""
+    info: dict[str, Any] = {"reason": reason, **extra}
+    if exception is not None:
+        trace = "".join(traceback.format_exception(type(exception), exception, exception.__traceback__))
+        info["error"] = {
+            "type": type(exception).__name__,
+            "message": str(exception)[:1000],
+            "traceback": trace[-TRACEBACK_LIMIT:],
+        }
+    return json.dumps(info)
+
+
+class SettleBacklog:
+    """Acks, nacks and requeues that could not reach Redis, applied in order once it answers."""
+
+    def __init__(self, broker: TriageBroker) -> None:
+        self.broker = broker
+        self.pending: deque[tuple[str, list[str], list[Any]]] = deque()
+        self.lock = threading.Lock()
+
+    def run(self, script: str, keys: list[str], args: list[Any]) -> None:
+        """Run the script now if Redis answers (and nothing is waiting before it), else keep it for later."""
+        if self.pending and not self.flush():
+            self._keep(script, keys, args)
+            return
+        try:
+            self.broker.scripts[script](keys=keys, args=args)
+        except CONNECTION_ERRORS as exc:
+            logger.warning("Redis unreachable (%s): %s kept until it answers again.", exc, script)
+            self._keep(script, keys, args)
+
+    def _keep(self, script: str, keys: list[str], args: list[Any]) -> None:
+        with self.lock:
+            self.pending.append((script, keys, args))
+
+    def flush(self) -> bool:
+        """Apply what is waiting; True when nothing is left."""
+        with self.lock:
+            while self.pending:
+                script, keys, args = self.pending[0]
+                try:
+                    self.broker.scripts[script](keys=keys, args=args)
+                except CONNECTION_ERRORS:
+                    return False
+                self.pending.popleft()
+            return True
 
 
 class TriageConsumer(Consumer):
@@ -43,7 +102,7 @@ class TriageConsumer(Consumer):
         self.queue_name = queue_name
         self.keys = broker.keys(queue_name)
         self.consumer_id = broker.broker_id
-        self.fetch_keys = [*self.keys.block(), self.keys.acks(self.consumer_id)]
+        self.fetch_keys = self.keys.fetch_keys(self.consumer_id)
         self.settle_keys = self.keys.settle_keys(self.consumer_id)
         self.prefetch = max(1, prefetch)
         self.low_water = max(1, self.prefetch // 2)
@@ -68,38 +127,42 @@ class TriageConsumer(Consumer):
                 self.settled.clear()
                 self.settled.wait(self.timeout)
                 return None
+            if self.broker.backlog.pending and not self.broker.backlog.flush():
+                raise redis.ConnectionError("settles are still waiting for Redis")
             if self._fetch(self.prefetch - outstanding):
                 return self.cache.popleft()
             self._block()
             return None
-        except redis.ConnectionError as exc:
+        except CONNECTION_ERRORS as exc:
             raise connection_lost(exc) from None
 
     def _fetch(self, count: int) -> bool:
-        pairs, next_eta = self.broker.scripts["fetch"](
+        triples, next_eta = self.broker.scripts["fetch"](
             keys=self.fetch_keys, args=[_now_ms(), count, MAX_DUE_MOVED_PER_FETCH]
         )
         self.next_eta = int(next_eta)
-        for i in range(0, len(pairs), 2):
-            redis_id, payload = pairs[i], pairs[i + 1]
+        for i in range(0, len(triples), 3):
+            redis_id, payload, deliveries = triples[i], triples[i + 1], triples[i + 2]
             try:
                 proxy = MessageProxy(Message.decode(payload))
             except DecodeError as exc:
                 self._dead_letter_undecodable(redis_id, exc)
                 continue
+            proxy.options[DELIVERIES_OPTION] = int(deliveries)
             with self.lock:
                 self.outstanding += 1
             self.cache.append(proxy)
         return bool(self.cache)
 
-    def _dead_letter_undecodable(self, redis_id: bytes, exc: Exception) -> None:
+    def _dead_letter_undecodable(self, redis_id: bytes, exc: DecodeError) -> None:
         logger.error(
-            "Message %s on queue %r cannot be decoded (%s); moved to dead letters.",
+            "Message %s on queue %r cannot be decoded (%s); moved to the dead letters.",
             redis_id.decode(errors="replace"),
             self.queue_name,
-            exc,
+            exc.__cause__ or exc,
         )
-        self.broker.scripts["settle"](keys=self.settle_keys, args=["nack", _now_ms(), redis_id])
+        info = failure_info("undecodable", exc.__cause__ or exc, queue=self.queue_name)
+        self.broker.backlog.run("settle", self.settle_keys, ["nack", _now_ms(), redis_id, info])
 
     def _block(self) -> None:
         wait = self.timeout
@@ -108,18 +171,17 @@ class TriageConsumer(Consumer):
         self.broker.client.blpop([self.keys.wake], timeout=wait)
 
     def ack(self, message: MessageProxy) -> None:
-        self._settle("ack", message)
+        self._settle(["ack", _now_ms(), message.options["redis_message_id"]])
 
     def nack(self, message: MessageProxy) -> None:
-        self._settle("nack", message)
+        exception = getattr(message, "_exception", None)
+        reason = "unknown-actor" if isinstance(exception, ActorNotFound) else "failed"
+        info = failure_info(reason, exception, actor=message.actor_name, queue=self.queue_name)
+        self._settle(["nack", _now_ms(), message.options["redis_message_id"], info])
 
-    def _settle(self, verb: str, message: MessageProxy) -> None:
+    def _settle(self, args: list[Any]) -> None:
         try:
-            self.broker.scripts["settle"](
-                keys=self.settle_keys, args=[verb, _now_ms(), message.options["redis_message_id"]]
-            )
-        except redis.ConnectionError as exc:
-            raise connection_lost(exc) from None
+            self.broker.backlog.run("settle", self.settle_keys, args)
         finally:
             self._release(1)
 
@@ -128,7 +190,7 @@ class TriageConsumer(Consumer):
         if not ids:
             return
         try:
-            self.broker.scripts["requeue"](keys=self.fetch_keys, args=ids)
+            self.broker.backlog.run("requeue", self.fetch_keys, ids)
         finally:
             self._release(len(ids))
 
@@ -140,10 +202,7 @@ class TriageConsumer(Consumer):
     def close(self) -> None:
         cached: list[Any] = list(self.cache)
         self.cache.clear()
-        try:
-            self.requeue(cached)
-        except redis.ConnectionError:
-            logger.warning("Could not put %d fetched messages back on %r.", len(cached), self.queue_name)
+        self.requeue(cached)
 
 
 def _now_ms() -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dramatiq.errors import ConnectionClosed, QueueJoinTimeout
+from dramatiq.errors import BrokerError, ConnectionClosed, QueueJoinTimeout
 
 
 def connection_lost(exc: Exception) -> ConnectionClosed:
@@ -12,3 +12,15 @@ def connection_lost(exc: Exception) -> ConnectionClosed:
 
 def join_timeout(queue_name: str) -> QueueJoinTimeout:
     return QueueJoinTimeout(queue_name)  # type: ignore[no-untyped-call]
+
+
+class ReplicationError(BrokerError):
+    """An enqueue reached the primary but fewer replicas than required confirmed it in time."""
+
+    def __init__(self, messages: int, confirmed: int, required: int, timeout_ms: int) -> None:
+        super().__init__(  # type: ignore[no-untyped-call]
+            f"enqueue of {messages} message(s) confirmed by {confirmed} of {required} replica(s) within "
+            f"{timeout_ms} ms (TRIAGE_MIN_REPLICAS): it is on the primary only and a failover may lose it; "
+            "sending it again may run it twice"
+        )
+        self.messages, self.confirmed, self.required = messages, confirmed, required

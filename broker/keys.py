@@ -27,6 +27,8 @@ class QueueKeys:
         self.wake = f"{tag}:wake"
         self.dead = f"{tag}:dead"
         self.dead_msgs = f"{tag}:dead.msgs"
+        self.dead_info = f"{tag}:dead.info"
+        self.deliveries = f"{tag}:deliveries"
         self.levels = [f"{tag}:rr:{level}" for level in LEVELS]
         self._block = [
             self.msgs,
@@ -50,9 +52,27 @@ class QueueKeys:
         """The 17 keys every placement script takes, in `_placement.lua` order."""
         return list(self._block)
 
+    def enqueue_keys(self) -> list[str]:
+        return [*self._block, self.deliveries]
+
+    def fetch_keys(self, consumer_id: str) -> list[str]:
+        """Keys of fetch.lua and requeue.lua."""
+        return [*self._block, self.acks(consumer_id), self.deliveries]
+
     def settle_keys(self, consumer_id: str) -> list[str]:
-        return [self.msgs, self.stats, self.acks(consumer_id), self.dead, self.dead_msgs]
+        return [
+            self.msgs,
+            self.stats,
+            self.acks(consumer_id),
+            self.deliveries,
+            self.dead,
+            self.dead_msgs,
+            self.dead_info,
+        ]
+
+    def reclaim_keys(self, dead_worker_id: str) -> list[str]:
+        return [*self._block, self.acks(dead_worker_id), self.deliveries, self.dead, self.dead_msgs, self.dead_info]
 
     def message_keys(self) -> list[str]:
         """Every key that holds messages (what a flush drops)."""
-        return [self.msgs, self.items, self.state, self.delayed, *self.levels]
+        return [self.msgs, self.items, self.state, self.delayed, self.deliveries, *self.levels]

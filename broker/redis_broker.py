@@ -19,6 +19,14 @@ The life of a message, in plain words:
    message moves to the queue's dead letters, kept until an operator acts.
 4. A worker that stops puts the messages it fetched but did not start back at the head
    of their level and tenant, in order, and wakes another consumer.
+5. A worker that dies (kill -9, out of memory, `os._exit`) stops heartbeating. Once its
+   heartbeat is older than the timeout, the next reaper pass of any live worker takes its
+   in-flight messages back to the head of their level and tenant. Every delivery is
+   counted; a message that was delivered `max_deliveries` times and killed its worker
+   each time is moved to the dead letters with reason `crash-loop` instead.
+6. A message that cannot be decoded, or names an actor this worker does not know, is
+   dead-lettered at once with its raw bytes (reasons `undecodable`, `unknown-actor`).
+   Dead letters never expire: an operator inspects, requeues or purges them.
 
 Costs: every enqueue, fetch and settle is one round trip and O(1) Redis work in the
 number of queued messages and tenants (a fetch scans at most the ten levels). No KEYS,
@@ -32,7 +40,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import msgpack
@@ -43,9 +51,11 @@ from dramatiq.common import current_millis
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware, MiddlewareError
 
-from .consumer import TriageConsumer
-from .errors import connection_lost, join_timeout
-from .keys import BLOCK_SIZE, QueueKeys
+from .connection import client_from_url
+from .consumer import DELIVERIES_OPTION, SettleBacklog, TriageConsumer
+from .errors import ReplicationError, connection_lost, join_timeout
+from .keys import QueueKeys
+from .liveness import WorkerRegistry
 from .scripts import register
 
 DEFAULT_PRIORITY = 5
@@ -59,6 +69,7 @@ class _Placed(NamedTuple):
     level: int
     tenant: str
     eta: int
+    max_deliveries: int  # 0: the queue's default
 
 
 class TriageBroker(Broker):
@@ -69,17 +80,26 @@ class TriageBroker(Broker):
         client: redis.Redis | None = None,
         namespace: str = "triage",
         middleware: list[Middleware] | None = None,
+        heartbeat_timeout_ms: int = 30_000,
+        max_deliveries: Callable[[str], int] = lambda queue_name: 3,
+        min_replicas: int = 0,
+        replica_timeout_ms: int = 1000,
     ) -> None:
         self._hooks: dict[str, list[Any]] = {}
         super().__init__(middleware=middleware)
         if client is None and url is None:
             raise ValueError("TriageBroker needs a Redis url or client")
-        self.client: redis.Redis = client if client is not None else redis.Redis.from_url(url)  # type: ignore[arg-type]
+        self.client: redis.Redis = client if client is not None else client_from_url(url)  # type: ignore[arg-type]
         self.namespace = namespace
         self.broker_id = uuid.uuid4().hex
         self.queues: set[str] = set()
         self._keys: dict[str, QueueKeys] = {}
         self.scripts = register(self.client)
+        self.heartbeat_timeout_ms = heartbeat_timeout_ms
+        self.min_replicas = min_replicas
+        self.replica_timeout_ms = replica_timeout_ms
+        self.registry = WorkerRegistry(self, max_deliveries=max_deliveries)
+        self.backlog = SettleBacklog(self)
 
     # -- middleware dispatch -------------------------------------------------------------
 
@@ -168,7 +188,10 @@ class TriageBroker(Broker):
             actor_name=message.actor_name,
             args=message.args,
             kwargs=message.kwargs,
-            options={**message.options, "redis_message_id": os.urandom(16).hex()},
+            options={
+                **{k: v for k, v in message.options.items() if k != DELIVERIES_OPTION},
+                "redis_message_id": os.urandom(16).hex(),
+            },
             message_id=message.message_id,
             message_timestamp=message.message_timestamp,
         )
@@ -178,6 +201,10 @@ class TriageBroker(Broker):
             raise ValueError(f"actor {message.actor_name!r}: priority must be an integer from 1 to 10, got {level!r}")
         tenant = message.options.get("tenant") or SHARED_TENANT
         eta = current_millis() + delay if delay else 0
+        max_deliveries = message.options.get("max_deliveries")
+        if max_deliveries is None:
+            actor = self.actors.get(message.actor_name)
+            max_deliveries = actor.options.get("max_deliveries", 0) if actor is not None else 0
         payload = get_encoder().encode(
             {
                 "queue_name": message.queue_name,
@@ -189,23 +216,31 @@ class TriageBroker(Broker):
                 "message_timestamp": message.message_timestamp,
             }
         )  # Message.asdict(), without its per-field reflection
-        return _Placed(message, delay, payload, level, str(tenant), eta)
+        return _Placed(message, delay, payload, level, str(tenant), eta, int(max_deliveries))
 
     def _store(self, placed: Sequence[_Placed]) -> None:
         groups: dict[str, list[Any]] = {}
         for p in placed:
             fields = groups.setdefault(p.message.queue_name, [])
-            fields += (p.message.options["redis_message_id"], p.payload, p.level, p.tenant, p.eta)
+            fields += (p.message.options["redis_message_id"], p.payload, p.level, p.tenant, p.eta, p.max_deliveries)
         keys: list[str] = []
         for queue_name in groups:
-            keys += self.keys(queue_name).block()
-        assert len(keys) == BLOCK_SIZE * len(groups)
+            keys += self.keys(queue_name).enqueue_keys()
         # Lua's cmsgpack reads byte strings as msgpack "raw": no bin type.
-        blob = msgpack.packb(list(groups.values()), use_bin_type=False)
+        args = [current_millis(), msgpack.packb(list(groups.values()), use_bin_type=False)]
         try:
-            self.scripts["enqueue"](keys=keys, args=[current_millis(), blob])
-        except redis.ConnectionError as exc:
+            if not self.min_replicas:
+                self.scripts["enqueue"](keys=keys, args=args)
+                return
+            # Durable enqueue: WAIT on the same connection, right after the script.
+            pipe = self.client.pipeline(transaction=False)
+            self.scripts["enqueue"](keys=keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", self.min_replicas, self.replica_timeout_ms)  # type: ignore[no-untyped-call]
+            _, confirmed = pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise connection_lost(exc) from None
+        if confirmed < self.min_replicas:
+            raise ReplicationError(len(placed), int(confirmed), self.min_replicas, self.replica_timeout_ms)
 
     # -- consuming -----------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import redis
 from redis.commands.core import Script
 
 LUA_DIR = Path(__file__).parent / "lua"
-SCRIPT_NAMES = ("enqueue", "fetch", "settle", "requeue")
+SCRIPT_NAMES = ("enqueue", "fetch", "settle", "requeue", "reclaim")
 
 
 def source(name: str) -> str:

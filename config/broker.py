@@ -16,7 +16,6 @@ import importlib
 from dataclasses import dataclass
 
 import dramatiq
-import redis
 from dramatiq.encoder import Encoder
 from dramatiq.middleware import (
     AgeLimit,
@@ -32,8 +31,10 @@ from dramatiq.rate_limits.backends import RedisBackend as RedisRateLimiterBacken
 from dramatiq.results import Results
 from dramatiq.results.backends import RedisBackend as RedisResultBackend
 
+from broker.connection import client_from_url
 from broker.encoder import encoder_for
 from broker.inspection import QueueStats, queue_stats
+from broker.liveness import Liveness
 from broker.redis_broker import TriageBroker
 from middleware import PayloadGuard, Placement, Routing
 from middleware.placement import PriorityHook
@@ -78,14 +79,15 @@ def build(settings: Settings) -> Runtime:
     taxonomy = build_taxonomy(settings)
     encoder = encoder_for(settings.encoder)
     routing = Routing(router=Router(settings.routes or DEFAULT_ROUTES, taxonomy), taxonomy=taxonomy)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = client_from_url(settings.redis_url)
     middleware = [
         # Producer side, in this order for before_enqueue:
         PayloadGuard(max_bytes=settings.max_payload_bytes, encoder=encoder),  # plain data, bounded size
         routing,  # binds actors to tiers at declaration
         Placement(taxonomy=taxonomy, hook=load_hook(settings.priority_hook)),  # priority and tenant
-        # Consumer side: the current message (for inheritance), then Dramatiq's own
-        # policies, fed by the tier's actor options.
+        # Consumer side: heartbeats and the reaper; the current message (for inheritance);
+        # then Dramatiq's own policies, fed by the tier's actor options.
+        Liveness(),
         CurrentMessage(),
         AgeLimit(),
         TimeLimit(),
@@ -99,7 +101,15 @@ def build(settings: Settings) -> Runtime:
         ),
         GroupCallbacks(RedisRateLimiterBackend(client=client)),
     ]
-    broker = TriageBroker(client=client, namespace=settings.namespace, middleware=middleware)
+    broker = TriageBroker(
+        client=client,
+        namespace=settings.namespace,
+        middleware=middleware,
+        heartbeat_timeout_ms=int(settings.heartbeat_timeout * 1000),
+        max_deliveries=lambda queue: (taxonomy.tier_of_queue(queue) or taxonomy.tiers["default"]).max_deliveries,
+        min_replicas=settings.min_replicas,
+        replica_timeout_ms=settings.replica_timeout_ms,
+    )
     return Runtime(settings=settings, taxonomy=taxonomy, routing=routing, broker=broker, encoder=encoder)
 
 

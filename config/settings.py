@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
@@ -25,7 +25,7 @@ TIER_NAMES: tuple[TierName, ...] = ("critical", "default", "background")
 MIB = 1024 * 1024
 
 _QUEUE_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9._-]*")
-_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
 
 Priority = Annotated[int, Field(ge=1, le=10)]
 PositiveMs = Annotated[int, Field(gt=0)]
@@ -46,6 +46,7 @@ class TierOverride(BaseModel):
     min_backoff_ms: PositiveMs | None = None
     max_backoff_ms: PositiveMs | None = None
     time_limit_ms: PositiveMs | None = None
+    max_deliveries: Annotated[int, Field(ge=1, le=100)] | None = None
 
 
 class Settings(BaseSettings):
@@ -73,6 +74,11 @@ class Settings(BaseSettings):
     # Ordered routing rules for plain Dramatiq actors: [["erp.orders.*", "critical"], ...].
     # The target is a tier or a queue; an empty list keeps the built-in rules.
     routes: list[tuple[str, str]] = Field(default_factory=list)
+    # Seconds without a heartbeat after which a worker is presumed dead and its messages reclaimed.
+    heartbeat_timeout: float = Field(default=30.0, gt=0, le=3600)
+    # Durable enqueue: wait for this many replicas to confirm every enqueue (0: do not wait).
+    min_replicas: int = Field(default=0, ge=0, le=16)
+    replica_timeout_ms: int = Field(default=1000, gt=0, le=60_000)
     # A function that adjusts message priorities: "package.module:function".
     priority_hook: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -104,15 +110,14 @@ class Settings(BaseSettings):
         return data
 
 
+_PASSWORD_IN_URL = re.compile(r"^([a-z+]+://[^:@/]*):[^@/]*@")
+_PASSWORD_IN_QUERY = re.compile(r"((?:^|[?&])[a-z_]*password=)[^&]*")
+
+
 def redact_url(url: str) -> str:
-    """`redis://user:secret@host:6379/0` → `redis://user:***@host:6379/0`."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """`redis://user:secret@host:6379/0` → `redis://user:***@host:6379/0` (query passwords too)."""
+    url = _PASSWORD_IN_URL.sub(r"\1:***@", url)
+    return _PASSWORD_IN_QUERY.sub(r"\1***", url)
 
 
 _SECRET_FIELDS = {"redis_url"}

@@ -32,6 +32,7 @@ class Tier:
     max_backoff_ms: int
     time_limit_ms: int
     actor_priority: int  # Dramatiq's worker-side order: lower runs first
+    max_deliveries: int = 3  # deliveries that killed their worker before a message is quarantined
 
     def actor_options(self) -> dict[str, int]:
         """The Dramatiq actor options this tier implies (Retries and TimeLimit read them)."""

@@ -82,6 +82,22 @@ local function split_meta(meta)
   return tonumber(string.sub(meta, 1, sep - 1)), string.sub(meta, sep + 1)
 end
 
+-- Move a message to the dead letters: its body to dead.msgs, its id to dead (scored by time),
+-- and what happened to dead.info (the given table, plus the deliveries count and time).
+local function dead_letter(msgs, deliveries, dead, dead_msgs, dead_info, stats, id, now, info)
+  local payload = redis.call("hget", msgs, id)
+  if payload then
+    redis.call("hset", dead_msgs, id, payload)
+  end
+  info["deliveries"] = tonumber(redis.call("hget", deliveries, id) or "0")
+  info["dead_lettered_at_ms"] = now
+  redis.call("hset", dead_info, id, cjson.encode(info))
+  redis.call("zadd", dead, now, id)
+  redis.call("hincrby", stats, "dead_total", 1)
+  redis.call("hdel", msgs, id)
+  redis.call("hdel", deliveries, id, id .. ":max")
+end
+
 local function wake(b, tokens)
   local room = WAKE_TOKENS_MAX - redis.call("llen", KEYS[b + 7])
   for _ = 1, math.min(tokens, room) do

@@ -3,16 +3,18 @@
 -- flight for this consumer.
 --
 -- KEYS: the queue's 17-key block (msgs, items, state, delayed, stats, paused, wake,
---   rr:1 .. rr:10), then 18: {ns:Q}:acks:<consumer id>, hash id -> "level|tenant"
+--   rr:1 .. rr:10), then 18: {ns:Q}:acks:<consumer id>, hash id -> "level|tenant",
+--   19: {ns:Q}:deliveries, hash id -> deliveries so far (and "id:max" -> its own limit)
 -- ARGV: now_ms, max_messages, max_due_moved
--- Writes: items, state, delayed, stats (running), rr:*, acks
--- Returns: { {id1, message1, id2, message2, ...}, eta of the next delayed message or -1 }
+-- Writes: items, state, delayed, stats (running), rr:*, acks, deliveries
+-- Returns: { {id1, message1, deliveries1, id2, ...}, eta of the next delayed message or -1 }
 --   Nothing is returned while the queue is paused; due delayed messages still move.
 
 local b = 0
 local now = tonumber(ARGV[1])
 local wanted = tonumber(ARGV[2])
 local acks = KEYS[18]
+local deliveries = KEYS[19]
 
 local due = redis.call("zrangebyscore", KEYS[4], "-inf", now, "LIMIT", 0, tonumber(ARGV[3]))
 for _, member in ipairs(due) do
@@ -35,6 +37,7 @@ if redis.call("exists", KEYS[6]) == 0 then
         redis.call("hset", acks, id, level .. "|" .. tenant)
         out[#out + 1] = id
         out[#out + 1] = payload
+        out[#out + 1] = redis.call("hincrby", deliveries, id, 1)
         taken = taken + 1
       end
     else

@@ -1,10 +1,14 @@
--- settle: finish an in-flight message: ack (forget it) or nack (move it to dead letters).
+-- settle: finish an in-flight message: ack (forget it) or nack (move it to the dead letters
+-- with why it failed).
 --
--- KEYS: 1 {ns:Q}:msgs, 2 {ns:Q}:stats, 3 {ns:Q}:acks:<consumer id>,
---       4 {ns:Q}:dead (zset id -> time), 5 {ns:Q}:dead.msgs (hash id -> message)
--- ARGV: "ack" or "nack", now_ms, id
--- Writes: msgs, stats (running, acked_total, dead_total), acks, dead, dead.msgs
--- Returns: 1, or 0 when the message was not in flight for this consumer (already settled).
+-- KEYS: 1 {ns:Q}:msgs, 2 {ns:Q}:stats, 3 {ns:Q}:acks:<consumer id>, 4 {ns:Q}:deliveries,
+--       5 {ns:Q}:dead (zset id -> time dead-lettered), 6 {ns:Q}:dead.msgs (hash id -> message),
+--       7 {ns:Q}:dead.info (hash id -> JSON: reason, error, deliveries, ...)
+-- ARGV: "ack" or "nack", now_ms, id, for nack: the JSON description of the failure
+-- Writes: msgs, stats (running, acked_total, dead_total), acks, deliveries, dead, dead.msgs,
+--   dead.info
+-- Returns: 1, or 0 when the message was not in flight for this consumer (already settled,
+--   or reclaimed after this worker was presumed dead).
 
 local id = ARGV[3]
 if redis.call("hdel", KEYS[3], id) == 0 then
@@ -12,14 +16,10 @@ if redis.call("hdel", KEYS[3], id) == 0 then
 end
 redis.call("hincrby", KEYS[2], "running", -1)
 if ARGV[1] == "nack" then
-  local payload = redis.call("hget", KEYS[1], id)
-  if payload then
-    redis.call("hset", KEYS[5], id, payload)
-    redis.call("zadd", KEYS[4], tonumber(ARGV[2]), id)
-  end
-  redis.call("hincrby", KEYS[2], "dead_total", 1)
+  dead_letter(KEYS[1], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[2], id, tonumber(ARGV[2]), cjson.decode(ARGV[4]))
 else
   redis.call("hincrby", KEYS[2], "acked_total", 1)
+  redis.call("hdel", KEYS[1], id)
+  redis.call("hdel", KEYS[4], id, id .. ":max")
 end
-redis.call("hdel", KEYS[1], id)
 return 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import deque
@@ -258,10 +259,10 @@ def test_close_puts_fetched_messages_back_at_the_head_in_order(r: redis.Redis) -
 def test_undecodable_message_is_dead_lettered_and_the_consumer_goes_on(r: redis.Redis) -> None:
     # Given raw garbage and a valid msgpack value that is not a message, ahead of a good message
     keys = broker.keys("t_q")
-    garbage = ["garbage-id", b"\xc1\xff not msgpack", 5, "", 0]
-    not_a_message = ["number-id", msgpack.packb(42), 5, "", 0]
+    garbage = ["garbage-id", b"\xc1\xff not msgpack", 5, "", 0, 0]
+    not_a_message = ["number-id", msgpack.packb(42), 5, "", 0, 0]
     broker.scripts["enqueue"](
-        keys=keys.block(),
+        keys=keys.enqueue_keys(),
         args=[
             0,
             msgpack.packb(
@@ -278,6 +279,10 @@ def test_undecodable_message_is_dead_lettered_and_the_consumer_goes_on(r: redis.
     assert r.zscore(keys.dead, "garbage-id") is not None
     assert r.hget(keys.dead_msgs, "garbage-id") == b"\xc1\xff not msgpack"
     assert r.zscore(keys.dead, "number-id") is not None
+    info = json.loads(r.hget(keys.dead_info, "garbage-id") or "{}")
+    assert info["reason"] == "undecodable"
+    assert info["error"]["type"] == "ExtraData" or info["error"]["type"].endswith("Error")
+    assert info["deliveries"] == 1
     assert broker.counts("t_q") == (0, 0, 0)
 
 
