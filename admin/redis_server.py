@@ -72,11 +72,20 @@ def answers(url: str, timeout: float = 0.5) -> bool:
 class RedisServer:
     """One redis-server process on 127.0.0.1:`port` with its files under `data_dir`."""
 
-    def __init__(self, *, port: int, data_dir: Path, appendonly: bool = True, fsync: str = "everysec") -> None:
+    def __init__(
+        self,
+        *,
+        port: int,
+        data_dir: Path,
+        appendonly: bool = True,
+        fsync: str = "everysec",
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.port = port
         self.data_dir = data_dir
         self.appendonly = appendonly
         self.fsync = fsync
+        self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -99,6 +108,7 @@ class RedisServer:
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", self.fsync,
             "--daemonize", "no",
+            *self.extra_args,
         ]  # fmt: skip
         # A session of its own: a Ctrl-C at the terminal reaches the runner, which stops
         # Redis last, after the workers have acknowledged what they finished.

@@ -119,6 +119,9 @@ class TriageConsumer(Consumer):
 
     def __next__(self) -> MessageProxy | None:
         try:
+            if self.broker.draining:  # shutting down: hand out nothing more; close() gives the cache back
+                time.sleep(min(self.timeout, 0.1))
+                return None
             if self.cache:
                 return self.cache.popleft()
             with self.lock:

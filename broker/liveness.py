@@ -136,6 +136,7 @@ class Liveness(Middleware):
 
     def before_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
         """Give back at once what was fetched and not started; running tasks get the grace period."""
+        _triage(broker).draining = True
         by_queue: dict[str, list[Any]] = {}
         while True:
             try:

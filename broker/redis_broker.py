@@ -99,6 +99,7 @@ class TriageBroker(Broker):
         self.min_replicas = min_replicas
         self.replica_timeout_ms = replica_timeout_ms
         self.registry = WorkerRegistry(self, max_deliveries=max_deliveries)
+        self.draining = False  # set when the worker shuts down: consumers stop fetching
         self.backlog = SettleBacklog(self)
 
     # -- middleware dispatch -------------------------------------------------------------

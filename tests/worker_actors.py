@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 
 import redis
 from dramatiq.middleware import CurrentMessage
@@ -93,3 +94,10 @@ def record_value(value: int) -> None:
 @default
 def group_done() -> None:
     _client.rpush(DONE, "group-done")
+
+
+@default(queue="t_slow")
+def sleepy(token: str, ms: int) -> None:
+    _client.rpush(DONE, f"start:{token}")
+    time.sleep(ms / 1000)
+    _client.rpush(DONE, f"finish:{token}")

@@ -76,10 +76,10 @@ local function split_member(member)
     string.sub(member, second + 1)
 end
 
--- "level|tenant" -> level, tenant
+-- An in-flight record "fetch seq|level|tenant" -> level, tenant, fetch seq
 local function split_meta(meta)
-  local sep = string.find(meta, "|", 1, true)
-  return tonumber(string.sub(meta, 1, sep - 1)), string.sub(meta, sep + 1)
+  local seq, level, tenant = split_member(meta)
+  return level, tenant, tonumber(seq)
 end
 
 -- Move a message to the dead letters: its body to dead.msgs, its id to dead (scored by time),

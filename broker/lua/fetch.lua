@@ -3,10 +3,10 @@
 -- flight for this consumer.
 --
 -- KEYS: the queue's 17-key block (msgs, items, state, delayed, stats, paused, wake,
---   rr:1 .. rr:10), then 18: {ns:Q}:acks:<consumer id>, hash id -> "level|tenant",
+--   rr:1 .. rr:10), then 18: {ns:Q}:acks:<consumer id>, hash id -> "fetch seq|level|tenant",
 --   19: {ns:Q}:deliveries, hash id -> deliveries so far (and "id:max" -> its own limit)
 -- ARGV: now_ms, max_messages, max_due_moved
--- Writes: items, state, delayed, stats (running), rr:*, acks, deliveries
+-- Writes: items, state, delayed, stats (running, fetched_total), rr:*, acks, deliveries
 -- Returns: { {id1, message1, deliveries1, id2, ...}, eta of the next delayed message or -1 }
 --   Nothing is returned while the queue is paused; due delayed messages still move.
 
@@ -34,7 +34,8 @@ if redis.call("exists", KEYS[6]) == 0 then
     if id then
       local payload = redis.call("hget", KEYS[1], id)
       if payload then
-        redis.call("hset", acks, id, level .. "|" .. tenant)
+        local seq = redis.call("hincrby", KEYS[5], "fetched_total", 1)
+        redis.call("hset", acks, id, seq .. "|" .. level .. "|" .. tenant)
         out[#out + 1] = id
         out[#out + 1] = payload
         out[#out + 1] = redis.call("hincrby", deliveries, id, 1)

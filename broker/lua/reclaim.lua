@@ -17,12 +17,18 @@ local default_max = tonumber(ARGV[2])
 local acks = KEYS[18]
 local deliveries = KEYS[19]
 local entries = redis.call("hgetall", acks)
-local back, quarantined = 0, 0
+-- In fetch order, newest first: each goes to the head, so the oldest ends up first.
+local inflight = {}
 for i = 1, #entries, 2 do
-  local id, meta = entries[i], entries[i + 1]
+  local level, tenant, seq = split_meta(entries[i + 1])
+  inflight[#inflight + 1] = { id = entries[i], level = level, tenant = tenant, seq = seq }
+end
+table.sort(inflight, function(x, y) return x.seq > y.seq end)
+local back, quarantined = 0, 0
+for _, message in ipairs(inflight) do
+  local id, level, tenant = message.id, message.level, message.tenant
   local count = tonumber(redis.call("hget", deliveries, id) or "0")
   local max = tonumber(redis.call("hget", deliveries, id .. ":max") or default_max)
-  local level, tenant = split_meta(meta)
   if count >= max then
     dead_letter(KEYS[1], deliveries, KEYS[20], KEYS[21], KEYS[22], KEYS[5], id, now, {
       reason = "crash-loop",

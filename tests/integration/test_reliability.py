@@ -1,0 +1,204 @@
+"""Delivery guarantees, fast cases: reaper, crash-loop quarantine, dead-letter reasons, outages,
+graceful give-back, durable enqueue. (Process kills and Redis crashes: tests/chaos.)"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from dramatiq.errors import BrokerConnectionError
+from dramatiq.message import Message
+
+from actors import default, runtime
+from admin.redis_server import RedisServer, free_port
+from broker.errors import ReplicationError
+from broker.redis_broker import TriageBroker
+from tests import worker_actors as wa
+from tests.helpers import dramatiq_worker, wait_for
+
+broker = runtime.broker
+
+
+@default(queue="t_rel")
+def t_rel_job(token: int) -> None: ...
+
+
+@default(queue="t_rel", max_deliveries=1)
+def t_fragile(token: int) -> None: ...
+
+
+def dead_worker_fetches(count: int, queue: str = "t_rel") -> TriageBroker:
+    """A second worker process, simulated: it registers, fetches `count` messages, then stops heartbeating."""
+    other = TriageBroker(client=broker.client, namespace=broker.namespace, middleware=[])
+    other.declare_queue(queue)
+    other.registry.register([queue])
+    consumer = other.consume(queue, prefetch=count, timeout=50)
+    for _ in range(count):
+        assert next(consumer) is not None
+    broker.client.zadd(other.registry.heartbeats, {other.broker_id: int(time.time() * 1000) - 10 * 60_000})
+    return other
+
+
+def test_reaper_puts_a_dead_workers_messages_back_at_the_head(r: redis.Redis) -> None:
+    # Given a worker that fetched two urgent messages of tenant acme, then died
+    t_rel_job.send_with_options(args=(1,), priority=9, tenant="acme")
+    t_rel_job.send_with_options(args=(2,), priority=9, tenant="acme")
+    t_rel_job.send_with_options(args=(3,), priority=9, tenant="acme")
+    dead = dead_worker_fetches(2)
+    assert broker.counts("t_rel") == (1, 0, 2)
+    # When a live worker's reaper runs
+    assert broker.registry.reap() == (2, 0)
+    # Then both are back ahead of the third, with priority, tenant and delivery count kept
+    consumer = broker.consume("t_rel", prefetch=10, timeout=50)
+    got = [next(consumer) for _ in range(3)]
+    assert [m.args[0] for m in got if m] == [1, 2, 3]
+    assert [m.options["triage_deliveries"] for m in got if m] == [2, 2, 1]
+    assert all(m.options["tenant"] == "acme" for m in got if m)
+    # And the dead worker is forgotten; a second reap finds nothing
+    assert r.zscore(broker.registry.heartbeats, dead.broker_id) is None
+    assert broker.registry.reap() == (0, 0)
+
+
+def test_a_message_that_keeps_killing_its_worker_is_quarantined(r: redis.Redis) -> None:
+    # Given a poison message ahead of a healthy one
+    t_rel_job.send(666)
+    # When it is delivered to three workers that each die (max_deliveries 3)
+    for attempt in range(1, 4):
+        dead_worker_fetches(1)
+        back, quarantined = broker.registry.reap()
+        assert (back, quarantined) == ((1, 0) if attempt < 3 else (0, 1))
+    t_rel_job.send(7)
+    # Then it sits in the dead letters as a crash-loop, and the healthy message flows
+    keys = broker.keys("t_rel")
+    dead_ids: list[Any] = r.zrange(keys.dead, 0, -1)
+    [dead_id] = dead_ids
+    info = json.loads(r.hget(keys.dead_info, dead_id) or "{}")
+    assert info["reason"] == "crash-loop"
+    assert info["deliveries"] == 3
+    assert info["error"]["type"] == "WorkerDied"
+    assert r.hget(keys.dead_msgs, dead_id) is not None
+    consumer = broker.consume("t_rel", prefetch=10, timeout=50)
+    healthy = next(consumer)
+    assert healthy is not None
+    assert healthy.args[0] == 7
+    assert runtime.queue_stats()["t_rel"]["dead_letters_total"] == 1
+
+
+def test_an_actor_may_lower_its_max_deliveries(r: redis.Redis) -> None:
+    t_fragile.send(1)
+    dead_worker_fetches(1)
+    assert broker.registry.reap() == (0, 1)
+
+
+def test_graceful_give_back_lowers_the_delivery_count(r: redis.Redis) -> None:
+    t_rel_job.send(1)
+    consumer = broker.consume("t_rel", prefetch=2, timeout=50)
+    first = next(consumer)
+    assert first is not None
+    assert first.options["triage_deliveries"] == 1
+    consumer.requeue([first])
+    again = next(consumer)
+    assert again is not None
+    assert again.options["triage_deliveries"] == 1
+
+
+def test_unknown_actor_and_exhausted_retries_are_dead_lettered_with_their_reason(r: redis.Redis) -> None:
+    # Given a message for an actor no worker knows (a producer deployed ahead), and one that always fails
+    unknown: Message[Any] = Message(
+        queue_name="default", actor_name="billing.v2.invoice", args=(1,), kwargs={}, options={}
+    )
+    broker.enqueue(unknown)
+    wa.flaky.send("doomed", 100)
+    wa.record_default.send("fine")
+    # When a worker consumes the queue
+    with dramatiq_worker("actors", "tests.worker_actors", queues=["default"]):
+        wait_for(lambda: r.zcard(broker.keys("default").dead) == 2)
+        wait_for(lambda: b"default:fine" in r.lrange(wa.DONE, 0, -1))
+    # Then each dead letter says why, with the last error, and keeps the raw message
+    keys = broker.keys("default")
+    infos = {json.loads(v)["reason"]: json.loads(v) for v in r.hvals(keys.dead_info)}
+    assert set(infos) == {"unknown-actor", "failed"}
+    assert infos["unknown-actor"]["error"]["type"] == "ActorNotFound"
+    assert infos["failed"]["error"]["type"] == "RuntimeError"
+    assert "attempt 4 fails on purpose" in infos["failed"]["error"]["message"]
+    assert "Traceback" in infos["failed"]["error"]["traceback"]
+    assert r.hlen(keys.dead_msgs) == 2
+
+
+def test_sigterm_gives_back_unstarted_messages_at_once(r: redis.Redis) -> None:
+    # Given a one-thread worker running the first of six 2-second messages
+    for token in range(6):
+        wa.sleepy.send(str(token), 2000)
+    with dramatiq_worker("actors", "tests.worker_actors", queues=["t_slow"], threads=1) as worker:
+        wait_for(lambda: r.lrange(wa.DONE, 0, -1) == [b"start:0"])
+        assert broker.counts("t_slow")[2] == 2  # one running, one fetched and waiting
+        # When it gets SIGTERM
+        worker.process.send_signal(signal.SIGTERM)
+        # Then the waiting message is back in the queue at once (Dramatiq's worker process checks
+        # for the signal once a second), while the running one finishes
+        wait_for(lambda: broker.counts("t_slow") == (5, 0, 1), timeout=1.5, interval=0.02)
+        assert worker.process.wait(20) == 0
+    assert r.lrange(wa.DONE, 0, -1) == [b"start:0", b"finish:0"]
+    assert broker.counts("t_slow") == (5, 0, 0)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Any:
+    server = RedisServer(port=free_port(), data_dir=tmp_path, appendonly=True, fsync="always").start()
+    yield server
+    server.stop()
+
+
+def plain(queue: str, token: int) -> Message[Any]:
+    return Message(queue_name=queue, actor_name="x", args=(token,), kwargs={}, options={})
+
+
+def test_acks_during_an_outage_wait_and_are_applied_when_redis_returns(private_redis: RedisServer) -> None:
+    # Given a fetched message on a Redis with AOF always
+    own = TriageBroker(url=private_redis.url, middleware=[])
+    own.declare_queue("q")
+    own.enqueue(plain("q", 1))
+    consumer = own.consume("q", prefetch=2, timeout=50)
+    message = next(consumer)
+    assert message is not None
+    # When Redis goes away, the ack neither raises nor blocks, and waits
+    private_redis.stop()
+    started = time.monotonic()
+    consumer.ack(message)
+    assert time.monotonic() - started < 5
+    assert len(own.backlog.pending) == 1
+    # And a producer gets a clear broker connection error
+    with pytest.raises(BrokerConnectionError):
+        own.enqueue(plain("q", 2))
+    # When Redis comes back, the ack is applied and nothing is left in flight
+    private_redis.start()
+    assert own.backlog.flush()
+    assert own.counts("q") == (0, 0, 0)
+    assert own.client.hlen(own.keys("q").msgs) == 0
+
+
+def test_durable_enqueue_waits_for_a_replica(tmp_path: Path, private_redis: RedisServer) -> None:
+    # Given a primary with no replica, an enqueue that requires one fails after the timeout
+    own = TriageBroker(url=private_redis.url, middleware=[], min_replicas=1, replica_timeout_ms=200)
+    with pytest.raises(ReplicationError, match="confirmed by 0 of 1 replica"):
+        own.enqueue(plain("q", 1))
+    # When a replica follows the primary, the same enqueue is confirmed
+    replica = RedisServer(
+        port=free_port(),
+        data_dir=tmp_path / "replica",
+        extra_args=("--replicaof", "127.0.0.1", str(private_redis.port)),
+    ).start()
+    try:
+        wait_for(lambda: own.client.info("replication")["connected_slaves"] == 1, timeout=20)
+        wait_for(lambda: redis.Redis(port=replica.port).info("replication")["master_link_status"] == "up")
+        own.enqueue(plain("q", 2))
+        replica_client = redis.Redis(port=replica.port)
+        assert replica_client.hlen(own.keys("q").msgs) == 2
+        replica_client.close()
+    finally:
+        replica.stop()
