@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint format clean bench
+.PHONY: install run test lint format clean bench chaos
 
 install: $(STAMP)
 
@@ -34,3 +34,6 @@ clean:
 
 bench: install  ## stock Dramatiq vs Triage, same run; prints the table (a few minutes)
 	$(BIN)/python -m bench.run
+
+chaos: install  ## slow fault-injection suite (real kills, Redis crash, Sentinel failover); prints a table
+	$(BIN)/pytest tests/chaos

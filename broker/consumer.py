@@ -10,6 +10,8 @@ Guarantees:
   one message per thread waiting beyond those running, so urgent messages are not stuck
   behind a hoard in another worker's memory.
 - Every delivered message carries its delivery count in `options["triage_deliveries"]`.
+- A suspect (a message reclaimed from a worker that died) is fetched alone, and nothing
+  more is fetched until it is settled: a poison message crashes its worker alone.
 - A message that cannot be decoded is dead-lettered at once (reason `undecodable`, raw
   bytes kept) and the consumer goes on; a nack records why the message failed
   (`failed`, or `unknown-actor`) with the error type, message and a truncated traceback.
@@ -116,6 +118,7 @@ class TriageConsumer(Consumer):
         self.lock = threading.Lock()
         self.settled = threading.Event()
         self.next_eta = -1
+        self.suspect: str | None = None  # a message reclaimed from a dead worker, being run alone
 
     def __next__(self) -> MessageProxy | None:
         try:
@@ -126,7 +129,7 @@ class TriageConsumer(Consumer):
                 return self.cache.popleft()
             with self.lock:
                 outstanding = self.outstanding
-            if outstanding > self.low_water:
+            if outstanding > self.low_water or self.suspect is not None:
                 self.settled.clear()
                 self.settled.wait(self.timeout)
                 return None
@@ -140,14 +143,16 @@ class TriageConsumer(Consumer):
             raise connection_lost(exc) from None
 
     def _fetch(self, count: int) -> bool:
-        triples, next_eta = self.broker.scripts["fetch"](
+        triples, next_eta, suspect = self.broker.scripts["fetch"](
             keys=self.fetch_keys, args=[_now_ms(), count, MAX_DUE_MOVED_PER_FETCH]
         )
         self.next_eta = int(next_eta)
+        if suspect:
+            self.suspect = triples[-3].decode()
         for i in range(0, len(triples), 3):
             redis_id, payload, deliveries = triples[i], triples[i + 1], triples[i + 2]
             try:
-                proxy = MessageProxy(Message.decode(payload))
+                proxy = MessageProxy(self._decode(payload))
             except DecodeError as exc:
                 self._dead_letter_undecodable(redis_id, exc)
                 continue
@@ -156,6 +161,15 @@ class TriageConsumer(Consumer):
                 self.outstanding += 1
             self.cache.append(proxy)
         return bool(self.cache)
+
+    def _decode(self, payload: bytes) -> Message[Any]:
+        """`Message.decode` with this broker's encoder rather than Dramatiq's global one."""
+        try:
+            fields = self.broker.encoder.decode(payload)
+            fields["args"] = tuple(fields["args"])
+            return Message(**fields)
+        except Exception as exc:
+            raise DecodeError("Failed to decode message.", payload, exc) from exc  # type: ignore[no-untyped-call]
 
     def _dead_letter_undecodable(self, redis_id: bytes, exc: DecodeError) -> None:
         logger.error(
@@ -186,7 +200,7 @@ class TriageConsumer(Consumer):
         try:
             self.broker.backlog.run("settle", self.settle_keys, args)
         finally:
-            self._release(1)
+            self._release([args[2]])
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
         ids = [m.options["redis_message_id"] for m in messages]
@@ -195,11 +209,13 @@ class TriageConsumer(Consumer):
         try:
             self.broker.backlog.run("requeue", self.fetch_keys, ids)
         finally:
-            self._release(len(ids))
+            self._release(ids)
 
-    def _release(self, count: int) -> None:
+    def _release(self, ids: list[str]) -> None:
         with self.lock:
-            self.outstanding = max(0, self.outstanding - count)
+            self.outstanding = max(0, self.outstanding - len(ids))
+            if self.suspect in ids:
+                self.suspect = None
         self.settled.set()
 
     def close(self) -> None:

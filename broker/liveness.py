@@ -9,6 +9,8 @@ back atomically (`reclaim.lua`), keeping their priority and tenant. So a `kill -
 recovered within timeout + timeout / 2 (+ one heartbeat period). Reaping is idempotent:
 two reapers racing reclaim each message once.
 
+A SIGTERM repeated within two seconds (a platform signals every process of a dyno, and the
+dramatiq parent forwards it again) counts once, so running tasks keep their grace period.
 On SIGTERM the worker gives back at once the messages it fetched but has not started,
 to the head of their queue, while its running tasks get the shutdown grace; it then
 deregisters.
@@ -23,10 +25,12 @@ import json
 import logging
 import os
 import queue
+import signal
 import socket
 import threading
 import time
 from collections.abc import Callable
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -36,6 +40,8 @@ if TYPE_CHECKING:
     from .redis_broker import TriageBroker
 
 logger = logging.getLogger(__name__)
+
+DUPLICATE_SIGTERM_WINDOW = 2.0  # seconds
 
 
 class WorkerRegistry:
@@ -105,6 +111,34 @@ class Liveness(Middleware):
     @property
     def actor_options(self) -> set[str]:
         return {"max_deliveries"}
+
+    def after_process_boot(self, broker: Broker) -> None:
+        """Treat a SIGTERM arriving right after another as the same request.
+
+        Heroku and Render signal every process of a dyno at once, and the dramatiq parent
+        forwards its own SIGTERM to each worker process: Dramatiq reads that second signal as
+        "kill now" and abandons running tasks. A repeat within DUPLICATE_SIGTERM_WINDOW
+        seconds is ignored; a later one still kills at once, as Dramatiq intends.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        original = signal.getsignal(signal.SIGTERM)
+        if not callable(original):
+            return
+        first: list[float] = []
+
+        def once(signum: int, frame: FrameType | None) -> Any:
+            now = time.monotonic()
+            if first and now - first[0] < DUPLICATE_SIGTERM_WINDOW:
+                logger.info(
+                    "Second SIGTERM %.2f s after the first: same shutdown, tasks keep their grace.", now - first[0]
+                )
+                return None
+            if not first:
+                first.append(now)
+            return original(signum, frame)
+
+        signal.signal(signal.SIGTERM, once)
 
     def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
         triage = _triage(broker)

@@ -45,14 +45,15 @@ from typing import Any, NamedTuple
 
 import msgpack
 import redis
-from dramatiq import get_encoder
 from dramatiq.broker import Broker
 from dramatiq.common import current_millis
+from dramatiq.encoder import Encoder
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware, MiddlewareError
 
 from .connection import client_from_url
 from .consumer import DELIVERIES_OPTION, SettleBacklog, TriageConsumer
+from .encoder import MsgpackEncoder
 from .errors import ReplicationError, connection_lost, join_timeout
 from .keys import QueueKeys
 from .liveness import WorkerRegistry
@@ -84,6 +85,7 @@ class TriageBroker(Broker):
         max_deliveries: Callable[[str], int] = lambda queue_name: 3,
         min_replicas: int = 0,
         replica_timeout_ms: int = 1000,
+        encoder: Encoder | None = None,
     ) -> None:
         self._hooks: dict[str, list[Any]] = {}
         super().__init__(middleware=middleware)
@@ -91,6 +93,8 @@ class TriageBroker(Broker):
             raise ValueError("TriageBroker needs a Redis url or client")
         self.client: redis.Redis = client if client is not None else client_from_url(url)  # type: ignore[arg-type]
         self.namespace = namespace
+        # Its own encoder, not Dramatiq's global one: what this broker writes, it can read.
+        self.encoder: Encoder = encoder or MsgpackEncoder()
         self.broker_id = uuid.uuid4().hex
         self.queues: set[str] = set()
         self._keys: dict[str, QueueKeys] = {}
@@ -206,7 +210,7 @@ class TriageBroker(Broker):
         if max_deliveries is None:
             actor = self.actors.get(message.actor_name)
             max_deliveries = actor.options.get("max_deliveries", 0) if actor is not None else 0
-        payload = get_encoder().encode(
+        payload = self.encoder.encode(
             {
                 "queue_name": message.queue_name,
                 "actor_name": message.actor_name,

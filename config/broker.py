@@ -109,6 +109,7 @@ def build(settings: Settings) -> Runtime:
         max_deliveries=lambda queue: (taxonomy.tier_of_queue(queue) or taxonomy.tiers["default"]).max_deliveries,
         min_replicas=settings.min_replicas,
         replica_timeout_ms=settings.replica_timeout_ms,
+        encoder=encoder,
     )
     return Runtime(settings=settings, taxonomy=taxonomy, routing=routing, broker=broker, encoder=encoder)
 

@@ -67,19 +67,18 @@ class Worker:
 
 
 @contextmanager
-def dramatiq_worker(*modules: str, queues: list[str], threads: int = 2, **env: str) -> Iterator[Worker]:
-    args = [
-        str(BIN / "dramatiq"),
-        *modules,
-        "--processes",
-        "1",
-        "--threads",
-        str(threads),
-        "--queues",
-        *queues,
-    ]
+def dramatiq_worker(
+    *modules: str, queues: list[str], threads: int = 2, new_session: bool = False, **env: str
+) -> Iterator[Worker]:
+    args = [str(BIN / "dramatiq"), *modules, "--processes", "1", "--threads", str(threads), "--queues", *queues]
     process = subprocess.Popen(
-        args, cwd=ROOT, env=env_with(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        args,
+        cwd=ROOT,
+        env=env_with(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=new_session,
     )
     worker = Worker(process)
     try:

@@ -7,7 +7,11 @@
 --   19: {ns:Q}:deliveries, hash id -> deliveries so far (and "id:max" -> its own limit)
 -- ARGV: now_ms, max_messages, max_due_moved
 -- Writes: items, state, delayed, stats (running, fetched_total), rr:*, acks, deliveries
--- Returns: { {id1, message1, deliveries1, id2, ...}, eta of the next delayed message or -1 }
+-- Returns: { {id1, message1, deliveries1, id2, ...}, eta of the next delayed message or -1,
+--   1 if the last message is a suspect else 0 }
+--   A suspect is a message delivered before and never settled: it was in flight on a worker
+--   that died. It is handed out alone, and its consumer fetches nothing more until it is
+--   settled, so a poison message cannot drag healthy neighbours into its crash loop.
 --   Nothing is returned while the queue is paused; due delayed messages still move.
 
 local b = 0
@@ -26,6 +30,7 @@ if #due > 0 then
 end
 
 local out = {}
+local suspect = 0
 if redis.call("exists", KEYS[6]) == 0 then
   local level = 10
   local taken = 0
@@ -34,12 +39,23 @@ if redis.call("exists", KEYS[6]) == 0 then
     if id then
       local payload = redis.call("hget", KEYS[1], id)
       if payload then
+        local count = redis.call("hincrby", deliveries, id, 1)
+        if count > 1 and taken > 0 then
+          -- A suspect (reclaimed from a dead worker) travels alone: leave it for the next fetch.
+          redis.call("hincrby", deliveries, id, -1)
+          fifo_push(b, level, tenant, id, true)
+          break
+        end
         local seq = redis.call("hincrby", KEYS[5], "fetched_total", 1)
         redis.call("hset", acks, id, seq .. "|" .. level .. "|" .. tenant)
         out[#out + 1] = id
         out[#out + 1] = payload
-        out[#out + 1] = redis.call("hincrby", deliveries, id, 1)
+        out[#out + 1] = count
         taken = taken + 1
+        if count > 1 then
+          suspect = 1
+          break
+        end
       end
     else
       level = level - 1
@@ -51,4 +67,4 @@ if redis.call("exists", KEYS[6]) == 0 then
 end
 
 local next_eta = redis.call("zrange", KEYS[4], 0, 0, "WITHSCORES")
-return { out, next_eta[2] or -1 }
+return { out, next_eta[2] or -1, suspect }

@@ -290,3 +290,30 @@ def test_priority_out_of_range_at_send_writes_nothing(r: redis.Redis) -> None:
     with pytest.raises(InvalidPriority):
         worker_actors.record_order.send_with_options(args=("x",), priority=0)
     assert r.dbsize() == 0
+
+
+def test_a_broker_encodes_with_its_own_encoder_whatever_the_global_one(r: redis.Redis) -> None:
+    # Given a runtime built (not installed) while Dramatiq's global encoder is JSON
+    import dramatiq
+    from dramatiq.encoder import JSONEncoder
+
+    from config.broker import build
+    from config.settings import load_settings
+
+    previous = dramatiq.get_encoder()
+    dramatiq.set_encoder(JSONEncoder())
+    try:
+        other = build(load_settings()).broker
+        other.declare_queue("t_q")
+        # When it enqueues, then the stored message is msgpack, as its settings say
+        sent = other.enqueue(t_job.message(5))
+        stored = r.hget(other.keys("t_q").msgs, sent.options["redis_message_id"])
+        assert stored is not None
+        assert msgpack.unpackb(stored)["args"] == [5]
+        # And its consumer decodes it
+        message = next(other.consume("t_q", prefetch=1, timeout=50))
+        assert message is not None
+        assert message.args == (5,)
+    finally:
+        dramatiq.set_encoder(previous)
+        other.close()

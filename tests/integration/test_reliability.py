@@ -4,6 +4,7 @@ graceful give-back, durable enqueue. (Process kills and Redis crashes: tests/cha
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from broker.errors import ReplicationError
 from broker.redis_broker import TriageBroker
 from tests import worker_actors as wa
 from tests.helpers import dramatiq_worker, wait_for
+from tests.integration.test_run import descendants
 
 broker = runtime.broker
 
@@ -53,12 +55,20 @@ def test_reaper_puts_a_dead_workers_messages_back_at_the_head(r: redis.Redis) ->
     assert broker.counts("t_rel") == (1, 0, 2)
     # When a live worker's reaper runs
     assert broker.registry.reap() == (2, 0)
-    # Then both are back ahead of the third, with priority, tenant and delivery count kept
+    # Then both are back ahead of the third, with priority, tenant and delivery count kept,
+    # and each (a suspect now) is handed out alone: nothing more until it is settled
     consumer = broker.consume("t_rel", prefetch=10, timeout=50)
-    got = [next(consumer) for _ in range(3)]
-    assert [m.args[0] for m in got if m] == [1, 2, 3]
-    assert [m.options["triage_deliveries"] for m in got if m] == [2, 2, 1]
-    assert all(m.options["tenant"] == "acme" for m in got if m)
+    got = []
+    for _ in range(3):
+        message = next(consumer)
+        assert message is not None
+        if message.options["triage_deliveries"] > 1:
+            assert next(consumer) is None
+        got.append(message)
+        consumer.ack(message)
+    assert [m.args[0] for m in got] == [1, 2, 3]
+    assert [m.options["triage_deliveries"] for m in got] == [2, 2, 1]
+    assert all(m.options["tenant"] == "acme" for m in got)
     # And the dead worker is forgotten; a second reap finds nothing
     assert r.zscore(broker.registry.heartbeats, dead.broker_id) is None
     assert broker.registry.reap() == (0, 0)
@@ -145,6 +155,23 @@ def test_sigterm_gives_back_unstarted_messages_at_once(r: redis.Redis) -> None:
         assert worker.process.wait(20) == 0
     assert r.lrange(wa.DONE, 0, -1) == [b"start:0", b"finish:0"]
     assert broker.counts("t_slow") == (5, 0, 0)
+
+
+def test_a_platform_sigterm_to_every_process_still_lets_tasks_finish(r: redis.Redis) -> None:
+    # Given a worker running a 2-second task
+    wa.sleepy.send("long", 2000)
+    with dramatiq_worker("actors", "tests.worker_actors", queues=["t_slow"], threads=1, new_session=True) as worker:
+        wait_for(lambda: r.lrange(wa.DONE, 0, -1) == [b"start:long"])
+        # When SIGTERM reaches every process, as Heroku and Render send it: the worker process
+        # gets it from the platform, then again from the dramatiq parent, which forwards its own
+        [child] = descendants(worker.process.pid)
+        os.kill(child, signal.SIGTERM)
+        time.sleep(0.3)
+        worker.process.send_signal(signal.SIGTERM)
+        # Then the worker process treats it as one request: the task finishes, nothing is killed
+        assert worker.process.wait(20) == 0
+    assert r.lrange(wa.DONE, 0, -1) == [b"start:long", b"finish:long"]
+    assert not any("Killing worker process" in line for line in worker.log)
 
 
 @pytest.fixture

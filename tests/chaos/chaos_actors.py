@@ -1,0 +1,33 @@
+"""Actors for the chaos suite. Each start and finish is appended to a ledger file, outside
+Redis, so that a Redis crash cannot hide a loss: one `write` of one short line with O_APPEND."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from actors import default
+
+LEDGER = os.environ.get("CHAOS_LEDGER", "/dev/null")
+
+
+def record(event: str, token: str) -> None:
+    fd = os.open(LEDGER, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{time.time():.6f} {event} {token} {os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+
+
+@default(queue="chaos", max_retries=0)
+def work(token: str, ms: int) -> None:
+    record("start", token)
+    time.sleep(ms / 1000)
+    record("finish", token)
+
+
+@default(queue="chaos", max_retries=0)
+def poison(token: str) -> None:
+    """Kills its worker process, as a segfault or the OOM killer would."""
+    record("start", token)
+    os._exit(1)
