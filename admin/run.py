@@ -30,7 +30,8 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from .redis_server import RedisServer, answers, die_with_parent
+from .processes import die_with_parent
+from .redis_server import RedisServer, answers
 
 GRACE_SECONDS = 30.0
 _LINE = re.compile(r"^([A-Za-z0-9_.-]+):\s*(.+)$")

@@ -24,6 +24,7 @@ from typing import Any
 
 import redis
 
+from admin.processes import children
 from admin.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,18 +109,6 @@ def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-
-def children(master: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == master:
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
 
 
 def rss_mb_of_children(master: int) -> float:

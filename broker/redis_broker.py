@@ -186,17 +186,18 @@ class TriageBroker(Broker):
     def _place(self, message: Message[Any], delay: int | None) -> _Placed:
         if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int) or delay < 0):
             raise ValueError(f"actor {message.actor_name!r}: delay must be a whole number of ms >= 0, got {delay!r}")
-        # A fresh id per enqueue: a retried message keeps its message_id but is a new delivery.
+        # A fresh id per enqueue: a retried message keeps its message_id but is a new delivery,
+        # and does not inherit the delivery count of the one it retries.
         # (The constructor, not Message.copy: dataclasses.replace costs more than the rest.)
+        options = dict(message.options)
+        options.pop(DELIVERIES_OPTION, None)
+        options["redis_message_id"] = os.urandom(16).hex()
         message = Message(
             queue_name=message.queue_name,
             actor_name=message.actor_name,
             args=message.args,
             kwargs=message.kwargs,
-            options={
-                **{k: v for k, v in message.options.items() if k != DELIVERIES_OPTION},
-                "redis_message_id": os.urandom(16).hex(),
-            },
+            options=options,
             message_id=message.message_id,
             message_timestamp=message.message_timestamp,
         )

@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from admin.processes import children
 from tests.helpers import BIN, ROOT, env_with
 
 RESULTS: list[dict[str, str]] = []
@@ -93,16 +94,7 @@ class Supervisor:
 
     def children(self) -> list[int]:
         assert self.current is not None
-        master = self.current.pid
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == master:
-                        pids.append(int(entry.name))
-                except OSError:
-                    continue
-        return pids
+        return children(self.current.pid)
 
     def stop(self) -> None:
         self._stopping = True

@@ -16,12 +16,12 @@ from dramatiq.errors import BrokerConnectionError
 from dramatiq.message import Message
 
 from actors import default, runtime
+from admin.processes import descendants
 from admin.redis_server import RedisServer, free_port
 from broker.errors import ReplicationError
 from broker.redis_broker import TriageBroker
 from tests import worker_actors as wa
 from tests.helpers import dramatiq_worker, wait_for
-from tests.integration.test_run import descendants
 
 broker = runtime.broker
 
@@ -164,7 +164,7 @@ def test_a_platform_sigterm_to_every_process_still_lets_tasks_finish(r: redis.Re
         wait_for(lambda: r.lrange(wa.DONE, 0, -1) == [b"start:long"])
         # When SIGTERM reaches every process, as Heroku and Render send it: the worker process
         # gets it from the platform, then again from the dramatiq parent, which forwards its own
-        [child] = descendants(worker.process.pid)
+        [child] = list(descendants(worker.process.pid))
         os.kill(child, signal.SIGTERM)
         time.sleep(0.3)
         worker.process.send_signal(signal.SIGTERM)
