@@ -46,6 +46,36 @@ local function fifo_push(b, level, tenant, id, front)
   end
 end
 
+-- HSET of many field/value pairs, in chunks that stay within Lua's stack for unpack().
+local function hset_pairs(key, pairs)
+  for start = 1, #pairs, 2000 do
+    redis.call("hset", key, unpack(pairs, start, math.min(start + 1999, #pairs)))
+  end
+end
+
+-- Append several messages, in order, to the tail of one level and tenant (enqueue batches).
+local function fifo_push_run(b, level, tenant, ids)
+  local state = KEYS[b + 3]
+  local suffix = level .. "|" .. tenant
+  local n = redis.call("hincrby", state, "n|" .. suffix, #ids)
+  local first
+  if n == #ids then
+    first = 0
+    redis.call("hset", state, "h|" .. suffix, 0, "t|" .. suffix, #ids - 1)
+  else
+    first = redis.call("hincrby", state, "t|" .. suffix, #ids) - #ids + 1
+  end
+  local items = {}
+  for i, id in ipairs(ids) do
+    items[#items + 1] = level .. "|" .. (first + i - 1) .. "|" .. tenant
+    items[#items + 1] = id
+  end
+  hset_pairs(KEYS[b + 2], items)
+  if n == #ids then
+    redis.call("rpush", KEYS[b + 7 + level], tenant)
+  end
+end
+
 -- Take the next message of a level: the oldest of the tenant whose turn it is.
 local function fifo_pop(b, level)
   local rr = KEYS[b + 7 + level]

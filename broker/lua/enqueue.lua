@@ -18,18 +18,34 @@ for g, fields in ipairs(groups) do
   local b = (BLOCK + 1) * (g - 1)
   local ready = 0
   local count = #fields / 6
+  -- Messages go in with as few calls as possible: bodies in chunks of HSET pairs, and the
+  -- ready ones of one level and tenant as one run (in order) at the tail of their FIFO.
+  local bodies, runs, run_order = {}, {}, {}
   for i = 1, #fields, 6 do
     local id, payload, level, tenant, eta = fields[i], fields[i + 1], fields[i + 2], fields[i + 3], fields[i + 4]
-    redis.call("hset", KEYS[b + 1], id, payload)
+    bodies[#bodies + 1] = id
+    bodies[#bodies + 1] = payload
     if fields[i + 5] > 0 then
       redis.call("hset", KEYS[b + BLOCK + 1], id .. ":max", fields[i + 5])
     end
     if eta > now then
       redis.call("zadd", KEYS[b + 4], eta, id .. "|" .. level .. "|" .. tenant)
     else
-      fifo_push(b, level, tenant, id, false)
+      local run_key = level .. "|" .. tenant
+      local run = runs[run_key]
+      if not run then
+        run = { level = level, tenant = tenant, ids = {} }
+        runs[run_key] = run
+        run_order[#run_order + 1] = run_key
+      end
+      run.ids[#run.ids + 1] = id
       ready = ready + 1
     end
+  end
+  hset_pairs(KEYS[b + 1], bodies)
+  for _, run_key in ipairs(run_order) do
+    local run = runs[run_key]
+    fifo_push_run(b, run.level, run.tenant, run.ids)
   end
   redis.call("hincrby", KEYS[b + 5], "enqueued_total", count)
   stored = stored + count

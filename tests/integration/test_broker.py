@@ -85,6 +85,29 @@ def test_fetch_order_is_priority_then_tenant_round_robin_then_fifo(mix: list[tup
     assert broker.counts("t_q") == (0, 0, 0)
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 10), st.sampled_from(["", "acme", "globex"])),
+        min_size=1,
+        max_size=60,
+    ),
+    st.integers(1, 25),
+)
+def test_batches_place_messages_exactly_as_single_sends_would(mix: list[tuple[int, str]], chunk: int) -> None:
+    # Given the same kind of random mix, enqueued as batches of `chunk` messages
+    broker.flush("t_q")
+    sent = [(token, level, tenant) for token, (level, tenant) in enumerate(mix)]
+    messages = []
+    for token, level, tenant in sent:
+        options: dict[str, Any] = {"priority": level, **({"tenant": tenant} if tenant else {})}
+        messages.append(t_job.message_with_options(args=(token,), **options))
+    for start in range(0, len(messages), chunk):
+        enqueue_batch(messages[start : start + chunk])
+    # Then the consumer sees the documented order, as for single sends
+    assert drain(broker.consume("t_q", prefetch=100, timeout=50)) == model_order(sent)
+
+
 def test_a_new_urgent_message_overtakes_queued_ones(r: redis.Redis) -> None:
     for token in range(5):
         t_job.send_with_options(args=(token,), priority=2)
