@@ -15,6 +15,7 @@ Guarantees:
 - A message that cannot be decoded is dead-lettered at once (reason `undecodable`, raw
   bytes kept) and the consumer goes on; a nack records why the message failed
   (`failed`, or `unknown-actor`) with the error type, message and a truncated traceback.
+- A delivered message prints as `actor(id=…)`: its arguments stay out of Dramatiq's logs.
 - Ack, nack and requeue may be called from any worker thread. When Redis is unreachable
   they do not block or fail the worker thread: they wait in the broker's backlog and are
   applied, in order, as soon as Redis answers again.
@@ -60,6 +61,18 @@ def failure_info(reason: str, exception: BaseException | None, **extra: Any) -> 
             "traceback": trace[-TRACEBACK_LIMIT:],
         }
     return json.dumps(info)
+
+
+class TriageMessageProxy(MessageProxy):
+    """A delivered message whose text form names the actor and message id, never the arguments:
+    Dramatiq's worker logs messages with `%s` at ERROR and WARNING, and arguments may be
+    personal data. (Actors still log their arguments at DEBUG.)"""
+
+    def __str__(self) -> str:
+        return f"{self.actor_name}(id={self.message_id})"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__qualname__} {self}>"
 
 
 class SettleBacklog:
@@ -152,7 +165,7 @@ class TriageConsumer(Consumer):
         for i in range(0, len(triples), 3):
             redis_id, payload, deliveries = triples[i], triples[i + 1], triples[i + 2]
             try:
-                proxy = MessageProxy(self._decode(payload))
+                proxy = TriageMessageProxy(self._decode(payload))
             except DecodeError as exc:
                 self._dead_letter_undecodable(redis_id, exc)
                 continue

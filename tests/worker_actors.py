@@ -101,3 +101,8 @@ def sleepy(token: str, ms: int) -> None:
     _client.rpush(DONE, f"start:{token}")
     time.sleep(ms / 1000)
     _client.rpush(DONE, f"finish:{token}")
+
+
+@default(max_retries=0)
+def fails_with_secret(card_number: str) -> None:
+    raise RuntimeError("card declined")

@@ -174,6 +174,19 @@ def test_a_platform_sigterm_to_every_process_still_lets_tasks_finish(r: redis.Re
     assert not any("Killing worker process" in line for line in worker.log)
 
 
+def test_task_arguments_stay_out_of_worker_logs(r: redis.Redis) -> None:
+    # Given an actor that fails with a sensitive argument
+    wa.fails_with_secret.send("4111-1111-1111-1111")
+    # When a worker (default log level) runs it and logs the failure
+    with dramatiq_worker("actors", "tests.worker_actors", queues=["default"]) as worker:
+        wait_for(lambda: r.zcard(broker.keys("default").dead) == 1)
+        wait_for(lambda: any("Failed to process message" in line for line in worker.log))
+    # Then the log names the actor and the message id, never the argument
+    failure = next(line for line in worker.log if "Failed to process message" in line)
+    assert "fails_with_secret" in failure
+    assert not any("4111-1111-1111-1111" in line for line in worker.log)
+
+
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Any:
     server = RedisServer(port=free_port(), data_dir=tmp_path, appendonly=True, fsync="always").start()
