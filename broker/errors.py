@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from dramatiq.errors import BrokerError, ConnectionClosed, QueueJoinTimeout
+from dramatiq.middleware import MiddlewareError
 
 
 def connection_lost(exc: Exception) -> ConnectionClosed:
@@ -24,3 +27,17 @@ class ReplicationError(BrokerError):
             "sending it again may run it twice"
         )
         self.messages, self.confirmed, self.required = messages, confirmed, required
+
+
+class InvalidPriority(MiddlewareError, ValueError):
+    """A message priority that is not an integer from 1 to 10. (A MiddlewareError, so that
+    Dramatiq lets it out of `before_enqueue` hooks to the producer.)"""
+
+
+def check_priority(value: Any, *, actor_name: str) -> int:
+    """Return `value` if it is a valid message priority (it indexes the queue's levels), else raise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10:
+        raise InvalidPriority(
+            f"actor {actor_name!r}: priority must be an integer from 1 to 10 (10 most urgent), got {value!r}"
+        )
+    return value

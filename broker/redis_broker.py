@@ -54,7 +54,8 @@ from dramatiq.middleware import Middleware, MiddlewareError
 from .connection import client_from_url
 from .consumer import DELIVERIES_OPTION, SettleBacklog, TriageConsumer
 from .encoder import MsgpackEncoder
-from .errors import ReplicationError, connection_lost, join_timeout
+from .errors import ReplicationError, check_priority, connection_lost, join_timeout
+from .inspection import queue_stats
 from .keys import QueueKeys
 from .liveness import WorkerRegistry
 from .scripts import register
@@ -202,9 +203,7 @@ class TriageBroker(Broker):
             message_timestamp=message.message_timestamp,
         )
         self.emit_before("enqueue", message, delay)
-        level = message.options.get("priority", DEFAULT_PRIORITY)
-        if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 10:
-            raise ValueError(f"actor {message.actor_name!r}: priority must be an integer from 1 to 10, got {level!r}")
+        level = check_priority(message.options.get("priority", DEFAULT_PRIORITY), actor_name=message.actor_name)
         tenant = message.options.get("tenant") or SHARED_TENANT
         eta = current_millis() + delay if delay else 0
         max_deliveries = message.options.get("max_deliveries")
@@ -276,13 +275,8 @@ class TriageBroker(Broker):
 
     def counts(self, queue_name: str) -> tuple[int, int, int]:
         """(queued, delayed, running) of a queue."""
-        keys = self.keys(queue_name)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hlen(keys.items)
-        pipe.zcard(keys.delayed)
-        pipe.hget(keys.stats, "running")
-        queued, delayed, running = pipe.execute()
-        return int(queued), int(delayed), int(running or 0)
+        stats = queue_stats(self, {queue_name: ""})[queue_name]
+        return stats["queued"], stats["delayed"], stats["running"]
 
     def flush(self, queue_name: str) -> None:
         """Drop every queued and delayed message of the queue (in-flight ones finish)."""

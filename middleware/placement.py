@@ -27,27 +27,15 @@ from dramatiq.errors import ActorNotFound
 from dramatiq.message import Message
 from dramatiq.middleware import CurrentMessage, MiddlewareError
 
+from broker.errors import check_priority
 from config.tiers import Taxonomy
 
 PriorityHook = Callable[[Message[Any], int], int]
 MAX_TENANT_LENGTH = 128
 
 
-class InvalidPriority(MiddlewareError, ValueError):
-    """A message priority that is not an integer from 1 to 10."""
-
-
 class InvalidTenant(MiddlewareError, ValueError):
     """A tenant that is not a non-empty string of at most 128 characters."""
-
-
-def check_priority(value: Any, *, actor_name: str) -> int:
-    """Return `value` if it is a valid message priority, else raise naming the actor."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10:
-        raise InvalidPriority(
-            f"actor {actor_name!r}: priority must be an integer from 1 to 10 (10 most urgent), got {value!r}"
-        )
-    return value
 
 
 def check_tenant(value: Any, *, actor_name: str) -> str:

@@ -20,11 +20,10 @@ from typing import Any
 from dramatiq import Actor, Broker, Middleware
 from dramatiq.middleware import MiddlewareError
 
+from broker.errors import check_priority
 from config.routing import Router
 from config.settings import TierName
 from config.tiers import Taxonomy, Tier
-
-from .placement import check_priority
 
 logger = logging.getLogger(__name__)
 
