@@ -47,11 +47,11 @@ def stats(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"queues": data}, indent=2))
         return
-    columns = ("queued", "delayed", "running", "dead_letters_total", "paused")
-    header = f"{'queue':<18}{'tier':<12}" + "".join(f"{c:>20}" for c in columns)
+    columns = ("queued", "delayed", "running", "dead_letters_total", "paused", "enqueued_total", "acked_total")
+    header = f"{'queue':<18}{'tier':<12}" + "".join(f"{c:>19}" for c in columns)
     click.echo(header)
     for name, row in data.items():
-        click.echo(f"{name:<18}{row['tier']:<12}" + "".join(f"{row[c]!s:>20}" for c in columns))  # type: ignore[literal-required]
+        click.echo(f"{name:<18}{row['tier']:<12}" + "".join(f"{row[c]!s:>19}" for c in columns))  # type: ignore[literal-required]
 
 
 @contextmanager
