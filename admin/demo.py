@@ -16,6 +16,7 @@ from types import FrameType
 
 import click
 import redis
+from dramatiq.errors import BrokerConnectionError
 
 from config.broker import Runtime
 
@@ -76,7 +77,7 @@ def produce(runtime: Runtime, *, rate: float, duration: float = 0.0) -> int:
             if now - last_report >= 5:
                 last_report = now
                 _print_counters(runtime, sent)
-        except redis.ConnectionError as exc:
+        except (BrokerConnectionError, redis.RedisError) as exc:  # sends, then the stats read
             click.echo(f"demo: Redis unavailable ({exc}); retrying in 1 s", err=True)
             time.sleep(1)
         time.sleep(interval)

@@ -101,3 +101,12 @@ def test_pause_of_an_unknown_queue_names_the_known_ones() -> None:
     done = triage("pause", "nope")
     assert done.returncode == 2
     assert "unknown queue 'nope'; known queues: critical, default, background" in done.stderr
+
+
+def test_demo_keeps_going_while_redis_is_unreachable() -> None:
+    # Given no Redis at the configured URL
+    done = triage("demo", "--rate", "5", "--duration", "2", env=env_with(REDIS_URL="redis://127.0.0.1:1/0"))
+    # Then the demo reports the outage and retries until its time is up, without a traceback
+    assert done.returncode == 0, done.stderr
+    assert "Redis unavailable" in done.stderr
+    assert "Traceback" not in done.stderr
