@@ -37,7 +37,7 @@ from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.errors import ActorNotFound, DecodeError
 from dramatiq.message import Message
 
-from .errors import connection_lost
+from .errors import CONNECTION_ERRORS, connection_lost
 
 if TYPE_CHECKING:
     from .redis_broker import TriageBroker
@@ -47,7 +47,6 @@ logger = logging.getLogger(__name__)
 MAX_DUE_MOVED_PER_FETCH = 1000
 DELIVERIES_OPTION = "triage_deliveries"
 TRACEBACK_LIMIT = 4000
-CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 
 
 def failure_info(reason: str, exception: BaseException | None, **extra: Any) -> str:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from dramatiq.errors import BrokerError, ConnectionClosed, QueueJoinTimeout
 from dramatiq.middleware import MiddlewareError
+
+# What redis-py raises when Redis cannot be reached or does not answer in time.
+CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 
 
 def connection_lost(exc: Exception) -> ConnectionClosed:

@@ -81,12 +81,13 @@ class WorkerRegistry:
                 continue  # this process is alive: it is running this code
             info = client.hget(self.workers, worker_id)
             queues = json.loads(info)["queues"] if info else sorted(self.broker.get_declared_queues())
+            worker_back = worker_quarantined = 0
             for queue_name in queues:
                 keys = self.broker.keys(queue_name)
                 put_back, dead_lettered = self.broker.scripts["reclaim"](
                     keys=keys.reclaim_keys(worker_id), args=[now, self.max_deliveries(queue_name), worker_id]
                 )
-                back, quarantined = back + put_back, quarantined + dead_lettered
+                worker_back, worker_quarantined = worker_back + put_back, worker_quarantined + dead_lettered
             pipe = client.pipeline(transaction=False)
             pipe.zrem(self.heartbeats, worker_id)
             pipe.hdel(self.workers, worker_id)
@@ -95,9 +96,10 @@ class WorkerRegistry:
                 "Worker %s presumed dead (no heartbeat for %d ms): reclaimed %d message(s), quarantined %d.",
                 worker_id,
                 self.broker.heartbeat_timeout_ms,
-                back,
-                quarantined,
+                worker_back,
+                worker_quarantined,
             )
+            back, quarantined = back + worker_back, quarantined + worker_quarantined
         return back, quarantined
 
 

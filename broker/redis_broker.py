@@ -54,7 +54,7 @@ from dramatiq.middleware import Middleware, MiddlewareError
 from .connection import client_from_url
 from .consumer import DELIVERIES_OPTION, SettleBacklog, TriageConsumer
 from .encoder import MsgpackEncoder
-from .errors import ReplicationError, check_priority, connection_lost, join_timeout
+from .errors import CONNECTION_ERRORS, ReplicationError, check_priority, connection_lost, join_timeout
 from .inspection import queue_stats
 from .keys import QueueKeys
 from .liveness import WorkerRegistry
@@ -242,7 +242,7 @@ class TriageBroker(Broker):
             self.scripts["enqueue"](keys=keys, args=args, client=pipe)
             pipe.execute_command("WAIT", self.min_replicas, self.replica_timeout_ms)  # type: ignore[no-untyped-call]
             _, confirmed = pipe.execute()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except CONNECTION_ERRORS as exc:
             raise connection_lost(exc) from None
         if confirmed < self.min_replicas:
             raise ReplicationError(len(placed), int(confirmed), self.min_replicas, self.replica_timeout_ms)
