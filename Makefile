@@ -30,7 +30,7 @@ format: install
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .triage .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .triage .mypy_cache .ruff_cache *.egg-info build dist
 
 bench: install  ## stock Dramatiq vs Triage, same run; prints the table (a few minutes)
 	$(BIN)/python -m bench.run

@@ -24,8 +24,8 @@ from typing import Any
 
 import redis
 
-from admin.processes import children
-from admin.redis_server import RedisServer, free_port
+from triage.admin.processes import children
+from triage.admin.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -12,11 +12,6 @@ from . import _probes
 
 broker = RedisBroker(url=os.environ["REDIS_URL"])
 dramatiq.set_broker(broker)
-NAME = "stock"
-
-
-def msgs_key(queue: str) -> str:
-    return f"dramatiq:{queue}.msgs"
 
 
 @dramatiq.actor(queue_name="bench")

@@ -4,16 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors import background, critical, default, enqueue_batch, runtime
+from actors import background, critical, default, enqueue_batch
 
 from . import _probes
-
-broker = runtime.broker
-NAME = "triage"
-
-
-def msgs_key(queue: str) -> str:
-    return broker.keys(queue).msgs
 
 
 @default(queue="bench")

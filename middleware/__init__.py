@@ -1,18 +1,42 @@
-"""Triage's middleware: one policy per module, assembled in `config/broker.py`."""
+"""The service's middleware stack: which policies run, in what order.
 
-from broker.errors import InvalidPriority
+`actors/__init__.py` passes `STACK` to `triage.install(middleware=...)`. Triage's policies
+are listed as classes and configured from the settings; add your own middleware as an
+instance (or a class that takes no arguments) where it belongs in the order. Routing is
+required: the tier decorators bind actors through it.
+"""
 
-from .payload_guard import PayloadGuard, PayloadTooLarge, PayloadTypeError
-from .placement import InvalidTenant, Placement
-from .routing import Routing, RoutingError
+from __future__ import annotations
 
-__all__ = [
-    "InvalidPriority",
-    "InvalidTenant",
-    "PayloadGuard",
-    "PayloadTooLarge",
-    "PayloadTypeError",
-    "Placement",
-    "Routing",
-    "RoutingError",
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    CurrentMessage,
+    GroupCallbacks,
+    Pipelines,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
+from dramatiq.results import Results
+
+from triage.middleware import GracefulShutdown, Heartbeats, PayloadGuard, Placement, Routing, StackEntry
+
+STACK: list[StackEntry] = [
+    # Producer side, in this order for `before_enqueue`:
+    PayloadGuard,  # plain data, bounded size: nothing else reaches Redis
+    Routing,  # actors to tiers at declaration
+    Placement,  # priority (1-10) and tenant of every message
+    # Worker side:
+    Heartbeats,  # liveness: register, heartbeat, reap dead workers
+    GracefulShutdown,  # one SIGTERM is one request; unstarted work goes back at once
+    CurrentMessage,  # the running message, for priority and tenant inheritance
+    AgeLimit,
+    TimeLimit,  # the tier's time limit
+    ShutdownNotifications,
+    Callbacks,
+    Pipelines,
+    Retries,  # the tier's retry policy
+    Results,  # opt-in: store_results=True
+    GroupCallbacks,  # group(...).run() with a completion callback
 ]

@@ -1,7 +1,7 @@
 """Test harness: a real redis-server of the suite's own, a clean database per test.
 
-- The server is started on a free port in a temporary directory before any test
-  module is imported (importing `actors` builds the broker from `REDIS_URL`).
+- The server is started on a free port in a temporary directory (`triage.testing`)
+  before any test module is imported (importing `actors` builds the broker from `REDIS_URL`).
 - `TRIAGE_TEST_REDIS_URL` points the suite at an existing server instead; the suite
   refuses to run against a database that is not empty.
 - `TRIAGE_*` variables of the calling shell are removed, so the suite sees defaults.
@@ -9,32 +9,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
 
-from admin.redis_server import RedisServer, free_port
+from triage.testing import redis_server
 
-ROOT = Path(__file__).resolve().parent.parent
-_server: RedisServer | None = None
-_tmp: str | None = None
+_servers = contextlib.ExitStack()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    global _server, _tmp
     for name in list(os.environ):
         if name.startswith("TRIAGE_") and not name.startswith("TRIAGE_TEST_"):
             del os.environ[name]
-    url = os.environ.get("TRIAGE_TEST_REDIS_URL")
-    if not url:
-        _tmp = tempfile.mkdtemp(prefix="triage-test-redis-")
-        _server = RedisServer(port=free_port(), data_dir=Path(_tmp), appendonly=False).start()
-        url = _server.url
+    url = os.environ.get("TRIAGE_TEST_REDIS_URL") or _servers.enter_context(redis_server()).url
     client = redis.Redis.from_url(url)
     size = client.dbsize()
     client.close()
@@ -44,10 +35,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if _server is not None:
-        _server.stop()
-    if _tmp is not None:
-        shutil.rmtree(_tmp, ignore_errors=True)
+    _servers.close()
 
 
 @pytest.fixture

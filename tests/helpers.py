@@ -24,10 +24,12 @@ def env_with(**extra: str) -> dict[str, str]:
     return env
 
 
-def triage(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def triage(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(BIN / "triage"), *args],
-        cwd=ROOT,
+        cwd=cwd,
         env=env or env_with(),
         capture_output=True,
         text=True,

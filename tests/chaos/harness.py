@@ -12,8 +12,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from admin.processes import children
 from tests.helpers import BIN, ROOT, env_with
+from triage.admin.processes import children
 
 RESULTS: list[dict[str, str]] = []
 

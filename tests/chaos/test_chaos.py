@@ -23,11 +23,11 @@ import redis
 from dramatiq.errors import BrokerError
 from dramatiq.message import Message
 
-from admin.redis_server import RedisServer, find_redis_server, free_port
-from broker.redis_broker import TriageBroker
-from config.broker import Runtime, build
-from config.settings import Settings
 from tests.helpers import wait_for
+from triage.admin.redis_server import RedisServer, find_redis_server, free_port
+from triage.broker.redis_broker import TriageBroker
+from triage.runtime import Runtime, build
+from triage.settings import Settings
 
 from .harness import Ledger, Supervisor, kill_orphans, record_result
 

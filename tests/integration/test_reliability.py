@@ -16,12 +16,12 @@ from dramatiq.errors import BrokerConnectionError
 from dramatiq.message import Message
 
 from actors import default, runtime
-from admin.processes import descendants
-from admin.redis_server import RedisServer, free_port
-from broker.errors import ReplicationError
-from broker.redis_broker import TriageBroker
 from tests import worker_actors as wa
 from tests.helpers import dramatiq_worker, wait_for
+from triage.admin.processes import descendants
+from triage.admin.redis_server import RedisServer, free_port
+from triage.broker.errors import ReplicationError
+from triage.broker.redis_broker import TriageBroker
 
 broker = runtime.broker
 
@@ -38,7 +38,7 @@ def dead_worker_fetches(count: int, queue: str = "t_rel") -> TriageBroker:
     """A second worker process, simulated: it registers, fetches `count` messages, then stops heartbeating."""
     other = TriageBroker(client=broker.client, namespace=broker.namespace, middleware=[])
     other.declare_queue(queue)
-    other.registry.register([queue])
+    other.registry.register([queue], {queue: "default"})
     consumer = other.consume(queue, prefetch=count, timeout=50)
     for _ in range(count):
         assert next(consumer) is not None

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from broker.connection import client_from_url
-from config.settings import Settings, redact_url
+from triage.broker.connection import client_from_url
+from triage.settings import Settings, redact_url
 
 
 def test_sentinel_url_gives_a_client_that_follows_the_primary() -> None:

@@ -12,8 +12,8 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.encoder import Encoder, JSONEncoder
 
-from broker.encoder import MsgpackEncoder
-from middleware import PayloadGuard, PayloadTooLarge
+from triage.broker.encoder import MsgpackEncoder
+from triage.middleware import PayloadGuard, PayloadTooLarge
 
 
 @pytest.fixture(autouse=True)

@@ -10,16 +10,17 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.message import Message
 from dramatiq.middleware import Retries
 
-from config.routing import DEFAULT_ROUTES, Router
-from config.settings import Settings
-from config.tiers import build_taxonomy
-from middleware import InvalidPriority, InvalidTenant, Placement, Routing
-from middleware.placement import PriorityHook
+from config import ROUTES
+from triage.middleware import InvalidPriority, InvalidTenant, Placement, Routing
+from triage.middleware.placement import PriorityHook
+from triage.routing import Router
+from triage.settings import Settings
+from triage.tiers import build_taxonomy
 
 
 def make_broker(hook: PriorityHook | None = None) -> StubBroker:
     taxonomy = build_taxonomy(Settings())
-    router = Router(DEFAULT_ROUTES, taxonomy)
+    router = Router(ROUTES, taxonomy)
     return StubBroker(
         middleware=[Routing(router=router, taxonomy=taxonomy), Placement(taxonomy=taxonomy, hook=hook), Retries()]
     )

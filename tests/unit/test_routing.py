@@ -7,15 +7,16 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Retries
 
-from config.routing import DEFAULT_ROUTES, Router
-from config.settings import ConfigError, Settings
-from config.tiers import build_taxonomy
-from middleware import Routing
+from config import ROUTES
+from triage.middleware import Routing
+from triage.routing import Router
+from triage.settings import ConfigError, Settings
+from triage.tiers import build_taxonomy
 
 
 def make_router(rules: list[tuple[str, str]] | None = None, queues: dict[str, str] | None = None) -> Router:
     taxonomy = build_taxonomy(Settings.model_validate({"queues": queues or {}}))
-    return Router(DEFAULT_ROUTES if rules is None else rules, taxonomy)
+    return Router(ROUTES if rules is None else rules, taxonomy)
 
 
 @pytest.mark.parametrize(
@@ -29,7 +30,7 @@ def make_router(rules: list[tuple[str, str]] | None = None, queues: dict[str, st
         ("erp.ordersx", "default"),
     ],
 )
-def test_default_rules(actor_name: str, queue: str) -> None:
+def test_service_rules(actor_name: str, queue: str) -> None:
     assert make_router().route(actor_name).queue_name == queue
 
 
@@ -44,7 +45,7 @@ def test_first_matching_rule_wins_and_targets_may_be_queues() -> None:
 
 
 def test_unknown_target_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"TRIAGE_ROUTES: rule 'a\.\*' targets 'nowhere'"):
+    with pytest.raises(ConfigError, match=r"TRIAGE_ROUTES \(or config\.ROUTES\): rule 'a\.\*' targets 'nowhere'"):
         make_router([("a.*", "nowhere")])
 
 
@@ -61,12 +62,18 @@ def test_plain_actor_is_routed_by_name(stub: StubBroker) -> None:
     @dramatiq.actor(actor_name="erp.orders.tasks.reserve_stock", broker=stub)
     def reserve_stock(order_id: str) -> None: ...
 
-    # Then it is on the critical queue with the critical tier's policies
+    # And one whose name matches the background rule
+    @dramatiq.actor(actor_name="erp.reports.monthly", broker=stub)
+    def monthly() -> None: ...
+
+    # Then it is on the critical queue with the critical tier's policies (none of them Dramatiq's defaults)
     assert reserve_stock.queue_name == "critical"
-    assert reserve_stock.priority == 0
     assert reserve_stock.options["tier"] == "critical"
-    assert reserve_stock.options["max_retries"] == 5
-    assert "critical" in stub.get_declared_queues()
+    assert reserve_stock.options["message_priority"] == 9
+    assert (reserve_stock.options["max_retries"], reserve_stock.options["min_backoff"]) == (5, 200)
+    # And a worker runs it before the background one it may have prefetched beside it
+    assert reserve_stock.priority < monthly.priority
+    assert {"critical", "background"} <= stub.get_declared_queues()
     assert "default" not in stub.get_declared_queues()
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from config.settings import ConfigError, Settings, load_settings, redact_url
-from config.tiers import BUILTIN_TIERS, build_taxonomy
+from triage.settings import ConfigError, Settings, load_settings, redact_url
+from triage.tiers import BUILTIN_TIERS, build_taxonomy
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,3 +110,44 @@ def test_tier_defaults_order_critical_first() -> None:
     assert critical.actor_priority < default.actor_priority < background.actor_priority
     assert critical.sla_seconds < default.sla_seconds < background.sla_seconds
     assert critical.time_limit_ms < background.time_limit_ms
+
+
+def test_the_service_config_is_overridden_by_the_environment_field_by_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a service config with routes, queues and a tier override
+    config = {
+        "ROUTES": [("legacy.*", "sms")],
+        "QUEUES": {"sms": "default"},
+        "TIERS": {"critical": {"max_retries": 2, "sla_seconds": 1.0}},
+    }
+    # And the environment overrides one field of that tier and adds a queue
+    monkeypatch.setenv("TRIAGE_TIERS__CRITICAL__MAX_RETRIES", "7")
+    monkeypatch.setenv("TRIAGE_QUEUES", '{"gpu": "background"}')
+    # When the settings are loaded with that config
+    settings = load_settings(config)
+    # Then the environment wins where it speaks, and the config holds everywhere else
+    taxonomy = build_taxonomy(settings)
+    assert taxonomy.tiers["critical"].max_retries == 7
+    assert taxonomy.tiers["critical"].sla_seconds == 1.0
+    assert settings.queues == {"sms": "default", "gpu": "background"}
+    assert settings.routes == [("legacy.*", "sms")]
+
+
+def test_a_config_module_is_read_by_its_upper_case_names() -> None:
+    # Given a module-like config object with an upper-case setting and lower-case helpers
+    class ServiceConfig:
+        QUEUES = {"email": "default"}  # noqa: RUF012
+        helper = "ignored"
+
+    # Then only the upper-case names are read
+    assert load_settings(ServiceConfig).queues == {"email": "default"}
+
+
+def test_a_bad_config_value_names_the_config_entry() -> None:
+    with pytest.raises(ConfigError, match=r"config\.QUEUES\['email'\]: must be one of"):
+        load_settings({"QUEUES": {"email": "urgent"}})
+
+
+def test_a_value_the_config_may_not_hold_names_its_variable() -> None:
+    # Given a deploy-specific value hard-coded in the service config
+    with pytest.raises(ConfigError, match=r"config\.NAMESPACE: not a structural setting .* TRIAGE_NAMESPACE"):
+        load_settings({"NAMESPACE": "prod"})

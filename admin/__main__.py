@@ -1,5 +1,0 @@
-"""`python -m admin` is the `triage` command."""
-
-from .cli import main
-
-main()

@@ -1,0 +1,59 @@
+"""Triage: tiered Dramatiq workers on Redis — priority, fairness, liveness, dead letters.
+
+The public API. Importing `triage` has no side effect: nothing is installed and nothing
+connects until `install()` (or the first tier decorator, which installs the defaults).
+
+    import triage
+    from triage import critical
+
+    triage.install(config=my_config, middleware=my_stack)  # optional: defaults otherwise
+
+    @critical
+    def reserve_stock(order_id: str, sku: str, qty: int) -> None: ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from dramatiq.errors import BrokerConnectionError
+from dramatiq.message import Message
+
+from triage.broker.errors import ReplicationError
+from triage.broker.priority import InvalidPriority
+from triage.decorators import TierDecorator, background, critical, default
+from triage.discovery import discover
+from triage.middleware import InvalidTenant, PayloadTooLarge, PayloadTypeError, RoutingError
+from triage.runtime import Runtime, current, install
+from triage.settings import ConfigError
+
+
+def enqueue_batch(messages: Iterable[Message[Any] | tuple[Message[Any], int | None]]) -> list[Message[Any]]:
+    """Enqueue messages of any actors and queues at once: all of them, or none if one is invalid.
+
+    Items are messages (`actor.message(...)`, `actor.message_with_options(..., priority=8)`)
+    or `(message, delay_ms)` pairs.
+    """
+    return current().broker.enqueue_batch(messages)
+
+
+__all__ = [
+    "BrokerConnectionError",
+    "ConfigError",
+    "InvalidPriority",
+    "InvalidTenant",
+    "PayloadTooLarge",
+    "PayloadTypeError",
+    "ReplicationError",
+    "RoutingError",
+    "Runtime",
+    "TierDecorator",
+    "background",
+    "critical",
+    "current",
+    "default",
+    "discover",
+    "enqueue_batch",
+    "install",
+]

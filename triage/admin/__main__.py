@@ -1,0 +1,5 @@
+"""`python -m triage.admin` is the `triage` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,62 @@
+"""Operator actions from Redis alone: list queues and their counters, pause, resume.
+
+Guarantees:
+- Needs only the settings from the environment (`REDIS_URL`, `TRIAGE_NAMESPACE`): no
+  application module is imported, so these work during an incident in which an actor
+  module fails to import.
+- The queues are the three tiers, the queues of `TRIAGE_QUEUES`, and every queue that a
+  worker or a producer recorded in Redis (`{ns}:queues`), each with its tier.
+- Reads are one pipelined round trip; a Redis failure raises `redis.RedisError`.
+"""
+
+from __future__ import annotations
+
+from triage.broker.redis_broker import TriageBroker
+from triage.settings import TIER_NAMES, Settings, load_settings
+from triage.stats import QueueStats, tiered_stats
+
+
+class UnknownQueue(LookupError):
+    """A queue that no tier, setting, worker or producer has declared."""
+
+    def __init__(self, queue: str, known: list[str]) -> None:
+        super().__init__(f"unknown queue {queue!r}; known queues: {', '.join(known)}")
+        self.queue, self.known = queue, known
+
+
+class Admin:
+    """What an operator does to the queues, from Redis alone.
+
+    Parameters:
+      settings: the environment's settings (loaded when not given).
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or load_settings()
+        self.broker = TriageBroker(url=self.settings.redis_url, namespace=self.settings.namespace, middleware=[])
+
+    def queues(self) -> dict[str, str]:
+        """Every known queue and its tier: the tiers first, then the others by name."""
+        known: dict[str, str] = dict(self.settings.queues)
+        known.update(self.broker.registry.known_queues())
+        tiers = {name: name for name in TIER_NAMES}
+        return tiers | {q: known[q] for q in sorted(known) if q not in tiers}
+
+    def stats(self) -> dict[str, QueueStats]:
+        return tiered_stats(self.broker, self.queues())
+
+    def pause(self, queue: str) -> None:
+        """Stop delivering the queue's messages (persisted in Redis); producers can still enqueue."""
+        self.broker.pause(self._known(queue))
+
+    def resume(self, queue: str) -> None:
+        self.broker.resume(self._known(queue))
+
+    def _known(self, queue: str) -> str:
+        queues = self.queues()
+        if queue not in queues:
+            raise UnknownQueue(queue, list(queues))
+        return queue
+
+    def close(self) -> None:
+        self.broker.close()

@@ -1,0 +1,215 @@
+"""The consumer: blocks while idle, fetches in small batches, settles messages one by one.
+
+Guarantees:
+- An idle consumer blocks on its queue's wake-up list (BLPOP) instead of polling; an
+  enqueue, a resume or a requeue wakes it within a round trip. It wakes by itself when
+  the next delayed message falls due, and at least every `timeout` ms so the worker can
+  check for shutdown. No busy loop.
+- It holds at most `prefetch` messages (Dramatiq passes twice the worker threads) and
+  fetches only when no more than half of that is outstanding: a busy worker keeps about
+  one message per thread waiting beyond those running, so urgent messages are not stuck
+  behind a hoard in another worker's memory.
+- Every delivered message carries its delivery count in `options["triage_deliveries"]`.
+- A suspect (a message reclaimed from a worker that died) is fetched alone, and nothing
+  more is fetched until it is settled: a poison message crashes its worker alone.
+- A message that cannot be decoded is dead-lettered at once (reason `undecodable`, raw
+  bytes kept) and the consumer goes on; a nack records why the message failed
+  (`failed`, or `unknown-actor`) with the error type, message and a truncated traceback.
+- A delivered message prints as `actor(id=…)`: its arguments stay out of Dramatiq's logs.
+- Ack, nack and requeue may be called from any worker thread. When Redis is unreachable
+  they do not block or fail the worker thread: they wait in the broker's backlog
+  (`backlog.py`) and are applied, in order, as soon as Redis answers again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import redis
+from dramatiq.broker import Consumer, MessageProxy
+from dramatiq.encoder import Encoder
+from dramatiq.errors import ActorNotFound, DecodeError
+from dramatiq.message import Message
+from redis.commands.core import Script
+
+from .backlog import SettleBacklog
+from .clock import now_ms
+from .errors import CONNECTION_ERRORS, connection_lost
+from .keys import QueueKeys
+
+logger = logging.getLogger(__name__)
+
+MAX_DUE_MOVED_PER_FETCH = 1000
+DELIVERIES_OPTION = "triage_deliveries"
+TRACEBACK_LIMIT = 4000
+
+
+def failure_info(reason: str, exception: BaseException | None, **extra: Any) -> str:
+    """The JSON kept with a dead letter: why, and the last error (type, message, traceback tail)."""
+    info: dict[str, Any] = {"reason": reason, **extra}
+    if exception is not None:
+        trace = "".join(traceback.format_exception(type(exception), exception, exception.__traceback__))
+        info["error"] = {
+            "type": type(exception).__name__,
+            "message": str(exception)[:1000],
+            "traceback": trace[-TRACEBACK_LIMIT:],
+        }
+    return json.dumps(info)
+
+
+class TriageMessageProxy(MessageProxy):
+    """A delivered message whose text form names the actor and message id, never the arguments:
+    Dramatiq's worker logs messages with `%s` at ERROR and WARNING, and arguments may be
+    personal data. (Actors still log their arguments at DEBUG.)"""
+
+    def __str__(self) -> str:
+        return f"{self.actor_name}(id={self.message_id})"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__qualname__} {self}>"
+
+
+class ConsumerHost(Protocol):
+    """What a consumer uses of its broker (`TriageBroker` is one)."""
+
+    client: redis.Redis
+    encoder: Encoder
+    broker_id: str
+    draining: bool
+    backlog: SettleBacklog
+    scripts: dict[str, Script]
+
+    def keys(self, queue_name: str) -> QueueKeys: ...
+
+
+class TriageConsumer(Consumer):
+    def __init__(self, broker: ConsumerHost, queue_name: str, prefetch: int, timeout: int) -> None:
+        self.broker = broker
+        self.queue_name = queue_name
+        self.keys = broker.keys(queue_name)
+        self.consumer_id = broker.broker_id
+        self.fetch_keys = self.keys.fetch_keys(self.consumer_id)
+        self.settle_keys = self.keys.settle_keys(self.consumer_id)
+        self.prefetch = max(1, prefetch)
+        self.low_water = max(1, self.prefetch // 2)
+        # A blocking wait must end before the client's socket timeout (redis-py's default is 5 s).
+        socket_timeout = broker.client.connection_pool.connection_kwargs.get("socket_timeout")
+        self.timeout = max(timeout, 10) / 1000
+        if socket_timeout:
+            self.timeout = min(self.timeout, socket_timeout * 0.8)
+        self.cache: deque[MessageProxy] = deque()
+        self.outstanding = 0  # fetched and not settled yet, cache included
+        self.lock = threading.Lock()
+        self.settled = threading.Event()
+        self.next_eta = -1
+        self.suspect: str | None = None  # a message reclaimed from a dead worker, being run alone
+
+    def __next__(self) -> MessageProxy | None:
+        try:
+            if self.broker.draining:  # shutting down: hand out nothing more; close() gives the cache back
+                time.sleep(min(self.timeout, 0.1))
+                return None
+            if self.cache:
+                return self.cache.popleft()
+            with self.lock:
+                outstanding = self.outstanding
+            if outstanding > self.low_water or self.suspect is not None:
+                self.settled.clear()
+                self.settled.wait(self.timeout)
+                return None
+            if self.broker.backlog.pending and not self.broker.backlog.flush():
+                raise redis.ConnectionError("settles are still waiting for Redis")
+            if self._fetch(self.prefetch - outstanding):
+                return self.cache.popleft()
+            self._block()
+            return None
+        except CONNECTION_ERRORS as exc:
+            raise connection_lost(exc) from None
+
+    def _fetch(self, count: int) -> bool:
+        triples, next_eta, suspect = self.broker.scripts["fetch"](
+            keys=self.fetch_keys, args=[now_ms(), count, MAX_DUE_MOVED_PER_FETCH]
+        )
+        self.next_eta = int(next_eta)
+        if suspect:
+            self.suspect = triples[-3].decode()
+        for i in range(0, len(triples), 3):
+            redis_id, payload, deliveries = triples[i], triples[i + 1], triples[i + 2]
+            try:
+                proxy = TriageMessageProxy(self._decode(payload))
+            except DecodeError as exc:
+                self._dead_letter_undecodable(redis_id, exc)
+                continue
+            proxy.options[DELIVERIES_OPTION] = int(deliveries)
+            with self.lock:
+                self.outstanding += 1
+            self.cache.append(proxy)
+        return bool(self.cache)
+
+    def _decode(self, payload: bytes) -> Message[Any]:
+        """`Message.decode` with this broker's encoder rather than Dramatiq's global one."""
+        try:
+            fields = self.broker.encoder.decode(payload)
+            fields["args"] = tuple(fields["args"])
+            return Message(**fields)
+        except Exception as exc:
+            raise DecodeError("Failed to decode message.", payload, exc) from exc  # type: ignore[no-untyped-call]
+
+    def _dead_letter_undecodable(self, redis_id: bytes, exc: DecodeError) -> None:
+        logger.error(
+            "Message %s on queue %r cannot be decoded (%s); moved to the dead letters.",
+            redis_id.decode(errors="replace"),
+            self.queue_name,
+            exc.__cause__ or exc,
+        )
+        info = failure_info("undecodable", exc.__cause__ or exc, queue=self.queue_name)
+        self.broker.backlog.run("settle", self.settle_keys, ["nack", now_ms(), redis_id, info])
+
+    def _block(self) -> None:
+        wait = self.timeout
+        if self.next_eta > 0:
+            wait = min(wait, max(0.001, (self.next_eta - now_ms()) / 1000))
+        self.broker.client.blpop([self.keys.wake], timeout=wait)
+
+    def ack(self, message: MessageProxy) -> None:
+        self._settle(["ack", now_ms(), message.options["redis_message_id"]])
+
+    def nack(self, message: MessageProxy) -> None:
+        exception = getattr(message, "_exception", None)
+        reason = "unknown-actor" if isinstance(exception, ActorNotFound) else "failed"
+        info = failure_info(reason, exception, actor=message.actor_name, queue=self.queue_name)
+        self._settle(["nack", now_ms(), message.options["redis_message_id"], info])
+
+    def _settle(self, args: list[Any]) -> None:
+        try:
+            self.broker.backlog.run("settle", self.settle_keys, args)
+        finally:
+            self._release([args[2]])
+
+    def requeue(self, messages: Iterable[MessageProxy]) -> None:
+        ids = [m.options["redis_message_id"] for m in messages]
+        if not ids:
+            return
+        try:
+            self.broker.backlog.run("requeue", self.fetch_keys, ids)
+        finally:
+            self._release(ids)
+
+    def _release(self, ids: list[str]) -> None:
+        with self.lock:
+            self.outstanding = max(0, self.outstanding - len(ids))
+            if self.suspect in ids:
+                self.suspect = None
+        self.settled.set()
+
+    def close(self) -> None:
+        cached: list[Any] = list(self.cache)
+        self.cache.clear()
+        self.requeue(cached)

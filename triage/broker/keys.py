@@ -1,0 +1,77 @@
+"""Redis key names of the Triage broker.
+
+Guarantees: every key of a queue carries the queue's hash tag `{namespace:queue}`, so
+one queue's keys live in one Redis Cluster slot and a script over one queue is a legal
+cluster script. `QueueKeys.block()` is the block of `BLOCK_SIZE` keys of `lua/_fifo.lua`, in its
+order.
+"""
+
+from __future__ import annotations
+
+from .priority import MAX_PRIORITY, MIN_PRIORITY
+
+LEVELS = range(MIN_PRIORITY, MAX_PRIORITY + 1)  # one FIFO/round-robin level per message priority
+BLOCK_SIZE = 7 + len(LEVELS)  # msgs .. wake, then one rr key per level (`lua/_fifo.lua`)
+
+
+class QueueKeys:
+    """The key names of one queue, computed once."""
+
+    def __init__(self, namespace: str, queue: str) -> None:
+        self.namespace, self.queue = namespace, queue
+        self.tag = tag = f"{{{namespace}:{queue}}}"
+        self.msgs = f"{tag}:msgs"
+        self.items = f"{tag}:items"
+        self.state = f"{tag}:state"
+        self.delayed = f"{tag}:delayed"
+        self.stats = f"{tag}:stats"
+        self.paused = f"{tag}:paused"
+        self.wake = f"{tag}:wake"
+        self.dead = f"{tag}:dead"
+        self.dead_msgs = f"{tag}:dead.msgs"
+        self.dead_info = f"{tag}:dead.info"
+        self.deliveries = f"{tag}:deliveries"
+        self.levels = [f"{tag}:rr:{level}" for level in LEVELS]
+        self._block = [
+            self.msgs,
+            self.items,
+            self.state,
+            self.delayed,
+            self.stats,
+            self.paused,
+            self.wake,
+            *self.levels,
+        ]
+        assert len(self._block) == BLOCK_SIZE
+
+    def acks(self, consumer_id: str) -> str:
+        return f"{self.tag}:acks:{consumer_id}"
+
+    def block(self) -> list[str]:
+        """The keys every script takes, in `_fifo.lua` order."""
+        return list(self._block)
+
+    def enqueue_keys(self) -> list[str]:
+        return [*self._block, self.deliveries]
+
+    def fetch_keys(self, consumer_id: str) -> list[str]:
+        """Keys of fetch.lua and requeue.lua."""
+        return [*self._block, self.acks(consumer_id), self.deliveries]
+
+    def settle_keys(self, consumer_id: str) -> list[str]:
+        return [
+            self.msgs,
+            self.stats,
+            self.acks(consumer_id),
+            self.deliveries,
+            self.dead,
+            self.dead_msgs,
+            self.dead_info,
+        ]
+
+    def reclaim_keys(self, dead_worker_id: str) -> list[str]:
+        return [*self._block, self.acks(dead_worker_id), self.deliveries, self.dead, self.dead_msgs, self.dead_info]
+
+    def message_keys(self) -> list[str]:
+        """Every key that holds messages (what a flush drops)."""
+        return [self.msgs, self.items, self.state, self.delayed, self.deliveries, *self.levels]

@@ -1,0 +1,148 @@
+-- _fifo: the FIFO / round-robin structure of a queue, shared by every script (scripts.py
+-- loads it after the header that defines BLOCK, TOP_LEVEL and BOTTOM_LEVEL from Python).
+--
+-- A queue's keys form one block of BLOCK keys, all under the queue's hash tag {ns:Q}. A
+-- script passes the block's offset b in KEYS to the helpers below, which name the keys
+-- they use by their offset in the block:
+--   b + MSGS        1        {ns:Q}:msgs      hash    message id -> encoded message (queued, delayed, in flight)
+--   b + ITEMS       2        {ns:Q}:items     hash    "level|seq|tenant" -> message id, one per queued message
+--   b + STATE       3        {ns:Q}:state     hash    "n|level|tenant" count, "h|..." head seq, "t|..." tail seq
+--   b + DELAYED     4        {ns:Q}:delayed   zset    "id|level|tenant" scored by eta (ms)
+--   b + STATS       5        {ns:Q}:stats     hash    running, enqueued_total, fetched_total, acked_total, dead_total
+--   b + PAUSED      6        {ns:Q}:paused    string  present while the queue is paused
+--   b + WAKE        7        {ns:Q}:wake      list    wake-up tokens that idle consumers block on (BLPOP)
+--   b + RR + level  8 .. 17  {ns:Q}:rr:level  list    one per level 1 .. 10: the tenants that have work at that
+--                                                     priority level, in round-robin order (each at most once)
+-- The numbers hold for priorities 1 .. 10 (priority.py), where BLOCK = 17; tests/unit/test_lua_keys.py
+-- checks them against keys.py.
+-- Within a level and tenant, messages are FIFO (head and tail sequence numbers); across
+-- tenants of a level, the fetch takes the tenant at the front of rr:level and puts it back
+-- at the end if it has more work: O(1) per message, whatever the number of messages or
+-- tenants. Scripts touch no key that is not in KEYS.
+--
+-- Skipping a tenant (over its in-flight or rate limit) needs no message to move: the fetch
+-- pops the tenant from rr:level and parks it instead of pushing it back; when the tenant is
+-- under its limit again it is pushed back onto rr:level, and its FIFO is where it was.
+
+local MSGS, ITEMS, STATE, DELAYED, STATS, PAUSED, WAKE = 1, 2, 3, 4, 5, 6, 7
+local RR = WAKE + 1 - BOTTOM_LEVEL -- rr:level is KEYS[b + RR + level], level BOTTOM_LEVEL .. TOP_LEVEL
+local WAKE_TOKENS_MAX = 64
+
+local function fifo_push(b, level, tenant, id, front)
+  local items = KEYS[b + ITEMS]
+  local state = KEYS[b + STATE]
+  local rr = KEYS[b + RR + level]
+  local suffix = level .. "|" .. tenant
+  local n = redis.call("hincrby", state, "n|" .. suffix, 1)
+  local seq
+  if n == 1 then
+    seq = 0
+    redis.call("hset", state, "h|" .. suffix, 0, "t|" .. suffix, 0)
+  elseif front then
+    seq = redis.call("hincrby", state, "h|" .. suffix, -1)
+  else
+    seq = redis.call("hincrby", state, "t|" .. suffix, 1)
+  end
+  redis.call("hset", items, level .. "|" .. seq .. "|" .. tenant, id)
+  if n == 1 then
+    if front then
+      redis.call("lpush", rr, tenant)
+    else
+      redis.call("rpush", rr, tenant)
+    end
+  end
+end
+
+-- HSET of many field/value pairs, in chunks that stay within Lua's stack for unpack().
+local function hset_pairs(key, pairs)
+  for start = 1, #pairs, 2000 do
+    redis.call("hset", key, unpack(pairs, start, math.min(start + 1999, #pairs)))
+  end
+end
+
+-- Append several messages, in order, to the tail of one level and tenant (enqueue batches).
+local function fifo_push_run(b, level, tenant, ids)
+  local items = KEYS[b + ITEMS]
+  local state = KEYS[b + STATE]
+  local rr = KEYS[b + RR + level]
+  local suffix = level .. "|" .. tenant
+  local n = redis.call("hincrby", state, "n|" .. suffix, #ids)
+  local first
+  if n == #ids then
+    first = 0
+    redis.call("hset", state, "h|" .. suffix, 0, "t|" .. suffix, #ids - 1)
+  else
+    first = redis.call("hincrby", state, "t|" .. suffix, #ids) - #ids + 1
+  end
+  local fields = {}
+  for i, id in ipairs(ids) do
+    fields[#fields + 1] = level .. "|" .. (first + i - 1) .. "|" .. tenant
+    fields[#fields + 1] = id
+  end
+  hset_pairs(items, fields)
+  if n == #ids then
+    redis.call("rpush", rr, tenant)
+  end
+end
+
+-- Take the next message of a level: the oldest of the tenant whose turn it is.
+local function fifo_pop(b, level)
+  local items = KEYS[b + ITEMS]
+  local state = KEYS[b + STATE]
+  local rr = KEYS[b + RR + level]
+  local tenant = redis.call("lpop", rr)
+  if not tenant then
+    return nil
+  end
+  local suffix = level .. "|" .. tenant
+  local head = redis.call("hget", state, "h|" .. suffix)
+  local item = level .. "|" .. head .. "|" .. tenant
+  local id = redis.call("hget", items, item)
+  redis.call("hdel", items, item)
+  if redis.call("hincrby", state, "n|" .. suffix, -1) > 0 then
+    redis.call("hincrby", state, "h|" .. suffix, 1)
+    redis.call("rpush", rr, tenant)
+  else
+    redis.call("hdel", state, "n|" .. suffix, "h|" .. suffix, "t|" .. suffix)
+  end
+  return id, tenant
+end
+
+-- "id|level|tenant" -> id, level, tenant (the tenant may itself contain "|")
+local function split_member(member)
+  local first = string.find(member, "|", 1, true)
+  local second = string.find(member, "|", first + 1, true)
+  return string.sub(member, 1, first - 1), tonumber(string.sub(member, first + 1, second - 1)),
+    string.sub(member, second + 1)
+end
+
+-- An in-flight record "fetch seq|level|tenant" -> level, tenant, fetch seq
+local function split_meta(meta)
+  local seq, level, tenant = split_member(meta)
+  return level, tenant, tonumber(seq)
+end
+
+-- Move a message to the dead letters: its body to dead.msgs, its id to dead (scored by time),
+-- and what happened to dead.info (the given table, plus the deliveries count and time).
+local function dead_letter(msgs, deliveries, dead, dead_msgs, dead_info, stats, id, now, info)
+  local payload = redis.call("hget", msgs, id)
+  if payload then
+    redis.call("hset", dead_msgs, id, payload)
+  end
+  info["deliveries"] = tonumber(redis.call("hget", deliveries, id) or "0")
+  info["dead_lettered_at_ms"] = now
+  redis.call("hset", dead_info, id, cjson.encode(info))
+  redis.call("zadd", dead, now, id)
+  redis.call("hincrby", stats, "dead_total", 1)
+  redis.call("hdel", msgs, id)
+  redis.call("hdel", deliveries, id, id .. ":max")
+end
+
+-- Leave up to `tokens` wake-up tokens for idle consumers (at most WAKE_TOKENS_MAX waiting).
+local function wake_up(b, tokens)
+  local wake = KEYS[b + WAKE]
+  local room = WAKE_TOKENS_MAX - redis.call("llen", wake)
+  for _ = 1, math.min(tokens, room) do
+    redis.call("rpush", wake, "1")
+  end
+end

@@ -1,0 +1,64 @@
+-- enqueue: store messages and place them by priority and tenant, or in the delayed set,
+-- for one or more queues, all or nothing (one script call is atomic).
+--
+-- KEYS: one block of BLOCK + 1 keys per queue, queue g (1, 2, ...) at offset b = (BLOCK + 1) * (g - 1):
+--   the queue's block (laid out in _fifo.lua), then its deliveries key. Named here:
+--   msgs        KEYS[b + MSGS]       {ns:Q}:msgs, hash id -> encoded message
+--   delayed     KEYS[b + DELAYED]    {ns:Q}:delayed, zset "id|level|tenant" scored by eta
+--   stats       KEYS[b + STATS]      {ns:Q}:stats (enqueued_total)
+--   deliveries  KEYS[b + BLOCK + 1]  {ns:Q}:deliveries ("id:max" -> the message's own max_deliveries)
+--   items, state, rr:level and wake are written by the _fifo.lua helpers.
+-- ARGV: 1 now_ms, 2 a msgpack array with one entry per queue, in KEYS order, each a flat array
+--   of id, encoded message, level (1-10), tenant ("" for the shared tenant), eta_ms (0: now),
+--   max_deliveries (0: the queue's default), repeated for each message (one argument for the
+--   whole batch keeps the call cheap)
+-- Writes: msgs, items, state, delayed, stats (enqueued_total), wake, rr:*, deliveries
+-- Returns: the number of messages stored.
+
+local now = tonumber(ARGV[1])
+local groups = cmsgpack.unpack(ARGV[2])
+local stored = 0
+for g, fields in ipairs(groups) do
+  local b = (BLOCK + 1) * (g - 1)
+  local msgs = KEYS[b + MSGS]
+  local delayed = KEYS[b + DELAYED]
+  local stats = KEYS[b + STATS]
+  local deliveries = KEYS[b + BLOCK + 1]
+  local ready = 0
+  local count = #fields / 6
+  -- Messages go in with as few calls as possible: bodies in chunks of HSET pairs, and the
+  -- ready ones of one level and tenant as one run (in order) at the tail of their FIFO.
+  local bodies, runs, run_order = {}, {}, {}
+  for i = 1, #fields, 6 do
+    local id, payload, level, tenant, eta = fields[i], fields[i + 1], fields[i + 2], fields[i + 3], fields[i + 4]
+    bodies[#bodies + 1] = id
+    bodies[#bodies + 1] = payload
+    if fields[i + 5] > 0 then
+      redis.call("hset", deliveries, id .. ":max", fields[i + 5])
+    end
+    if eta > now then
+      redis.call("zadd", delayed, eta, id .. "|" .. level .. "|" .. tenant)
+    else
+      local run_key = level .. "|" .. tenant
+      local run = runs[run_key]
+      if not run then
+        run = { level = level, tenant = tenant, ids = {} }
+        runs[run_key] = run
+        run_order[#run_order + 1] = run_key
+      end
+      run.ids[#run.ids + 1] = id
+      ready = ready + 1
+    end
+  end
+  hset_pairs(msgs, bodies)
+  for _, run_key in ipairs(run_order) do
+    local run = runs[run_key]
+    fifo_push_run(b, run.level, run.tenant, run.ids)
+  end
+  redis.call("hincrby", stats, "enqueued_total", count)
+  stored = stored + count
+  -- Idle consumers wake for ready messages, and for a new delayed one so that they
+  -- recompute how long to block.
+  wake_up(b, ready > 0 and ready or 1)
+end
+return stored

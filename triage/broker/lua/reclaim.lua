@@ -1,0 +1,65 @@
+-- reclaim: take back the in-flight messages of a worker presumed dead (its heartbeat is too
+-- old). Each goes back to the head of its level and tenant, unless it has already been
+-- delivered max_deliveries times: a message that keeps killing its worker is moved to the
+-- dead letters with reason "crash-loop" instead of being delivered again.
+--
+-- KEYS: the queue's block at b = 0 (KEYS[1] .. KEYS[BLOCK], laid out in _fifo.lua), then five more.
+--   msgs        KEYS[b + MSGS]   {ns:Q}:msgs, hash id -> encoded message (quarantined ones leave it)
+--   stats       KEYS[b + STATS]  {ns:Q}:stats (running, dead_total)
+--   acks        KEYS[BLOCK + 1]  {ns:Q}:acks:<dead worker id>, hash id -> "fetch seq|level|tenant"
+--   deliveries  KEYS[BLOCK + 2]  {ns:Q}:deliveries, hash id -> deliveries so far (and "id:max")
+--   dead        KEYS[BLOCK + 3]  {ns:Q}:dead, zset id -> time dead-lettered
+--   dead_msgs   KEYS[BLOCK + 4]  {ns:Q}:dead.msgs, hash id -> message
+--   dead_info   KEYS[BLOCK + 5]  {ns:Q}:dead.info, hash id -> JSON: reason, error, deliveries, ...
+--   items, state, rr:level and wake are written by the _fifo.lua helpers.
+-- ARGV: now_ms, the queue's max_deliveries, the dead worker's id
+-- Writes: items, state, stats (running, dead_total), wake, rr:*, acks (deleted), deliveries,
+--   msgs (quarantined ones leave it), dead, dead.msgs, dead.info
+-- Returns: { messages put back, messages quarantined }
+
+local b = 0
+local msgs = KEYS[b + MSGS]
+local stats = KEYS[b + STATS]
+local acks = KEYS[BLOCK + 1]
+local deliveries = KEYS[BLOCK + 2]
+local dead = KEYS[BLOCK + 3]
+local dead_msgs = KEYS[BLOCK + 4]
+local dead_info = KEYS[BLOCK + 5]
+local now = tonumber(ARGV[1])
+local default_max = tonumber(ARGV[2])
+
+local entries = redis.call("hgetall", acks)
+-- In fetch order, newest first: each goes to the head, so the oldest ends up first.
+local inflight = {}
+for i = 1, #entries, 2 do
+  local level, tenant, seq = split_meta(entries[i + 1])
+  inflight[#inflight + 1] = { id = entries[i], level = level, tenant = tenant, seq = seq }
+end
+table.sort(inflight, function(x, y) return x.seq > y.seq end)
+local back, quarantined = 0, 0
+for _, message in ipairs(inflight) do
+  local id, level, tenant = message.id, message.level, message.tenant
+  local count = tonumber(redis.call("hget", deliveries, id) or "0")
+  local max = tonumber(redis.call("hget", deliveries, id .. ":max") or default_max)
+  if count >= max then
+    dead_letter(msgs, deliveries, dead, dead_msgs, dead_info, stats, id, now, {
+      reason = "crash-loop",
+      error = {
+        type = "WorkerDied",
+        message = "its worker died while running it, " .. count .. " times (worker " .. ARGV[3] .. ")",
+      },
+    })
+    quarantined = quarantined + 1
+  else
+    fifo_push(b, level, tenant, id, true)
+    back = back + 1
+  end
+end
+redis.call("del", acks)
+if #entries > 0 then
+  redis.call("hincrby", stats, "running", -(back + quarantined))
+end
+if back > 0 then
+  wake_up(b, back)
+end
+return { back, quarantined }

@@ -1,0 +1,344 @@
+"""The Triage Redis broker: per-message priority, fair dispatch across tenants, instant
+wake-up, delayed messages in Redis, pause/resume, atomic batches.
+
+The life of a message, in plain words:
+
+1. `send()` runs the middleware's `before_enqueue` (payload guard, routing, priority and
+   tenant), then one Lua call stores the message and places it: in its queue at its
+   priority level (1-10) behind the earlier messages of its tenant, or in the queue's
+   delayed set until its eta. The same call leaves a wake-up token for idle consumers.
+   A batch is the same call for many messages and queues: all are stored or none.
+2. A consumer blocked on the wake-up list returns at once and fetches: one Lua call moves
+   the due delayed messages to their places, takes the most urgent level that has work,
+   serves the tenants of that level in turn (one message each, round-robin) and records
+   every message it hands out as in flight for this worker process, with its level and
+   tenant. A paused queue hands out nothing; its messages wait, and enqueues still work.
+3. The worker runs the actor. Success acks: the message is forgotten. A failure that the
+   retry policy retries is enqueued again (delayed by the backoff, same priority and
+   tenant) and the failed delivery is acked. A failure it does not retry is nacked: the
+   message moves to the queue's dead letters, kept until an operator acts.
+4. A worker that stops puts the messages it fetched but did not start back at the head
+   of their level and tenant, in order, and wakes another consumer.
+5. A worker that dies (kill -9, out of memory, `os._exit`) stops heartbeating. Once its
+   heartbeat is older than the timeout, the next reaper pass of any live worker takes its
+   in-flight messages back to the head of their level and tenant. Every delivery is
+   counted; a message that was delivered `max_deliveries` times and killed its worker
+   each time is moved to the dead letters with reason `crash-loop` instead.
+6. A message that cannot be decoded, or names an actor this worker does not know, is
+   dead-lettered at once with its raw bytes (reasons `undecodable`, `unknown-actor`).
+   Dead letters never expire: an operator inspects, requeues or purges them.
+
+Costs: every enqueue, fetch and settle is one round trip and O(1) Redis work in the
+number of queued messages and tenants (a fetch scans at most the ten levels). No KEYS,
+no SCAN, no polling. All keys of a queue share a hash tag, so each call touches one
+cluster slot; a batch spanning queues touches one block of keys per queue and needs
+them on one node (any single Redis or Sentinel setup).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
+
+import msgpack
+import redis
+from dramatiq.broker import Broker
+from dramatiq.encoder import Encoder
+from dramatiq.message import Message
+from dramatiq.middleware import Middleware, MiddlewareError
+
+from .backlog import SettleBacklog
+from .clock import now_ms
+from .connection import client_from_url
+from .consumer import DELIVERIES_OPTION, TriageConsumer
+from .encoder import MsgpackEncoder
+from .errors import CONNECTION_ERRORS, ReplicationError, connection_lost, join_timeout
+from .inspection import queue_stats
+from .keys import QueueKeys
+from .priority import DEFAULT_PRIORITY, check_priority
+from .registry import WorkerRegistry
+from .scripts import register
+
+SHARED_TENANT = ""
+
+
+class _Placed(NamedTuple):
+    message: Message[Any]
+    delay: int | None
+    payload: bytes
+    level: int
+    tenant: str
+    eta: int
+    max_deliveries: int  # 0: the queue's default
+
+
+class TriageBroker(Broker):
+    """A Dramatiq broker on Redis with priority levels, tenant round-robin and liveness.
+
+    Parameters:
+      url: a Redis URL (`redis://`, `rediss://`, `unix://`, `redis+sentinel://`); or
+      client: a ready redis-py client (one of the two is required).
+      namespace: the prefix of every key (`{namespace:queue}:...`).
+      middleware: Dramatiq middleware, in order (None: Dramatiq's defaults, as its brokers do).
+      heartbeat_timeout_ms: a worker silent for this long is presumed dead and reaped.
+      max_deliveries: a queue's default limit of deliveries that killed their worker
+        before a message is dead-lettered as `crash-loop` (an actor or message option wins).
+      queue_label: what the queue registry records for a queue (its tier, in practice), so
+        operator commands can list queues from Redis alone.
+      min_replicas, replica_timeout_ms: durable enqueue: WAIT for that many replicas,
+        else raise `ReplicationError` (0: do not wait).
+      encoder: how messages are encoded (msgpack by default); the broker reads what it writes
+        with this encoder, whatever Dramatiq's global one is.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str | None = None,
+        client: redis.Redis | None = None,
+        namespace: str = "triage",
+        middleware: list[Middleware] | None = None,
+        heartbeat_timeout_ms: int = 30_000,
+        max_deliveries: Callable[[str], int] = lambda queue_name: 3,
+        queue_label: Callable[[str], str] = lambda queue_name: "",
+        min_replicas: int = 0,
+        replica_timeout_ms: int = 1000,
+        encoder: Encoder | None = None,
+    ) -> None:
+        self._hooks: dict[str, list[Any]] = {}
+        super().__init__(middleware=middleware)
+        if client is None and url is None:
+            raise ValueError("TriageBroker needs a Redis url or client")
+        self.client: redis.Redis = client if client is not None else client_from_url(url)  # type: ignore[arg-type]
+        self.namespace = namespace
+        # Its own encoder, not Dramatiq's global one: what this broker writes, it can read.
+        self.encoder: Encoder = encoder or MsgpackEncoder()
+        self.broker_id = uuid.uuid4().hex
+        self.queues: set[str] = set()
+        self._keys: dict[str, QueueKeys] = {}
+        self.scripts = register(self.client)
+        self.heartbeat_timeout_ms = heartbeat_timeout_ms
+        self.min_replicas = min_replicas
+        self.replica_timeout_ms = replica_timeout_ms
+        self.registry = WorkerRegistry(
+            client=self.client,
+            namespace=namespace,
+            worker_id=self.broker_id,
+            scripts=self.scripts,
+            heartbeat_timeout_ms=heartbeat_timeout_ms,
+            max_deliveries=max_deliveries,
+        )
+        self.queue_label = queue_label
+        self._registered: set[str] = set()  # queues this process has recorded in the registry
+        self.draining = False  # set when the worker shuts down: consumers stop fetching
+        self.backlog = SettleBacklog(self.scripts)
+
+    # -- middleware dispatch -------------------------------------------------------------
+
+    def add_middleware(self, middleware: Middleware, *, before: Any = None, after: Any = None) -> None:
+        super().add_middleware(middleware, before=before, after=after)
+        self._hooks = {}
+
+    def _hooks_for(self, signal: str) -> list[Any]:
+        """The middleware methods that implement `signal` (the base class's are no-ops)."""
+        hooks = self._hooks.get(signal)
+        if hooks is None:
+            base = getattr(Middleware, signal)
+            hooks = self._hooks[signal] = [
+                getattr(m, signal) for m in self.middleware if getattr(type(m), signal) is not base
+            ]
+        return hooks
+
+    def emit_before(self, signal: str, *args: Any, **kwargs: Any) -> None:
+        """Dramatiq's dispatch, minus the calls to hooks that do nothing (enqueue is a hot path)."""
+        for hook in self._hooks_for("before_" + signal):
+            try:
+                hook(self, *args, **kwargs)
+            except MiddlewareError:
+                raise
+            except Exception:
+                self.logger.critical("Unexpected failure in before_%s of %r.", signal, hook.__self__, exc_info=True)
+
+    def emit_after(self, signal: str, *args: Any, **kwargs: Any) -> None:
+        for hook in reversed(self._hooks_for("after_" + signal)):
+            try:
+                hook(self, *args, **kwargs)
+            except Exception:
+                self.logger.critical("Unexpected failure in after_%s of %r.", signal, hook.__self__, exc_info=True)
+
+    # -- declaration ---------------------------------------------------------------------
+
+    def declare_queue(self, queue_name: str) -> None:
+        """Declare a queue. Delayed messages live in Redis, so there is no delay queue."""
+        if queue_name not in self.queues:
+            self.emit_before("declare_queue", queue_name)
+            self.queues.add(queue_name)
+            self.emit_after("declare_queue", queue_name)
+
+    def get_declared_queues(self) -> set[str]:
+        return self.queues.copy()
+
+    def get_declared_delay_queues(self) -> set[str]:
+        return set()
+
+    def keys(self, queue_name: str) -> QueueKeys:
+        keys = self._keys.get(queue_name)
+        if keys is None:
+            keys = self._keys[queue_name] = QueueKeys(self.namespace, queue_name)
+        return keys
+
+    # -- producing -----------------------------------------------------------------------
+
+    def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
+        """Enqueue one message, optionally delayed by `delay` ms; priority and tenant come
+        from its options (`priority`, `tenant`), set by the placement middleware."""
+        placed = self._place(message, delay)
+        self._store([placed])
+        self.emit_after("enqueue", placed.message, delay)
+        return placed.message
+
+    def enqueue_batch(self, messages: Iterable[Message[Any] | tuple[Message[Any], int | None]]) -> list[Message[Any]]:
+        """Enqueue messages of any actors and queues in one atomic call: every message
+        passes the middleware first, and one invalid message means nothing is enqueued."""
+        placed = []
+        for item in messages:
+            message, delay = item if isinstance(item, tuple) else (item, None)
+            placed.append(self._place(message, delay))
+        if placed:
+            self._store(placed)
+        for p in placed:
+            self.emit_after("enqueue", p.message, p.delay)
+        return [p.message for p in placed]
+
+    def _place(self, message: Message[Any], delay: int | None) -> _Placed:
+        if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int) or delay < 0):
+            raise ValueError(f"actor {message.actor_name!r}: delay must be a whole number of ms >= 0, got {delay!r}")
+        # A fresh id per enqueue: a retried message keeps its message_id but is a new delivery,
+        # and does not inherit the delivery count of the one it retries.
+        # (The constructor, not Message.copy: dataclasses.replace costs more than the rest.)
+        options = dict(message.options)
+        options.pop(DELIVERIES_OPTION, None)
+        options["redis_message_id"] = os.urandom(16).hex()
+        message = Message(
+            queue_name=message.queue_name,
+            actor_name=message.actor_name,
+            args=message.args,
+            kwargs=message.kwargs,
+            options=options,
+            message_id=message.message_id,
+            message_timestamp=message.message_timestamp,
+        )
+        self.emit_before("enqueue", message, delay)
+        level = check_priority(message.options.get("priority", DEFAULT_PRIORITY), actor_name=message.actor_name)
+        tenant = message.options.get("tenant") or SHARED_TENANT
+        eta = now_ms() + delay if delay else 0
+        max_deliveries = message.options.get("max_deliveries")
+        if max_deliveries is None:
+            actor = self.actors.get(message.actor_name)
+            max_deliveries = actor.options.get("max_deliveries", 0) if actor is not None else 0
+        payload = self.encoder.encode(
+            {
+                "queue_name": message.queue_name,
+                "actor_name": message.actor_name,
+                "args": message.args,
+                "kwargs": message.kwargs,
+                "options": message.options,
+                "message_id": message.message_id,
+                "message_timestamp": message.message_timestamp,
+            }
+        )  # Message.asdict(), without its per-field reflection
+        return _Placed(message, delay, payload, level, str(tenant), eta, int(max_deliveries))
+
+    def _store(self, placed: Sequence[_Placed]) -> None:
+        groups: dict[str, list[Any]] = {}
+        for p in placed:
+            fields = groups.setdefault(p.message.queue_name, [])
+            fields += (p.message.options["redis_message_id"], p.payload, p.level, p.tenant, p.eta, p.max_deliveries)
+        keys: list[str] = []
+        for queue_name in groups:
+            keys += self.keys(queue_name).enqueue_keys()
+        # Lua's cmsgpack reads byte strings as msgpack "raw": no bin type.
+        args = [now_ms(), msgpack.packb(list(groups.values()), use_bin_type=False)]
+        unregistered = [q for q in groups if q not in self._registered]
+        try:
+            if not self.min_replicas and not unregistered:
+                self.scripts["enqueue"](keys=keys, args=args)
+                return
+            # The same round trip records a queue's first enqueue in the registry, and waits
+            # for replicas (durable enqueue: WAIT on the same connection, right after the script).
+            pipe = self.client.pipeline(transaction=False)
+            if unregistered:
+                pipe.hset(self.registry.queues_key, mapping={q: self.queue_label(q) for q in unregistered})
+            self.scripts["enqueue"](keys=keys, args=args, client=pipe)
+            if self.min_replicas:
+                pipe.execute_command("WAIT", self.min_replicas, self.replica_timeout_ms)  # type: ignore[no-untyped-call]
+            replies = pipe.execute()
+        except CONNECTION_ERRORS as exc:
+            raise connection_lost(exc) from None
+        self._registered.update(unregistered)
+        if self.min_replicas and replies[-1] < self.min_replicas:
+            raise ReplicationError(len(placed), int(replies[-1]), self.min_replicas, self.replica_timeout_ms)
+
+    def queue_labels(self) -> dict[str, str]:
+        """Every declared queue and its label, for the registry."""
+        return {queue_name: self.queue_label(queue_name) for queue_name in sorted(self.queues)}
+
+    # -- consuming -----------------------------------------------------------------------
+
+    @property
+    def consumer_class(self) -> type[TriageConsumer]:
+        return TriageConsumer
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> TriageConsumer:
+        return TriageConsumer(self, queue_name, prefetch, timeout)
+
+    # -- operating -----------------------------------------------------------------------
+
+    def pause(self, queue_name: str) -> None:
+        """Stop handing out messages of the queue (persisted in Redis); enqueues still work."""
+        self.client.set(self.keys(queue_name).paused, str(now_ms()))
+
+    def resume(self, queue_name: str) -> None:
+        """Hand out messages again and wake the queue's idle consumers at once."""
+        keys = self.keys(queue_name)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(keys.paused)
+        pipe.rpush(keys.wake, *(["1"] * 8))
+        pipe.execute()
+
+    def is_paused(self, queue_name: str) -> bool:
+        return bool(self.client.exists(self.keys(queue_name).paused))
+
+    def counts(self, queue_name: str) -> tuple[int, int, int]:
+        """(queued, delayed, running) of a queue."""
+        stats = queue_stats(self.client, self.keys, [queue_name])[queue_name]
+        return stats["queued"], stats["delayed"], stats["running"]
+
+    def flush(self, queue_name: str) -> None:
+        """Drop every queued and delayed message of the queue (in-flight ones finish)."""
+        self.client.delete(*self.keys(queue_name).message_keys())
+
+    def flush_all(self) -> None:
+        for queue_name in self.queues:
+            self.flush(queue_name)
+
+    def join(self, queue_name: str, *, interval: int = 100, timeout: int | None = None) -> None:
+        """Wait until the queue has nothing queued, delayed or running (for tests)."""
+        deadline = None if timeout is None else time.monotonic() + timeout / 1000
+        while sum(self.counts(queue_name)):
+            if deadline is not None and time.monotonic() >= deadline:
+                raise join_timeout(queue_name)
+            time.sleep(interval / 1000)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def triage_broker(broker: Broker, *, needed_by: object) -> TriageBroker:
+    """`broker` as a TriageBroker, or a TypeError naming the middleware that needs one."""
+    if not isinstance(broker, TriageBroker):
+        raise TypeError(f"{type(needed_by).__name__} needs the Triage broker, not {type(broker).__name__}")
+    return broker

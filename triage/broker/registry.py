@@ -1,0 +1,139 @@
+"""The registry in Redis: which worker processes are alive, which queues exist, and the reaper.
+
+The life of a worker process, in plain words: before it consumes anything it registers
+(`{ns}:workers`: its queues, pid and host) and heartbeats (`{ns}:heartbeats`, a sorted set
+by time); the heartbeat middleware (`triage.middleware.heartbeat`) keeps beating and calls
+`reap()`. Any worker whose heartbeat is older than the timeout is presumed dead, and its
+in-flight messages on each of its queues are taken back atomically (`reclaim.lua`),
+keeping their priority and tenant; a message that already killed `max_deliveries` workers
+is dead-lettered as `crash-loop` instead. Reaping is idempotent: two reapers racing
+reclaim each message once.
+
+Queues are registered too (`{ns}:queues`, queue -> label, the tier in practice), by
+workers when they boot and by producers when they first enqueue to a queue, so operator
+commands list every queue from Redis alone, without importing any application code.
+
+Failure mode: a worker cut off from Redis for longer than the timeout is presumed dead;
+its messages are redelivered elsewhere and may run twice (delivery is at-least-once).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import redis
+from redis.commands.core import Script
+
+from .clock import now_ms
+from .keys import QueueKeys
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerRegistry:
+    """The registry of live workers and known queues in Redis, and the reaper of dead workers.
+
+    Parameters:
+      client: the Redis client.
+      namespace: the key prefix (`{ns}:workers`, `{ns}:heartbeats`, `{ns}:queues`).
+      worker_id: this process's id (the broker's id, which names its in-flight sets).
+      scripts: the broker's loaded scripts (`reclaim` is used).
+      heartbeat_timeout_ms: a heartbeat older than this means the worker is dead.
+      max_deliveries: a queue's default limit of deliveries that killed their worker.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: redis.Redis,
+        namespace: str,
+        worker_id: str,
+        scripts: Mapping[str, Script],
+        heartbeat_timeout_ms: int,
+        max_deliveries: Callable[[str], int],
+    ) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.worker_id = worker_id
+        self.scripts = scripts
+        self.heartbeat_timeout_ms = heartbeat_timeout_ms
+        self.max_deliveries = max_deliveries
+        self.heartbeats = f"{namespace}:heartbeats"
+        self.workers = f"{namespace}:workers"
+        self.queues_key = f"{namespace}:queues"
+
+    # -- queues --------------------------------------------------------------------------
+
+    def record_queues(self, labels: Mapping[str, str]) -> None:
+        """Record queues (name -> label), so that operator commands list them."""
+        if labels:
+            mapping: dict[Any, Any] = dict(labels)
+            self.client.hset(self.queues_key, mapping=mapping)
+
+    def known_queues(self) -> dict[str, str]:
+        """Every registered queue and its label, in name order."""
+        raw: dict[Any, Any] = self.client.hgetall(self.queues_key)
+        return {k.decode(): v.decode() for k, v in sorted(raw.items())}
+
+    # -- workers -------------------------------------------------------------------------
+
+    def register(self, queues: Iterable[str], labels: Mapping[str, str]) -> None:
+        """Register this worker (consuming `queues`) and the queues it knows (`labels`)."""
+        info = {"queues": sorted(queues), "pid": os.getpid(), "host": socket.gethostname(), "started_ms": now_ms()}
+        pipe = self.client.pipeline(transaction=False)
+        if labels:
+            mapping: dict[Any, Any] = dict(labels)
+            pipe.hset(self.queues_key, mapping=mapping)
+        pipe.hset(self.workers, self.worker_id, json.dumps(info))
+        pipe.zadd(self.heartbeats, {self.worker_id: now_ms()})
+        pipe.execute()
+
+    def beat(self) -> None:
+        self.client.zadd(self.heartbeats, {self.worker_id: now_ms()})
+
+    def deregister(self) -> None:
+        self._forget(self.worker_id)
+
+    def _forget(self, worker_id: str) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrem(self.heartbeats, worker_id)
+        pipe.hdel(self.workers, worker_id)
+        pipe.execute()
+
+    def reap(self, fallback_queues: Iterable[str] = ()) -> tuple[int, int]:
+        """Reclaim the in-flight messages of every worker presumed dead: (put back, quarantined).
+
+        A dead worker's queues come from its registration; `fallback_queues` serve for one
+        whose registration is gone.
+        """
+        now = now_ms()
+        dead: list[Any] = self.client.zrangebyscore(self.heartbeats, "-inf", now - self.heartbeat_timeout_ms)
+        back = quarantined = 0
+        for raw in dead:
+            worker_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if worker_id == self.worker_id:
+                continue  # this process is alive: it is running this code
+            info = self.client.hget(self.workers, worker_id)
+            queues = json.loads(info)["queues"] if info else sorted(fallback_queues)
+            worker_back = worker_quarantined = 0
+            for queue_name in queues:
+                keys = QueueKeys(self.namespace, queue_name)
+                put_back, dead_lettered = self.scripts["reclaim"](
+                    keys=keys.reclaim_keys(worker_id), args=[now, self.max_deliveries(queue_name), worker_id]
+                )
+                worker_back, worker_quarantined = worker_back + put_back, worker_quarantined + dead_lettered
+            self._forget(worker_id)
+            logger.warning(
+                "Worker %s presumed dead (no heartbeat for %d ms): reclaimed %d message(s), quarantined %d.",
+                worker_id,
+                self.heartbeat_timeout_ms,
+                worker_back,
+                worker_quarantined,
+            )
+            back, quarantined = back + worker_back, quarantined + worker_quarantined
+        return back, quarantined

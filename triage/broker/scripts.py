@@ -1,0 +1,42 @@
+"""The broker's Lua scripts, loaded once per client.
+
+Guarantees: each script is loaded as one text: a header that defines the constants the
+Lua shares with Python (`BLOCK` = `keys.BLOCK_SIZE`, the keys of a queue's block;
+`TOP_LEVEL` and `BOTTOM_LEVEL` = `priority.MAX_PRIORITY` and `MIN_PRIORITY`, its priority
+levels), then `_fifo.lua` (the FIFO / round-robin structure of a queue and its helpers),
+then the script. No Lua file spells those constants: they are defined once, in Python.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis
+from redis.commands.core import Script
+
+from .keys import BLOCK_SIZE
+from .priority import MAX_PRIORITY, MIN_PRIORITY
+
+LUA_DIR = Path(__file__).parent / "lua"
+PRELUDE = "_fifo"
+SCRIPT_NAMES = ("enqueue", "fetch", "settle", "requeue", "reclaim")
+
+
+def header() -> str:
+    """The Lua lines that define the constants shared with Python, from their Python values."""
+    return (
+        "-- Constants of keys.py and priority.py.\n"
+        f"local BLOCK = {BLOCK_SIZE} -- keys in a queue's block (keys.BLOCK_SIZE)\n"
+        f"local TOP_LEVEL = {MAX_PRIORITY} -- the most urgent priority level (priority.MAX_PRIORITY)\n"
+        f"local BOTTOM_LEVEL = {MIN_PRIORITY} -- the least urgent priority level (priority.MIN_PRIORITY)\n"
+    )
+
+
+def source(name: str) -> str:
+    """The text Redis runs for script `name`: the header, `_fifo.lua`, then `<name>.lua`."""
+    prelude = (LUA_DIR / f"{PRELUDE}.lua").read_text()
+    return header() + "\n" + prelude + "\n" + (LUA_DIR / f"{name}.lua").read_text()
+
+
+def register(client: redis.Redis) -> dict[str, Script]:
+    return {name: client.register_script(source(name)) for name in SCRIPT_NAMES}

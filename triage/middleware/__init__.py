@@ -1,0 +1,67 @@
+"""Triage's policies, one per module, and the default stack they form.
+
+A stack is a list of middleware classes and instances, in order. `triage.runtime` builds
+each of Triage's policies listed as a class with the process's settings (so a service
+lists *which* policies run and in *what order*, not their configuration); any other
+class is built without arguments, and an instance is used as it is.
+"""
+
+from __future__ import annotations
+
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    CurrentMessage,
+    GroupCallbacks,
+    Middleware,
+    Pipelines,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
+from dramatiq.results import Results
+
+from triage.broker.priority import InvalidPriority
+
+from .heartbeat import Heartbeats
+from .payload_guard import PayloadGuard, PayloadTooLarge, PayloadTypeError
+from .placement import InvalidTenant, Placement
+from .routing import Routing, RoutingError
+from .shutdown import GracefulShutdown
+
+StackEntry = type[Middleware] | Middleware
+
+DEFAULT_STACK: tuple[StackEntry, ...] = (
+    # Producer side, in this order for before_enqueue:
+    PayloadGuard,  # plain data, bounded size
+    Routing,  # binds actors to tiers at declaration (required: the tier decorators use it)
+    Placement,  # priority and tenant
+    # Worker side: liveness first, then Dramatiq's own policies, fed by the tiers' actor options.
+    Heartbeats,
+    GracefulShutdown,
+    CurrentMessage,  # the running message, for priority and tenant inheritance
+    AgeLimit,
+    TimeLimit,
+    ShutdownNotifications,
+    Callbacks,
+    Pipelines,
+    Retries,
+    # Opt-in per actor or message (`store_results=True`, `group(...).run()` with a callback).
+    Results,
+    GroupCallbacks,
+)
+
+__all__ = [
+    "DEFAULT_STACK",
+    "GracefulShutdown",
+    "Heartbeats",
+    "InvalidPriority",
+    "InvalidTenant",
+    "PayloadGuard",
+    "PayloadTooLarge",
+    "PayloadTypeError",
+    "Placement",
+    "Routing",
+    "RoutingError",
+    "StackEntry",
+]

@@ -1,0 +1,82 @@
+"""Heartbeats: a worker process proves it is alive, and reaps the workers that are not.
+
+Guarantees:
+- Before a worker consumes anything it registers in Redis (its queues, pid, host, and
+  every queue it declares with its tier, for operator commands) and heartbeats; a thread
+  of its own heartbeats every `timeout / 4`, busy or not, and every `timeout / 2` runs
+  the reaper (`triage.broker.registry`), so a `kill -9` is recovered
+  within timeout + timeout / 2 (+ one heartbeat period).
+- The same thread applies the settles that waited for Redis during an outage, and records
+  the worker's queues again with each reaper pass (a Redis restart without persistence
+  or a flush would otherwise hide them from operator commands until the next boot).
+- At shutdown the worker deregisters; if Redis is unreachable then, the reaper of another
+  worker takes over (its messages run again, at-least-once).
+- Declares the `max_deliveries` actor option: deliveries that killed their worker before
+  the message is dead-lettered as `crash-loop` (the broker applies it).
+Failure mode: while Redis is unreachable heartbeats fail quietly (one warning) and resume
+by themselves; a worker cut off longer than the timeout is presumed dead elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+from dramatiq import Broker, Middleware, Worker
+
+from triage.broker.redis_broker import TriageBroker, triage_broker
+
+logger = logging.getLogger(__name__)
+
+
+class Heartbeats(Middleware):
+    """Registers worker processes, heartbeats and reaps on a thread of its own."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def actor_options(self) -> set[str]:
+        return {"max_deliveries"}
+
+    def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
+        triage = triage_broker(broker, needed_by=self)
+        triage.registry.register(worker.consumer_whitelist or broker.get_declared_queues(), triage.queue_labels())
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, args=(triage,), name="triage-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _run(self, broker: TriageBroker) -> None:
+        period = max(0.05, broker.heartbeat_timeout_ms / 4000)
+        reap_every = max(0.1, broker.heartbeat_timeout_ms / 2000)
+        next_reap = time.monotonic()
+        failing = False
+        while not self._stop.wait(period):
+            try:
+                broker.registry.beat()
+                broker.backlog.flush()
+                if time.monotonic() >= next_reap:
+                    broker.registry.reap(fallback_queues=broker.get_declared_queues())
+                    broker.registry.record_queues(broker.queue_labels())  # again, after a flush or restart
+                    next_reap = time.monotonic() + reap_every
+                if failing:
+                    logger.info("Redis answers again; heartbeats resumed.")
+                failing = False
+            except redis.RedisError as exc:
+                if not failing:
+                    logger.warning("Heartbeat failed (%s); retrying every %.1f s.", exc, period)
+                failing = True
+
+    def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        triage = triage_broker(broker, needed_by=self)
+        try:
+            triage.backlog.flush()
+            triage.registry.deregister()
+        except redis.RedisError as exc:
+            logger.warning("Could not deregister from Redis (%s); the reaper will.", exc)

@@ -1,0 +1,150 @@
+"""Assembly: the one module that knows every other, and turns configuration into a broker.
+
+Guarantees:
+- `install()` validates the settings (the service's config, then the environment; a bad
+  value raises `ConfigError` before anything connects), builds the tiers, routing, the
+  Triage broker and the middleware stack, sets the message encoder, and installs the
+  broker as Dramatiq's global broker.
+- Once per process: a later `install()` returns the same runtime; one that asks for a
+  different config, stack or settings raises, rather than mixing two configurations.
+  The tier decorators install with the defaults when nothing was installed before them
+  (as `@dramatiq.actor` creates a default broker).
+- Nothing connects to Redis at install: the client connects at its first command.
+- Importing this module (or any of `triage`) changes nothing: no broker, no connection.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+import redis
+from dramatiq.encoder import Encoder
+from dramatiq.middleware import GroupCallbacks, Middleware
+from dramatiq.rate_limits.backends import RedisBackend as RedisRateLimiterBackend
+from dramatiq.results import Results
+from dramatiq.results.backends import RedisBackend as RedisResultBackend
+
+from triage.broker.connection import client_from_url
+from triage.broker.encoder import encoder_for
+from triage.broker.redis_broker import TriageBroker
+from triage.middleware import DEFAULT_STACK, PayloadGuard, Placement, Routing, StackEntry
+from triage.middleware.placement import PriorityHook
+from triage.routing import Router
+from triage.settings import ConfigError, Settings, load_settings
+from triage.stats import QueueStats, tiered_stats
+from triage.tiers import Taxonomy, build_taxonomy
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What one process runs with: its settings, tiers, routing and broker."""
+
+    settings: Settings
+    taxonomy: Taxonomy
+    routing: Routing
+    broker: TriageBroker
+    encoder: Encoder
+
+    def queue_stats(self) -> dict[str, QueueStats]:
+        """Counters of every queue of every tier, read from Redis."""
+        return tiered_stats(self.broker, self.taxonomy.queues)
+
+
+_runtime: Runtime | None = None
+_installed_with: tuple[Any, ...] = ()
+
+
+def load_hook(spec: str | None) -> PriorityHook | None:
+    if spec is None:
+        return None
+    module_name, _, attribute = spec.partition(":")
+    try:
+        hook = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"invalid configuration:\n  TRIAGE_PRIORITY_HOOK: cannot load {spec!r}: {exc}") from None
+    if not callable(hook):
+        raise ConfigError(f"invalid configuration:\n  TRIAGE_PRIORITY_HOOK: {spec!r} is not callable")
+    return hook  # type: ignore[no-any-return]
+
+
+def build(settings: Settings, stack: Iterable[StackEntry] = DEFAULT_STACK) -> Runtime:
+    """A runtime for `settings` with the middleware `stack` (classes and instances, in order)."""
+    taxonomy = build_taxonomy(settings)
+    encoder = encoder_for(settings.encoder)
+    client = client_from_url(settings.redis_url)
+    routing = Routing(router=Router(settings.routes, taxonomy), taxonomy=taxonomy)
+    middleware = [_policy(entry, settings, taxonomy, routing, encoder, client) for entry in stack]
+    if routing not in middleware:
+        raise ConfigError(
+            "invalid configuration:\n  middleware: the stack must include Routing (tiers bind through it)"
+        )
+    broker = TriageBroker(
+        client=client,
+        namespace=settings.namespace,
+        middleware=middleware,
+        heartbeat_timeout_ms=int(settings.heartbeat_timeout * 1000),
+        max_deliveries=lambda queue: (taxonomy.tier_of_queue(queue) or taxonomy.tiers["default"]).max_deliveries,
+        queue_label=lambda queue: taxonomy.queues.get(queue, "default"),
+        min_replicas=settings.min_replicas,
+        replica_timeout_ms=settings.replica_timeout_ms,
+        encoder=encoder,
+    )
+    return Runtime(settings=settings, taxonomy=taxonomy, routing=routing, broker=broker, encoder=encoder)
+
+
+def _policy(
+    entry: StackEntry, settings: Settings, taxonomy: Taxonomy, routing: Routing, encoder: Encoder, client: redis.Redis
+) -> Middleware:
+    """One stack entry as middleware: Triage's policies (and Dramatiq's Redis-backed ones)
+    built with this process's settings, other classes without arguments, instances as they are."""
+    if isinstance(entry, Middleware):
+        return entry
+    factories: dict[type[Middleware], Callable[[], Middleware]] = {
+        PayloadGuard: lambda: PayloadGuard(max_bytes=settings.max_payload_bytes, encoder=encoder),
+        Routing: lambda: routing,
+        Placement: lambda: Placement(taxonomy=taxonomy, hook=load_hook(settings.priority_hook)),
+        Results: lambda: Results(  # type: ignore[no-untyped-call]
+            backend=RedisResultBackend(client=client, namespace=f"{settings.namespace}-results", encoder=encoder)
+        ),
+        GroupCallbacks: lambda: GroupCallbacks(RedisRateLimiterBackend(client=client)),
+    }
+    factory = factories.get(entry)
+    return factory() if factory is not None else entry()
+
+
+def install(
+    *,
+    config: object | Mapping[str, Any] | None = None,
+    middleware: Iterable[StackEntry] | None = None,
+    settings: Settings | None = None,
+) -> Runtime:
+    """Build the runtime (once per process) and make its broker Dramatiq's global broker.
+
+    `config`: the service's structure (a module or mapping with `ROUTES`, `QUEUES`, `TIERS`,
+    `PRIORITY_HOOK`), which the environment overrides; `middleware`: the stack (default
+    `triage.middleware.DEFAULT_STACK`); `settings`: ready settings instead of both sources.
+    """
+    global _runtime, _installed_with
+    stack = tuple(middleware) if middleware is not None else None
+    asked = (config, stack, settings)
+    if _runtime is not None:
+        if any(a is not None for a in asked) and asked != _installed_with:
+            raise RuntimeError(
+                "Triage is already installed in this process with another configuration: call "
+                "triage.install(...) once, before any actor is declared"
+            )
+        return _runtime
+    runtime = build(settings or load_settings(config), stack if stack is not None else DEFAULT_STACK)
+    dramatiq.set_encoder(runtime.encoder)
+    dramatiq.set_broker(runtime.broker)
+    _runtime, _installed_with = runtime, asked
+    return runtime
+
+
+def current() -> Runtime:
+    """The installed runtime, installing the defaults if nothing was installed yet."""
+    return _runtime if _runtime is not None else install()

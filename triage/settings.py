@@ -1,0 +1,215 @@
+"""Triage's settings: one validated object from the service's config and the environment.
+
+Guarantees:
+- Every setting can come from an environment variable: `REDIS_URL` (the Heroku/Render
+  convention) and `TRIAGE_*` for the rest. Nested values use `__`, for example
+  `TRIAGE_TIERS__CRITICAL__MAX_RETRIES=3`.
+- A service may declare its structure in Python (`ROUTES`, `QUEUES`, `TIERS`,
+  `PRIORITY_HOOK` in its `config` module, see `CONFIG_NAMES`); the environment still
+  overrides it, field by field (a tier override changes only the fields it names).
+  Deploy-specific values (Redis URL, namespace, limits) come from the environment only.
+- An invalid value raises `ConfigError` when settings are loaded, that is when a
+  process starts, with one line per problem naming the environment variable (or the
+  config name, for a value that came from the service's config) and what it accepts.
+  Nothing runs on a half-valid configuration.
+- The Redis password never appears in a repr, a log line or an error message:
+  use `Settings.redis_url_redacted` wherever the URL is shown.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Set
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from triage.broker.priority import MAX_PRIORITY, MIN_PRIORITY
+
+TierName = Literal["critical", "default", "background"]
+TIER_NAMES: tuple[TierName, ...] = ("critical", "default", "background")
+MIB = 1024 * 1024
+
+_QUEUE_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9._-]*")
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
+
+Priority = Annotated[int, Field(ge=MIN_PRIORITY, le=MAX_PRIORITY)]
+PositiveMs = Annotated[int, Field(gt=0)]
+
+
+class ConfigError(Exception):
+    """The environment holds an invalid setting; the message names each variable."""
+
+
+class TierOverride(BaseModel):
+    """Per-tier overrides of the built-in policies; unset fields keep the tier's default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    priority: Priority | None = None
+    sla_seconds: Annotated[float, Field(gt=0)] | None = None
+    max_retries: Annotated[int, Field(ge=0)] | None = None
+    min_backoff_ms: PositiveMs | None = None
+    max_backoff_ms: PositiveMs | None = None
+    time_limit_ms: PositiveMs | None = None
+    max_deliveries: Annotated[int, Field(ge=1, le=100)] | None = None
+
+
+class Settings(BaseSettings):
+    """The effective configuration of one Triage process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TRIAGE_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    redis_url: str = Field(
+        default="redis://localhost:6379/0",
+        validation_alias=AliasChoices("REDIS_URL", "TRIAGE_REDIS_URL"),
+        repr=False,
+    )
+    namespace: str = Field(default="triage", pattern=r"^[a-zA-Z0-9_.-]{1,64}$")
+    max_payload_bytes: int = Field(default=10 * MIB, gt=0, le=512 * MIB)
+    encoder: Literal["msgpack", "json"] = "msgpack"
+    tiers: dict[TierName, TierOverride] = Field(default_factory=dict)
+    # Extra named queues, each inheriting the policies of a tier: {"email": "default"}.
+    queues: dict[str, TierName] = Field(default_factory=dict)
+    # Ordered routing rules for plain Dramatiq actors: [["erp.orders.*", "critical"], ...].
+    # The target is a tier or a queue; there are no built-in rules (unmatched actors go to default).
+    routes: list[tuple[str, str]] = Field(default_factory=list)
+    # Seconds without a heartbeat after which a worker is presumed dead and its messages reclaimed.
+    heartbeat_timeout: float = Field(default=30.0, gt=0, le=3600)
+    # Durable enqueue: wait for this many replicas to confirm every enqueue (0: do not wait).
+    min_replicas: int = Field(default=0, ge=0, le=16)
+    replica_timeout_ms: int = Field(default=1000, gt=0, le=60_000)
+    # Workers declare the demo's actors (`triage run` sets it; see `triage demo`).
+    demo: bool = False
+    # A function that adjusts message priorities: "package.module:function".
+    priority_hook: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in _REDIS_SCHEMES:
+            allowed = ", ".join(f"{s}://" for s in _REDIS_SCHEMES)
+            raise ValueError(f"must start with one of {allowed} (got {scheme + '://' if scheme else 'no scheme'})")
+        return value
+
+    @field_validator("queues")
+    @classmethod
+    def _check_queue_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not _QUEUE_NAME.fullmatch(name) or name.endswith((".DQ", ".XQ")):
+                raise ValueError(f"queue name {name!r} must match [a-zA-Z_][a-zA-Z0-9._-]* and not end in .DQ/.XQ")
+        return value
+
+    @property
+    def redis_url_redacted(self) -> str:
+        return redact_url(self.redis_url)
+
+    def public_dict(self) -> dict[str, Any]:
+        """The settings as plain data, safe to print: secrets are redacted."""
+        data = self.model_dump(mode="json")
+        data["redis_url"] = self.redis_url_redacted
+        return data
+
+
+_PASSWORD_IN_URL = re.compile(r"^([a-z+]+://[^:@/]*):[^@/]*@")
+_PASSWORD_IN_QUERY = re.compile(r"((?:^|[?&])[a-z_]*password=)[^&]*")
+
+
+def redact_url(url: str) -> str:
+    """`redis://user:secret@host:6379/0` → `redis://user:***@host:6379/0` (query passwords too)."""
+    url = _PASSWORD_IN_URL.sub(r"\1:***@", url)
+    return _PASSWORD_IN_QUERY.sub(r"\1***", url)
+
+
+# The structure a service may declare in its `config` module, as upper-case names.
+CONFIG_NAMES = ("ROUTES", "QUEUES", "TIERS", "PRIORITY_HOOK")
+
+
+def config_values(config: object | Mapping[str, Any] | None) -> dict[str, Any]:
+    """The settings a service's `config` (a module, or a mapping) declares: its upper-case names.
+
+    An upper-case name that is not one of `CONFIG_NAMES` is an error, so a typo is not
+    silently ignored and a deploy-specific value is not hard-coded by mistake.
+    """
+    if config is None:
+        return {}
+    if isinstance(config, Mapping):
+        items = list(config.items())
+    else:
+        items = [(name, getattr(config, name)) for name in dir(config)]
+    values: dict[str, Any] = {}
+    for name, value in items:
+        if not name.isupper() or name.startswith("_"):
+            continue
+        if name not in CONFIG_NAMES:
+            raise ConfigError(
+                f"invalid configuration:\n  config.{name}: not a structural setting (the service's config "
+                f"takes {', '.join(CONFIG_NAMES)}); deploy-specific values come from the environment, "
+                f"e.g. TRIAGE_{name}"
+            )
+        values[name.lower()] = value
+    return values
+
+
+def _variable_name(loc: tuple[int | str, ...], from_config: Set[str] = frozenset()) -> str:
+    """The environment variable (or config name) behind a validation error's location."""
+    head = str(loc[0]) if loc else ""
+    if head.upper() in ("REDIS_URL", "TRIAGE_REDIS_URL"):
+        return "REDIS_URL" if head != "TRIAGE_REDIS_URL" else head
+    parts = [str(part).upper() for part in loc if not isinstance(part, int)]
+    if head in from_config:
+        return "config." + parts[0] + "".join(f"[{part.lower()!r}]" for part in parts[1:])
+    return "TRIAGE_" + "__".join(parts)
+
+
+_FIELD_IN_SETTINGS_ERROR = re.compile(r'field "([a-z_]+)"')
+
+
+def load_settings(config: object | Mapping[str, Any] | None = None, **overrides: Any) -> Settings:
+    """Read and validate the settings, or raise `ConfigError` naming each bad variable.
+
+    Precedence, lowest first: the built-in defaults, the service's `config` (see
+    `config_values`), the environment, then `overrides` (for tests and tools).
+    """
+    declared = config_values(config)
+    from_config: set[str] = set()
+    try:
+        values = declared
+        if declared:
+            from_env = Settings().model_dump(exclude_unset=True)
+            from_config = set(declared) - set(from_env)
+            values = _merge(declared, from_env)
+        return Settings(**{**values, **overrides})
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_url=False, include_input=False):
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "literal_error" and "ctx" in error:
+                message = f"must be one of {error['ctx'].get('expected')}"
+            lines.append(f"{_variable_name(tuple(error['loc']), from_config)}: {message}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+    except SettingsError as exc:  # a nested value (TRIAGE_QUEUES, TRIAGE_ROUTES, ...) that is not JSON
+        match = _FIELD_IN_SETTINGS_ERROR.search(str(exc))
+        name = _variable_name((match.group(1),)) if match else "a TRIAGE_* variable"
+        raise ConfigError(f"invalid configuration:\n  {name}: must be valid JSON") from None
+
+
+def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` updated by `top`, mappings merged key by key (a tier override keeps its other fields)."""
+    merged = dict(base)
+    for key, value in top.items():
+        below = merged.get(key)
+        if isinstance(value, Mapping) and isinstance(below, Mapping):
+            merged[key] = _merge(below, value)
+        else:
+            merged[key] = value
+    return merged
