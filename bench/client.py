@@ -9,6 +9,7 @@ Prints one JSON object. Commands:
   probes COUNT RATE     COUNT critical probes at RATE per second
   tenant_b COUNT        COUNT messages of tenant B, at once
   prefill_delayed N     N no-op messages delayed by one hour
+  prefill_fails_once N  N messages on `bench` whose first run fails (their retry succeeds)
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def main(argv: list[str]) -> dict[str, Any]:
     elif command == "tenant_b":
         for _ in range(int(args[0])):
             app.send(app.tenant_job, time.time(), "tenant_b", 0.0, tenant="B")
+    elif command == "prefill_fails_once":
+        app.send_many(app.fails_once, [(i,) for i in range(int(args[0]))])
     elif command == "prefill_delayed":
         app.send_many(app.noop, [() for _ in range(int(args[0]))], delay=3_600_000)
     else:

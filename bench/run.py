@@ -24,6 +24,7 @@ from typing import Any
 
 import redis
 
+from bench import dlq
 from triage.admin.processes import children
 from triage.admin.redis_server import RedisServer, free_port
 
@@ -153,6 +154,16 @@ def drain_rate(app: str, n: int, processes: int) -> float:
     return remaining_at_start / (finished - started)
 
 
+def retry_rate(app: str, n: int) -> float:
+    """Messages per second through a first run that fails and a retry that succeeds (1 process x 8 threads)."""
+    with fresh_redis() as (env, r):
+        client(app, env, "prefill_fails_once", n)
+        with workers(app, env, ["bench"], 1):
+            started = time.perf_counter()
+            finished = wait_until(lambda: int(r.get("bench:done") or 0) >= n, 600)
+    return n / (finished - started)
+
+
 def flood_latency(app: str, separate: bool, background: int, probes: int, rate: float) -> dict[str, float]:
     label = "bench:latency:critical"
     with fresh_redis() as (env, r):
@@ -209,9 +220,9 @@ def delayed_rss(app: str, n: int, settle: float) -> dict[str, float]:
 
 def run(quick: bool) -> str:
     scale = 0.2 if quick else 1.0
-    n_enqueue, n_drain = int(5000 * scale), int(30_000 * scale)
+    n_enqueue, n_drain, n_retry = int(5000 * scale), int(30_000 * scale), int(10_000 * scale)
     n_background, n_probes = int(20_000 * scale), int(200 * scale)
-    n_flood, n_delayed = int(20_000 * scale), int(100_000 * scale)
+    n_flood, n_delayed, n_dead = int(20_000 * scale), int(100_000 * scale), int(100_000 * scale)
     results: dict[str, dict[str, Any]] = {app: {} for app in APPS}
     for app in APPS:
         print(f"bench: {app} …", file=sys.stderr, flush=True)
@@ -219,15 +230,25 @@ def run(quick: bool) -> str:
         res.update(enqueue_rate(app, n_enqueue))
         res["drain_1x8"] = drain_rate(app, n_drain, 1)
         res["drain_2x8"] = drain_rate(app, n_drain, 2)
+        res["retry"] = retry_rate(app, n_retry)
         res["flood_one"] = flood_latency(app, False, n_background, n_probes, 20)
         res["flood_separate"] = flood_latency(app, True, n_background, n_probes, 20)
         res["fair"] = fairness(app, n_flood, 20)
         res["rss"] = delayed_rss(app, n_delayed, 3 if quick else 5)
-    return report(results, quick, n_drain, n_background, n_flood, n_delayed)
+    with fresh_redis() as (env, _):
+        results["triage"]["dlq"] = dlq.timings(env["REDIS_URL"], n_dead)
+    return report(results, quick, n_drain, n_retry, n_background, n_flood, n_delayed, n_dead)
 
 
 def report(
-    results: dict[str, dict[str, Any]], quick: bool, n_drain: int, n_bg: int, n_flood: int, n_delayed: int
+    results: dict[str, dict[str, Any]],
+    quick: bool,
+    n_drain: int,
+    n_retry: int,
+    n_bg: int,
+    n_flood: int,
+    n_delayed: int,
+    n_dead: int,
 ) -> str:
     s, t = results["stock"], results["triage"]
 
@@ -257,6 +278,14 @@ def report(
             f"drain {n_drain:,} no-ops, 2 processes × 8 threads",
             s["drain_2x8"],
             t["drain_2x8"],
+            "msg/s",
+            "≥ 0.8×",
+            True,
+        ),
+        row(
+            f"{n_retry:,} messages failing once, retried (1–10 ms backoff), 1 × 8",
+            s["retry"],
+            t["retry"],
             "msg/s",
             "≥ 0.8×",
             True,
@@ -299,6 +328,15 @@ def report(
             None,
         ),
     ]
+    for key, name in (
+        ("page", "a page of 50, newest first"),
+        ("page_actor", "a page of 50, one actor (1 in 5)"),
+        ("page_tenant", "a page of 50, one tenant (1 in 50)"),
+        ("page_two", "a page of 50, one actor and one error type (1 in 15)"),
+        ("summary", "summary by actor, error and reason"),
+    ):
+        target = "≤ 100 ms" if key.startswith("page") else ""
+        lines.append(row(f"dead letters ({n_dead:,}): {name}", None, t["dlq"][key], "ms", target, None))
     return "\n".join(lines)
 
 

@@ -19,6 +19,11 @@ def noop() -> None:
     _probes.noop()
 
 
+@dramatiq.actor(queue_name="bench", min_backoff=1, max_backoff=10)
+def fails_once(token: int) -> None:
+    _probes.fail_once(token)
+
+
 @dramatiq.actor(queue_name="background")
 def background_work(ms: float) -> None:
     _probes.sleep_ms(ms)

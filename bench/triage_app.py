@@ -14,6 +14,11 @@ def noop() -> None:
     _probes.noop()
 
 
+@default(queue="bench", min_backoff=1, max_backoff=10)
+def fails_once(token: int) -> None:
+    _probes.fail_once(token)
+
+
 @background
 def background_work(ms: float) -> None:
     _probes.sleep_ms(ms)

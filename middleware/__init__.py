@@ -14,13 +14,12 @@ from dramatiq.middleware import (
     CurrentMessage,
     GroupCallbacks,
     Pipelines,
-    Retries,
     ShutdownNotifications,
     TimeLimit,
 )
 from dramatiq.results import Results
 
-from triage.middleware import GracefulShutdown, Heartbeats, PayloadGuard, Placement, Routing, StackEntry
+from triage.middleware import GracefulShutdown, Heartbeats, PayloadGuard, Placement, RetryPolicy, Routing, StackEntry
 
 STACK: list[StackEntry] = [
     # Producer side, in this order for `before_enqueue`:
@@ -36,7 +35,7 @@ STACK: list[StackEntry] = [
     ShutdownNotifications,
     Callbacks,
     Pipelines,
-    Retries,  # the tier's retry policy
+    RetryPolicy,  # the tier's retry policy and dead letters with a reason
     Results,  # opt-in: store_results=True
     GroupCallbacks,  # group(...).run() with a completion callback
 ]

@@ -11,6 +11,7 @@ import redis
 from dramatiq.middleware import CurrentMessage
 
 from actors import background, critical, default
+from triage import Defer
 
 _client = redis.Redis.from_url(os.environ["REDIS_URL"])
 DONE = "test:done"
@@ -106,3 +107,36 @@ def sleepy(token: str, ms: int) -> None:
 @default(max_retries=0)
 def fails_with_secret(card_number: str) -> None:
     raise RuntimeError("card declined")
+
+
+@critical(max_retries=2, min_backoff=10, max_backoff=20)
+def fails_twice_then_dies(token: str) -> None:
+    message = CurrentMessage.get_current_message()
+    assert message is not None
+    _client.rpush(DONE, f"attempt:{token}:{message.options.get('retries', 0)}")
+    raise RuntimeError(f"boom {token}")
+
+
+@default(dead_on=(ValueError,), max_retries=5, min_backoff=10)
+def dies_on_value_error(token: str) -> None:
+    _client.rpush(DONE, f"attempt:{token}")
+    raise ValueError(f"bad input {token}")
+
+
+@critical(max_retries=3, min_backoff=10, max_backoff=20, retry_queue="default", retry_queue_after=2)
+def demoted(token: str) -> None:
+    message = CurrentMessage.get_current_message()
+    assert message is not None
+    _client.rpush(DONE, f"{token}:{message.queue_name}:{message.options.get('retries', 0)}")
+    if message.options.get("retries", 0) < 3:
+        raise RuntimeError("not yet")
+
+
+@default(max_retries=0)
+def defers_once(token: str) -> None:
+    message = CurrentMessage.get_current_message()
+    assert message is not None
+    if _client.incr(f"test:deferrals:{token}") == 1:
+        raise Defer(delay_ms=50)
+    options = message.options
+    _client.rpush(DONE, json.dumps([token, options.get("retries", 0), options.get("triage_deliveries")]))

@@ -24,7 +24,7 @@ from triage.broker.errors import ReplicationError
 from triage.broker.priority import InvalidPriority
 from triage.decorators import TierDecorator, background, critical, default
 from triage.discovery import discover
-from triage.middleware import InvalidTenant, PayloadTooLarge, PayloadTypeError, RoutingError
+from triage.middleware import Defer, InvalidTenant, PayloadTooLarge, PayloadTypeError, RoutingError
 from triage.runtime import Runtime, current, install
 from triage.settings import ConfigError
 
@@ -41,6 +41,7 @@ def enqueue_batch(messages: Iterable[Message[Any] | tuple[Message[Any], int | No
 __all__ = [
     "BrokerConnectionError",
     "ConfigError",
+    "Defer",
     "InvalidPriority",
     "InvalidTenant",
     "PayloadTooLarge",

@@ -23,7 +23,7 @@ from typing import Any
 import dramatiq
 import redis
 from dramatiq.encoder import Encoder
-from dramatiq.middleware import GroupCallbacks, Middleware
+from dramatiq.middleware import GroupCallbacks, Middleware, Retries
 from dramatiq.rate_limits.backends import RedisBackend as RedisRateLimiterBackend
 from dramatiq.results import Results
 from dramatiq.results.backends import RedisBackend as RedisResultBackend
@@ -31,12 +31,12 @@ from dramatiq.results.backends import RedisBackend as RedisResultBackend
 from triage.broker.connection import client_from_url
 from triage.broker.encoder import encoder_for
 from triage.broker.redis_broker import TriageBroker
-from triage.middleware import DEFAULT_STACK, PayloadGuard, Placement, Routing, StackEntry
+from triage.middleware import DEFAULT_STACK, PayloadGuard, Placement, RetryPolicy, Routing, StackEntry
 from triage.middleware.placement import PriorityHook
 from triage.routing import Router
 from triage.settings import ConfigError, Settings, load_settings
 from triage.stats import QueueStats, tiered_stats
-from triage.tiers import Taxonomy, build_taxonomy
+from triage.tiers import Taxonomy, Tier, build_taxonomy
 
 
 @dataclass(frozen=True)
@@ -78,16 +78,26 @@ def build(settings: Settings, stack: Iterable[StackEntry] = DEFAULT_STACK) -> Ru
     client = client_from_url(settings.redis_url)
     routing = Routing(router=Router(settings.routes, taxonomy), taxonomy=taxonomy)
     middleware = [_policy(entry, settings, taxonomy, routing, encoder, client) for entry in stack]
+    if any(isinstance(m, Retries) for m in middleware) and any(isinstance(m, RetryPolicy) for m in middleware):
+        raise ConfigError(
+            "invalid configuration:\n  middleware: Dramatiq's Retries and Triage's RetryPolicy both retry failed "
+            "messages; keep one (RetryPolicy retries atomically and keeps dead letters with a reason)"
+        )
     if routing not in middleware:
         raise ConfigError(
             "invalid configuration:\n  middleware: the stack must include Routing (tiers bind through it)"
         )
+
+    def tier_of(queue: str) -> Tier:
+        return taxonomy.tier_of_queue(queue) or taxonomy.tiers["default"]
+
     broker = TriageBroker(
         client=client,
         namespace=settings.namespace,
         middleware=middleware,
         heartbeat_timeout_ms=int(settings.heartbeat_timeout * 1000),
-        max_deliveries=lambda queue: (taxonomy.tier_of_queue(queue) or taxonomy.tiers["default"]).max_deliveries,
+        max_deliveries=lambda queue: tier_of(queue).max_deliveries,
+        dead_letter_limits=lambda queue: tier_of(queue).dead_letter_limits(),
         queue_label=lambda queue: taxonomy.queues.get(queue, "default"),
         min_replicas=settings.min_replicas,
         replica_timeout_ms=settings.replica_timeout_ms,

@@ -29,6 +29,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from triage.broker.priority import MAX_PRIORITY, MIN_PRIORITY
 
 TierName = Literal["critical", "default", "background"]
+BackoffKind = Literal["exponential", "linear"]
 TIER_NAMES: tuple[TierName, ...] = ("critical", "default", "background")
 MIB = 1024 * 1024
 
@@ -55,6 +56,12 @@ class TierOverride(BaseModel):
     max_backoff_ms: PositiveMs | None = None
     time_limit_ms: PositiveMs | None = None
     max_deliveries: Annotated[int, Field(ge=1, le=100)] | None = None
+    backoff: BackoffKind | None = None
+    backoff_factor: Annotated[float, Field(ge=1, le=100)] | None = None
+    retry_queue: Annotated[str, Field(pattern=r"^[a-zA-Z_][a-zA-Z0-9._-]*$")] | None = None
+    retry_queue_after: Annotated[int, Field(ge=0)] | None = None
+    dead_letters_max: Annotated[int, Field(ge=0)] | None = None
+    dead_letters_max_age_days: Annotated[float, Field(ge=0)] | None = None
 
 
 class Settings(BaseSettings):

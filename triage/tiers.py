@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 
-from .settings import TIER_NAMES, ConfigError, Settings, TierName
+from .settings import TIER_NAMES, BackoffKind, ConfigError, Settings, TierName
 
 logger = logging.getLogger(__name__)
 
@@ -35,15 +35,31 @@ class Tier:
     time_limit_ms: int
     actor_priority: int  # Dramatiq's worker-side order: lower runs first
     max_deliveries: int = 3  # deliveries that killed their worker before a message is quarantined
+    backoff: BackoffKind = "exponential"  # linear: min_backoff_ms is the step
+    backoff_factor: float = 2.0  # exponential: each retry's ceiling is this times the last one
+    retry_queue: str | None = None  # retries go to this queue (after retry_queue_after attempts)
+    retry_queue_after: int = 0
+    dead_letters_max: int = 100_000  # per queue; the oldest beyond it are dropped (and counted)
+    dead_letters_max_age_days: float = 90.0
 
-    def actor_options(self) -> dict[str, int]:
-        """The Dramatiq actor options this tier implies (Retries and TimeLimit read them)."""
-        return {
+    def actor_options(self) -> dict[str, object]:
+        """The actor options this tier implies (the retry policy and Dramatiq's TimeLimit read them)."""
+        options: dict[str, object] = {
             "max_retries": self.max_retries,
             "min_backoff": self.min_backoff_ms,
             "max_backoff": self.max_backoff_ms,
+            "backoff": self.backoff,
+            "backoff_factor": self.backoff_factor,
             "time_limit": self.time_limit_ms,
         }
+        if self.retry_queue is not None:
+            options["retry_queue"] = self.retry_queue
+            options["retry_queue_after"] = self.retry_queue_after
+        return options
+
+    def dead_letter_limits(self) -> tuple[int, int]:
+        """(max entries, max age in ms) of each queue's dead letters."""
+        return self.dead_letters_max, int(self.dead_letters_max_age_days * 86_400_000)
 
 
 BUILTIN_TIERS: dict[TierName, Tier] = {
@@ -127,4 +143,10 @@ def build_taxonomy(settings: Settings) -> Taxonomy:
                 f"invalid configuration:\n  TRIAGE_QUEUES: {queue_name!r} is a tier and cannot join {tier_name!r}"
             )
         queues[queue_name] = tier_name
+    for name, tier in tiers.items():
+        if tier.retry_queue is not None and tier.retry_queue not in queues:
+            raise ConfigError(
+                f"invalid configuration:\n  TRIAGE_TIERS__{name.upper()}__RETRY_QUEUE: {tier.retry_queue!r} is "
+                f"neither a tier nor a declared queue ({', '.join(queues)})"
+            )
     return Taxonomy(tiers=tiers, queues=queues)

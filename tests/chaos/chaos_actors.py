@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import time
 
+import redis
+
 from actors import default
 
 LEDGER = os.environ.get("CHAOS_LEDGER", "/dev/null")
@@ -31,3 +33,19 @@ def poison(token: str) -> None:
     """Kills its worker process, as a segfault or the OOM killer would."""
     record("start", token)
     os._exit(1)
+
+
+_client: redis.Redis | None = None
+
+
+@default(queue="chaos", max_retries=50, min_backoff=100, max_backoff=1000)
+def write(token: str, ms: int) -> None:
+    """What a real actor does: writes to a Redis (the broker's, here), so that its failures
+    coincide with the broker's outages. Retried until Redis answers again."""
+    global _client
+    if _client is None:
+        _client = redis.Redis.from_url(os.environ["REDIS_URL"], socket_timeout=2, socket_connect_timeout=2)
+    record("start", token)
+    time.sleep(ms / 1000)
+    _client.rpush("chaos:written", token)  # the result, saved at the end as most actors do
+    record("finish", token)

@@ -132,11 +132,12 @@ def test_unknown_actor_and_exhausted_retries_are_dead_lettered_with_their_reason
     # Then each dead letter says why, with the last error, and keeps the raw message
     keys = broker.keys("default")
     infos = {json.loads(v)["reason"]: json.loads(v) for v in r.hvals(keys.dead_info)}
-    assert set(infos) == {"unknown-actor", "failed"}
+    assert set(infos) == {"unknown-actor", "exhausted"}
     assert infos["unknown-actor"]["error"]["type"] == "ActorNotFound"
-    assert infos["failed"]["error"]["type"] == "RuntimeError"
-    assert "attempt 4 fails on purpose" in infos["failed"]["error"]["message"]
-    assert "Traceback" in infos["failed"]["error"]["traceback"]
+    assert infos["exhausted"]["error"]["type"] == "RuntimeError"
+    assert "attempt 4 fails on purpose" in infos["exhausted"]["error"]["message"]
+    assert "Traceback" in infos["exhausted"]["error"]["traceback"]
+    assert (infos["exhausted"]["attempts"], infos["exhausted"]["actor"]) == (4, "flaky")
     assert r.hlen(keys.dead_msgs) == 2
 
 
@@ -236,6 +237,7 @@ def test_durable_enqueue_waits_for_a_replica(tmp_path: Path, private_redis: Redi
     try:
         wait_for(lambda: own.client.info("replication")["connected_slaves"] == 1, timeout=20)
         wait_for(lambda: redis.Redis(port=replica.port).info("replication")["master_link_status"] == "up")
+        own.replica_timeout_ms = 5_000  # a replica that just finished its sync can take more than 200 ms to ack
         own.enqueue(plain("q", 2))
         replica_client = redis.Redis(port=replica.port)
         assert replica_client.hlen(own.keys("q").msgs) == 2

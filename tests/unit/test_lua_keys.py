@@ -13,7 +13,7 @@ from redis.crc import key_slot
 
 from triage.broker.keys import BLOCK_SIZE, LEVELS, QueueKeys
 from triage.broker.priority import MAX_PRIORITY, MIN_PRIORITY
-from triage.broker.scripts import LUA_DIR, PRELUDE, SCRIPT_NAMES, header, source
+from triage.broker.scripts import DEAD, LUA_DIR, PRELUDE, PRELUDES, SCRIPT_NAMES, header, source
 
 CALL = re.compile(r'redis\.call\("(\w+)",\s*([^,)]+)')
 LOCAL_FROM_KEYS = re.compile(r"local (\w+) = KEYS\[")
@@ -25,14 +25,18 @@ FIFO_BLOCK_LINE = re.compile(
     r"^--\s+b \+ ([A-Z]+(?: \+ level)?)\s+(\d+)(?: \.\. (\d+))?\s+(\{ns:Q\}:\S+)", re.MULTILINE
 )
 
-# What the broker passes to each script for one queue (redis_broker._store, consumer, registry.reap),
-# and the consumer id that names its acks key.
+# The queue a retry comes from, when it goes to another (retry.lua names its keys `src_*`).
+SOURCE = QueueKeys("ns", "src")
+# What the broker passes to each script for one queue (redis_broker._store, consumer, registry.reap,
+# admin.dlq), and the consumer id that names its acks key.
 PASSED: dict[str, tuple[Callable[[QueueKeys], list[str]], str]] = {
     "enqueue": (lambda keys: keys.enqueue_keys(), ""),
     "fetch": (lambda keys: keys.fetch_keys("c"), "c"),
-    "requeue": (lambda keys: keys.fetch_keys("c"), "c"),
+    "requeue": (lambda keys: keys.requeue_keys("c"), "c"),
     "settle": (lambda keys: keys.settle_keys("c"), "c"),
+    "retry": (lambda keys: keys.retry_keys(SOURCE, "c"), "c"),
     "reclaim": (lambda keys: keys.reclaim_keys("w"), "w"),
+    "dlq": (lambda keys: keys.dead_letter_keys(), ""),
 }
 
 
@@ -111,7 +115,9 @@ def named_keys(name: str) -> list[tuple[str, str]]:
 
 
 def expected_key(key: str, keys: QueueKeys, consumer: str, level: int) -> str:
-    """The Python key that a Lua local named `key` stands for."""
+    """The Python key that a Lua local named `key` stands for (`src_*`: of the queue a retry comes from)."""
+    if key.startswith("src_"):
+        key, keys = key.removeprefix("src_"), SOURCE
     if key == "acks":
         return keys.acks(consumer)
     if key == "rr":
@@ -122,7 +128,7 @@ def expected_key(key: str, keys: QueueKeys, consumer: str, level: int) -> str:
     return value
 
 
-@pytest.mark.parametrize("name", [*SCRIPT_NAMES, PRELUDE])
+@pytest.mark.parametrize("name", [*SCRIPT_NAMES, PRELUDE, DEAD])
 def test_every_script_starts_with_the_keys_it_touches(name: str) -> None:
     # Given the Lua file as written
     header_lines = []
@@ -176,7 +182,16 @@ def test_every_key_a_script_touches_comes_from_KEYS(name: str) -> None:
 
 @pytest.mark.parametrize(
     ("name", "groups"),
-    [("enqueue", 1), ("enqueue", 2), ("fetch", 1), ("requeue", 1), ("settle", 1), ("reclaim", 1)],
+    [
+        ("enqueue", 1),
+        ("enqueue", 2),
+        ("fetch", 1),
+        ("requeue", 1),
+        ("settle", 1),
+        ("retry", 1),
+        ("reclaim", 1),
+        ("dlq", 1),
+    ],
 )
 def test_the_keys_python_passes_are_the_keys_the_script_names(name: str, groups: int) -> None:
     # Given the keys the broker passes to the script, for `groups` queues concatenated as
@@ -231,14 +246,14 @@ def test_the_block_is_the_one_fifo_lua_describes() -> None:
 def test_the_loaded_script_takes_its_constants_from_python(name: str) -> None:
     # When a script is loaded
     lua = source(name)
-    # Then it starts with the header built from the Python constants, then the prelude
-    assert lua.startswith(header() + "\n" + lua_file(PRELUDE))
+    # Then it starts with the header built from the Python constants, then its preludes
+    assert lua.startswith(header() + "\n" + "\n".join(lua_file(prelude) for prelude in PRELUDES[name]))
     constants = lua_constants()
     assert constants["BLOCK"] == BLOCK_SIZE
     assert constants["TOP_LEVEL"] == MAX_PRIORITY
     assert constants["BOTTOM_LEVEL"] == MIN_PRIORITY
     # And no Lua file defines them again or spells their values
-    for file in [name, PRELUDE]:
+    for file in [name, PRELUDE, DEAD]:
         code = without_comments(lua_file(file))
         for constant in ("BLOCK", "TOP_LEVEL", "BOTTOM_LEVEL"):
             assert not re.search(rf"\blocal {constant}\b", code), f"{file}.lua defines {constant}"
@@ -246,7 +261,7 @@ def test_the_loaded_script_takes_its_constants_from_python(name: str) -> None:
             assert not re.search(rf"(?<![\w.]){value}(?![\w.])", code), f"{file}.lua spells {value}"
 
 
-@pytest.mark.parametrize("name", [*SCRIPT_NAMES, PRELUDE])
+@pytest.mark.parametrize("name", [*SCRIPT_NAMES, PRELUDE, DEAD])
 def test_scripts_index_KEYS_only_in_named_locals_at_the_top(name: str) -> None:
     # Given the code of the Lua file, without comments
     lines = [line.strip() for line in without_comments(lua_file(name)).splitlines() if line.strip()]
@@ -272,9 +287,12 @@ def test_each_script_call_touches_one_slot(queue: str) -> None:
     keys = QueueKeys("triage", queue)
     calls = {
         "enqueue": keys.enqueue_keys(),
-        "fetch/requeue": keys.fetch_keys("0f1e2d3c"),
+        "fetch": keys.fetch_keys("0f1e2d3c"),
+        "requeue": keys.requeue_keys("0f1e2d3c"),
         "settle": keys.settle_keys("0f1e2d3c"),
+        "retry within the queue": keys.retry_keys(keys, "0f1e2d3c"),
         "reclaim": keys.reclaim_keys("0f1e2d3c"),
+        "dlq": keys.dead_letter_keys(),
         "pause/resume": [keys.paused, keys.wake],
     }
     # Then each call's keys hash to one cluster slot

@@ -1,4 +1,5 @@
-"""The operator surface: `Admin` (Python API), the `triage` CLI, the local runner, the demo.
+"""The operator surface: `Admin` (Python API: queues, stats, pause, resume, dead letters),
+the `triage` CLI, the local runner, the demo.
 
 Guarantees: `Admin` works from Redis and the environment alone; importing this package
 imports no application code and connects to nothing.
@@ -6,6 +7,7 @@ imports no application code and connects to nothing.
 
 from triage.stats import QueueStats
 
+from .dlq import ActionResult, DeadLetter, DeadLetters, Filter, Group
 from .ops import Admin, UnknownQueue
 
-__all__ = ["Admin", "QueueStats", "UnknownQueue"]
+__all__ = ["ActionResult", "Admin", "DeadLetter", "DeadLetters", "Filter", "Group", "QueueStats", "UnknownQueue"]

@@ -1,7 +1,7 @@
 """The `triage` command line.
 
 Guarantees:
-- Operator commands (`stats`, `pause`, `resume`) work from Redis and the environment
+- Operator commands (`stats`, `pause`, `resume`, `dlq ...`) work from Redis and the environment
   alone: they import no application code, so they work while an actor module is broken.
   Commands that need the service's taxonomy (`queues`, `config`) load the app named by
   `--app` (env `TRIAGE_APP`, default `actors`), importable from the current directory.
@@ -17,9 +17,11 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import NoReturn, cast
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any, NoReturn, cast
 
 import click
 import redis
@@ -27,7 +29,9 @@ import redis
 from triage import runtime
 from triage.settings import ConfigError, Settings, TierName, load_settings
 
+from . import dlq
 from .demo import produce
+from .dlq import DeadLetter, Filter
 from .ops import Admin, UnknownQueue
 from .run import run_stack
 
@@ -102,7 +106,16 @@ def stats(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"queues": data}, indent=2))
         return
-    columns = ("queued", "delayed", "running", "dead_letters_total", "paused", "enqueued_total", "acked_total")
+    columns = (
+        "queued",
+        "delayed",
+        "retrying",
+        "running",
+        "dead_letters_total",
+        "paused",
+        "enqueued_total",
+        "acked_total",
+    )
     click.echo(f"{'queue':<18}{'tier':<12}" + "".join(f"{c:>19}" for c in columns))
     for name, row in data.items():
         click.echo(f"{name:<18}{row['tier']:<12}" + "".join(f"{row[c]!s:>19}" for c in columns))  # type: ignore[literal-required]
@@ -179,3 +192,178 @@ def demo(rate: float, duration: float) -> None:
     (workers run them with TRIAGE_DEMO=1, which `triage run` sets)."""
     _settings()
     produce(rate=rate, duration=duration)
+
+
+# -- dead letters ----------------------------------------------------------------------------
+
+
+def _filters(function: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed(
+        [
+            click.option("--queue", help="Only this queue."),
+            click.option("--actor", help="Only this actor."),
+            click.option("--tenant", help="Only this tenant."),
+            click.option("--error", help="Only this error type (e.g. ConnectionError)."),
+            click.option("--reason", help="Only this reason (exhausted, dead_on, crash-loop, ...)."),
+            click.option("--since", help="Only those dead-lettered this recently: 30s, 15m, 1h, 7d."),
+        ]
+    ):
+        function = option(function)
+    return function
+
+
+def _where(queue: str | None, actor: str | None, tenant: str | None, error: str | None, reason: str | None,
+           since: str | None) -> Filter:  # fmt: skip
+    try:
+        since_ms = dlq.since(since) if since else None
+    except ValueError as exc:
+        _fail(f"--since: {exc}", 2)
+    return Filter(queue=queue, actor=actor, tenant=tenant, error=error, reason=reason, since_ms=since_ms)
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@main.group("dlq")
+def dlq_group() -> None:
+    """Dead letters: list, summary, show, requeue, purge."""
+
+
+@dlq_group.command("list")
+@_filters
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--cursor", help="Start after this entry (the `next` of the previous page).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def dlq_list(limit: int, cursor: str | None, as_json: bool, **filters: Any) -> None:
+    """Dead letters, newest first, a page at a time."""
+    admin = _admin()
+    with _reporting_redis_errors(admin.settings):
+        page, following = admin.dead_letters.page(_where(**filters), limit=limit, cursor=cursor)
+    if as_json:
+        click.echo(json.dumps({"dead_letters": [e.as_dict() for e in page], "next": following}, indent=2))
+        return
+    click.echo(f"{'id':<34}{'when (UTC)':<21}{'queue':<14}{'actor':<24}{'reason':<14}{'error':<20}attempts")
+    for e in page:
+        click.echo(
+            f"{e.id:<34}{_when(e.dead_lettered_at_ms):<21}{e.queue:<14}{e.actor:<24}{e.reason:<14}"
+            f"{e.error_type:<20}{e.attempts}"
+        )
+    if following:
+        click.echo(f"next page: --cursor {following}")
+
+
+@dlq_group.command("summary")
+@_filters
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def dlq_summary(as_json: bool, **filters: Any) -> None:
+    """Dead letters grouped by queue, actor, error type and reason, most numerous first."""
+    admin = _admin()
+    with _reporting_redis_errors(admin.settings):
+        groups = admin.dead_letters.summary(_where(**filters))
+    if as_json:
+        click.echo(json.dumps({"groups": [asdict(g) for g in groups]}, indent=2))
+        return
+    click.echo(f"{'count':>7}  {'queue':<14}{'actor':<24}{'error':<22}{'reason':<14}{'first (UTC)':<21}last (UTC)")
+    for g in groups:
+        click.echo(
+            f"{g.count:>7}  {g.queue:<14}{g.actor:<24}{g.error_type:<22}{g.reason:<14}"
+            f"{_when(g.first_ms):<21}{_when(g.last_ms)}"
+        )
+
+
+@dlq_group.command("show")
+@click.argument("entry_id")
+@click.option("--queue", help="The entry's queue (default: look in every queue).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def dlq_show(entry_id: str, queue: str | None, as_json: bool) -> None:
+    """One dead letter: its record, last error with traceback, and message."""
+    admin = _admin()
+    with _reporting_redis_errors(admin.settings):
+        entry = admin.dead_letters.show(entry_id, queue)
+    if entry is None:
+        _fail(f"no dead letter {entry_id!r}", 1)
+    data = entry.as_dict(traceback=True)
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=repr))
+        return
+    for key, value in data.items():
+        if key not in ("traceback", "message"):
+            click.echo(f"{key}: {value}")
+    click.echo(f"message: {json.dumps(data['message'], default=repr)}")
+    click.echo(f"traceback:\n{entry.traceback}")
+
+
+def _selection(admin: Admin, ids: tuple[str, ...], everything: bool, where: Filter) -> list[DeadLetter]:
+    if ids and (everything or not where.is_empty()):
+        _fail("give entry ids, or --all, or filters: not both", 2)
+    if not ids and not everything and where.is_empty():
+        _fail("say which dead letters: entry ids, --all, or filters (--queue, --actor, --error, ...)", 2)
+    with _reporting_redis_errors(admin.settings):
+        if ids:
+            found = [admin.dead_letters.show(i, where.queue) for i in ids]
+            missing = [i for i, e in zip(ids, found, strict=True) if e is None]
+            if missing:
+                _fail(f"no dead letter {', '.join(missing)}", 1)
+            return [e for e in found if e is not None]
+        return list(admin.dead_letters.matching(where))
+
+
+def _confirm(count: int, verb: str, yes: bool, dry_run: bool) -> bool:
+    click.echo(f"{count} dead letter(s) to {verb}")
+    if dry_run or count == 0:
+        return False
+    if not yes and not click.confirm(f"{verb.capitalize()} them?", default=False):
+        _fail("nothing done", 1)
+    return True
+
+
+@dlq_group.command("requeue")
+@click.argument("ids", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Every dead letter (of --queue, if given).")
+@_filters
+@click.option("--rate", "rate_text", help="At most this many per second: 50/s, 600/m.")
+@click.option("--dry-run", is_flag=True, help="Say how many would be requeued, and requeue none.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def dlq_requeue(
+    ids: tuple[str, ...], everything: bool, rate_text: str | None, dry_run: bool, yes: bool, **filters: Any
+) -> None:
+    """Put dead letters back on their queues, attempts reset, priority and tenant kept."""
+    try:
+        per_second = dlq.rate(rate_text) if rate_text else None
+    except ValueError as exc:
+        _fail(f"--rate: {exc}", 2)
+    admin = _admin()
+    entries = _selection(admin, ids, everything, _where(**filters))
+    if not _confirm(len(entries), "requeue", yes, dry_run):
+        return
+    done = dlq.ActionResult()
+
+    def progress(result: dlq.ActionResult) -> None:
+        done.done, done.gone, done.skipped = result.done, result.gone, result.skipped
+
+    try:
+        with _reporting_redis_errors(admin.settings):
+            result = admin.dead_letters.requeue(entries, rate=per_second, progress=progress)
+    except KeyboardInterrupt:
+        _fail(f"interrupted after {done.done} requeued; run the same command again to requeue the rest", 130)
+    click.echo(f"requeued {result.done}; {result.gone} already taken by someone else")
+    if result.skipped:
+        click.echo(f"skipped {len(result.skipped)} that cannot be decoded: {', '.join(result.skipped[:10])}", err=True)
+
+
+@dlq_group.command("purge")
+@click.argument("ids", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Every dead letter (of --queue, if given).")
+@_filters
+@click.option("--dry-run", is_flag=True, help="Say how many would be purged, and purge none.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def dlq_purge(ids: tuple[str, ...], everything: bool, dry_run: bool, yes: bool, **filters: Any) -> None:
+    """Delete dead letters for good."""
+    admin = _admin()
+    entries = _selection(admin, ids, everything, _where(**filters))
+    if not _confirm(len(entries), "purge", yes, dry_run):
+        return
+    with _reporting_redis_errors(admin.settings):
+        result = admin.dead_letters.purge(entries)
+    click.echo(f"purged {result.done}; {result.gone} already gone")

@@ -1,4 +1,5 @@
-"""Operator actions from Redis alone: list queues and their counters, pause, resume.
+"""Operator actions from Redis alone: list queues and their counters, pause, resume, and the
+dead letters (`Admin.dead_letters`, see `dlq.py`).
 
 Guarantees:
 - Needs only the settings from the environment (`REDIS_URL`, `TRIAGE_NAMESPACE`): no
@@ -11,9 +12,12 @@ Guarantees:
 
 from __future__ import annotations
 
+from triage.broker.encoder import encoder_for
 from triage.broker.redis_broker import TriageBroker
 from triage.settings import TIER_NAMES, Settings, load_settings
 from triage.stats import QueueStats, tiered_stats
+
+from .dlq import DeadLetters
 
 
 class UnknownQueue(LookupError):
@@ -33,7 +37,13 @@ class Admin:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or load_settings()
-        self.broker = TriageBroker(url=self.settings.redis_url, namespace=self.settings.namespace, middleware=[])
+        self.broker = TriageBroker(
+            url=self.settings.redis_url,
+            namespace=self.settings.namespace,
+            middleware=[],
+            encoder=encoder_for(self.settings.encoder),
+        )
+        self.dead_letters = DeadLetters(self.broker, self.queues)
 
     def queues(self) -> dict[str, str]:
         """Every known queue and its tier: the tiers first, then the others by name."""

@@ -13,8 +13,11 @@ Guarantees:
 - A suspect (a message reclaimed from a worker that died) is fetched alone, and nothing
   more is fetched until it is settled: a poison message crashes its worker alone.
 - A message that cannot be decoded is dead-lettered at once (reason `undecodable`, raw
-  bytes kept) and the consumer goes on; a nack records why the message failed
-  (`failed`, or `unknown-actor`) with the error type, message and a truncated traceback.
+  bytes kept) and the consumer goes on; a nack records why the message failed (the
+  policy's reason, `unknown-actor`, `expired`, else `failed`) with the error type,
+  message and a truncated traceback.
+- An ack applies the policy's decision (`outcome.py`): a retry or a deferral is stored in
+  the same script call that forgets the delivery.
 - A delivered message prints as `actor(id=…)`: its arguments stay out of Dramatiq's logs.
 - Ack, nack and requeue may be called from any worker thread. When Redis is unreachable
   they do not block or fail the worker thread: they wait in the broker's backlog
@@ -43,12 +46,14 @@ from .backlog import SettleBacklog
 from .clock import now_ms
 from .errors import CONNECTION_ERRORS, connection_lost
 from .keys import QueueKeys
+from .outcome import outcome_of
+from .priority import DEFAULT_PRIORITY
 
 logger = logging.getLogger(__name__)
 
 MAX_DUE_MOVED_PER_FETCH = 1000
 DELIVERIES_OPTION = "triage_deliveries"
-TRACEBACK_LIMIT = 4000
+TRACEBACK_LIMIT = 2000  # characters of the traceback's tail kept with a dead letter
 
 
 def failure_info(reason: str, exception: BaseException | None, **extra: Any) -> str:
@@ -86,6 +91,8 @@ class ConsumerHost(Protocol):
     backlog: SettleBacklog
     scripts: dict[str, Script]
 
+    def dead_letter_limits(self, queue_name: str) -> tuple[int, int]: ...
+
     def keys(self, queue_name: str) -> QueueKeys: ...
 
 
@@ -97,6 +104,7 @@ class TriageConsumer(Consumer):
         self.consumer_id = broker.broker_id
         self.fetch_keys = self.keys.fetch_keys(self.consumer_id)
         self.settle_keys = self.keys.settle_keys(self.consumer_id)
+        self.requeue_keys = self.keys.requeue_keys(self.consumer_id)
         self.prefetch = max(1, prefetch)
         self.low_water = max(1, self.prefetch // 2)
         # A blocking wait must end before the client's socket timeout (redis-py's default is 5 s).
@@ -170,7 +178,8 @@ class TriageConsumer(Consumer):
             exc.__cause__ or exc,
         )
         info = failure_info("undecodable", exc.__cause__ or exc, queue=self.queue_name)
-        self.broker.backlog.run("settle", self.settle_keys, ["nack", now_ms(), redis_id, info])
+        limits = self.broker.dead_letter_limits(self.queue_name)
+        self.broker.backlog.run("settle", self.settle_keys, ["nack", now_ms(), redis_id, info, *limits])
 
     def _block(self) -> None:
         wait = self.timeout
@@ -179,26 +188,62 @@ class TriageConsumer(Consumer):
         self.broker.client.blpop([self.keys.wake], timeout=wait)
 
     def ack(self, message: MessageProxy) -> None:
-        self._settle(["ack", now_ms(), message.options["redis_message_id"]])
+        """Forget the delivery; or, when a policy decided so, retry or defer it in the same call."""
+        redis_id = message.options["redis_message_id"]
+        outcome = outcome_of(message)
+        if outcome is None or outcome.kind == "dead":
+            self._settle("settle", self.settle_keys, ["ack", now_ms(), redis_id], redis_id)
+        elif outcome.kind == "defer":
+            now = now_ms()
+            level = message.options.get("priority", DEFAULT_PRIORITY)
+            tenant = message.options.get("tenant") or ""
+            args = ["defer", now, redis_id, "", "", level, tenant, now + outcome.delay_ms, 0]
+            self._settle("retry", self.keys.retry_keys(self.keys, self.consumer_id), args, redis_id)
+        else:
+            placed = outcome.placed
+            assert placed is not None
+            target = self.broker.keys(placed.message.queue_name)
+            new_id = placed.message.options["redis_message_id"]
+            args = [
+                "retry",
+                now_ms(),
+                redis_id,
+                new_id,
+                placed.payload,
+                placed.level,
+                placed.tenant,
+                placed.eta,
+                placed.max_deliveries,
+            ]
+            self._settle("retry", target.retry_keys(self.keys, self.consumer_id), args, redis_id)
 
     def nack(self, message: MessageProxy) -> None:
+        """Move the message to the dead letters, with why (the policy's reason, else what failed)."""
         exception = getattr(message, "_exception", None)
-        reason = "unknown-actor" if isinstance(exception, ActorNotFound) else "failed"
+        outcome = outcome_of(message)
+        if outcome is not None and outcome.kind == "dead":
+            reason = outcome.reason
+        elif isinstance(exception, ActorNotFound):
+            reason = "unknown-actor"
+        else:
+            reason = "failed" if exception is not None else "expired"  # Dramatiq's AgeLimit fails with none
         info = failure_info(reason, exception, actor=message.actor_name, queue=self.queue_name)
-        self._settle(["nack", now_ms(), message.options["redis_message_id"], info])
+        limits = self.broker.dead_letter_limits(self.queue_name)
+        redis_id = message.options["redis_message_id"]
+        self._settle("settle", self.settle_keys, ["nack", now_ms(), redis_id, info, *limits], redis_id)
 
-    def _settle(self, args: list[Any]) -> None:
+    def _settle(self, script: str, keys: list[str], args: list[Any], redis_id: str) -> None:
         try:
-            self.broker.backlog.run("settle", self.settle_keys, args)
+            self.broker.backlog.run(script, keys, args)
         finally:
-            self._release([args[2]])
+            self._release([redis_id])
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
         ids = [m.options["redis_message_id"] for m in messages]
         if not ids:
             return
         try:
-            self.broker.backlog.run("requeue", self.fetch_keys, ids)
+            self.broker.backlog.run("requeue", self.requeue_keys, ids)
         finally:
             self._release(ids)
 

@@ -2,11 +2,15 @@
 
 Guarantees:
 - Reads only; one pipelined round trip for every queue, no `KEYS`/`SCAN`.
-- Field names are a public contract (`queued`, `delayed`, `running`,
-  `dead_letters_total`, `paused`): fields may be added, never renamed.
-- `queued` counts messages waiting in the queue, `delayed` those waiting for their eta,
-  `running` those fetched by a worker and not settled yet (prefetched ones included),
-  `dead_letters_total` those in the queue's dead letters.
+- Field names are a public contract (`queued`, `delayed`, `retrying`, `running`,
+  `dead_letters_total`, `paused`, ...): fields may be added, never renamed.
+- A queue's messages are counted once each: `queued` (waiting in the queue), `delayed`
+  (waiting for their eta), `retrying` (waiting for their retry backoff), `running`
+  (fetched by a worker and not settled yet, prefetched ones included), and
+  `dead_letters_total` (in the dead letters now).
+- The `*_total` fields and `dead_letters_by_reason` are counters since the queue's first
+  use (they only grow): enqueued, acked, retries, deferrals, dead letters by reason, dead
+  letters dropped by retention (`dead_letters_trimmed_total`), requeued and purged by operators.
 - Counters only: which tier a queue belongs to is for the caller to add.
 """
 
@@ -23,11 +27,18 @@ from .keys import QueueKeys
 class QueueCounters(TypedDict):
     queued: int
     delayed: int
+    retrying: int
     running: int
     dead_letters_total: int
     paused: bool
     enqueued_total: int
     acked_total: int
+    retries_total: int
+    deferred_total: int
+    dead_letters_by_reason: dict[str, int]
+    dead_letters_trimmed_total: int
+    requeued_total: int
+    purged_total: int
 
 
 def queue_stats(
@@ -40,21 +51,29 @@ def queue_stats(
         keys = keys_of(queue)
         pipe.hlen(keys.items)
         pipe.zcard(keys.delayed)
-        pipe.hmget(keys.stats, ["running", "enqueued_total", "acked_total"])
+        pipe.zcard(keys.retrying)
+        pipe.hgetall(keys.stats)
         pipe.zcard(keys.dead)
         pipe.exists(keys.paused)
     replies = iter(pipe.execute())
     stats: dict[str, QueueCounters] = {}
     for queue in names:
-        queued, delayed, counters, dead, paused = (next(replies) for _ in range(5))
-        running, enqueued, acked = (int(c or 0) for c in counters)
+        queued, delayed, retrying, raw, dead, paused = (next(replies) for _ in range(6))
+        counters = {k.decode(): int(v) for k, v in raw.items()}
         stats[queue] = QueueCounters(
             queued=queued,
-            delayed=delayed,
-            running=running,
+            delayed=delayed - retrying,
+            retrying=retrying,
+            running=counters.get("running", 0),
             dead_letters_total=dead,
             paused=bool(paused),
-            enqueued_total=enqueued,
-            acked_total=acked,
+            enqueued_total=counters.get("enqueued_total", 0),
+            acked_total=counters.get("acked_total", 0),
+            retries_total=counters.get("retries_total", 0),
+            deferred_total=counters.get("deferred_total", 0),
+            dead_letters_by_reason={k[5:]: v for k, v in sorted(counters.items()) if k.startswith("dead:")},
+            dead_letters_trimmed_total=counters.get("dead_trimmed_total", 0),
+            requeued_total=counters.get("requeued_total", 0),
+            purged_total=counters.get("purged_total", 0),
         )
     return stats

@@ -30,6 +30,8 @@ class QueueKeys:
         self.dead = f"{tag}:dead"
         self.dead_msgs = f"{tag}:dead.msgs"
         self.dead_info = f"{tag}:dead.info"
+        self.dead_idx = f"{tag}:dead.idx"
+        self.retrying = f"{tag}:retrying"
         self.deliveries = f"{tag}:deliveries"
         self.levels = [f"{tag}:rr:{level}" for level in LEVELS]
         self._block = [
@@ -54,24 +56,38 @@ class QueueKeys:
     def enqueue_keys(self) -> list[str]:
         return [*self._block, self.deliveries]
 
+    def dead_keys(self) -> list[str]:
+        """The dead letters: ids by time, bodies, records, and the lexicographic index."""
+        return [self.dead, self.dead_msgs, self.dead_info, self.dead_idx]
+
     def fetch_keys(self, consumer_id: str) -> list[str]:
-        """Keys of fetch.lua and requeue.lua."""
+        return [*self._block, self.acks(consumer_id), self.deliveries, self.retrying]
+
+    def requeue_keys(self, consumer_id: str) -> list[str]:
         return [*self._block, self.acks(consumer_id), self.deliveries]
 
     def settle_keys(self, consumer_id: str) -> list[str]:
+        return [self.msgs, self.stats, self.acks(consumer_id), self.deliveries, *self.dead_keys()]
+
+    def retry_keys(self, source: QueueKeys, consumer_id: str) -> list[str]:
+        """Keys of retry.lua: this queue (where the message goes) then the one it was fetched from."""
         return [
-            self.msgs,
-            self.stats,
-            self.acks(consumer_id),
+            *self._block,
             self.deliveries,
-            self.dead,
-            self.dead_msgs,
-            self.dead_info,
+            self.retrying,
+            source.msgs,
+            source.stats,
+            source.acks(consumer_id),
+            source.deliveries,
         ]
 
     def reclaim_keys(self, dead_worker_id: str) -> list[str]:
-        return [*self._block, self.acks(dead_worker_id), self.deliveries, self.dead, self.dead_msgs, self.dead_info]
+        return [*self._block, self.acks(dead_worker_id), self.deliveries, *self.dead_keys()]
+
+    def dead_letter_keys(self) -> list[str]:
+        """Keys of the dead-letter operations (dlq.lua): the block, deliveries, the dead letters."""
+        return [*self._block, self.deliveries, *self.dead_keys()]
 
     def message_keys(self) -> list[str]:
         """Every key that holds messages (what a flush drops)."""
-        return [self.msgs, self.items, self.state, self.delayed, self.deliveries, *self.levels]
+        return [self.msgs, self.items, self.state, self.delayed, self.retrying, self.deliveries, *self.levels]

@@ -14,9 +14,12 @@ The life of a message, in plain words:
    every message it hands out as in flight for this worker process, with its level and
    tenant. A paused queue hands out nothing; its messages wait, and enqueues still work.
 3. The worker runs the actor. Success acks: the message is forgotten. A failure that the
-   retry policy retries is enqueued again (delayed by the backoff, same priority and
-   tenant) and the failed delivery is acked. A failure it does not retry is nacked: the
-   message moves to the queue's dead letters, kept until an operator acts.
+   retry policy retries, or a deferral, is stored again (delayed by the backoff, same
+   priority and tenant) in the same script call that forgets the failed delivery
+   (`retry.lua`): if that call cannot reach Redis, neither happens and the message stays
+   in flight. A failure it does not retry is nacked: the message moves to the queue's
+   dead letters with the policy's reason, kept until an operator acts or the retention
+   drops it (oldest first, counted).
 4. A worker that stops puts the messages it fetched but did not start back at the head
    of their level and tenant, in order, and wakes another consumer.
 5. A worker that dies (kill -9, out of memory, `os._exit`) stops heartbeating. Once its
@@ -26,7 +29,7 @@ The life of a message, in plain words:
    each time is moved to the dead letters with reason `crash-loop` instead.
 6. A message that cannot be decoded, or names an actor this worker does not know, is
    dead-lettered at once with its raw bytes (reasons `undecodable`, `unknown-actor`).
-   Dead letters never expire: an operator inspects, requeues or purges them.
+   Operators list, group, requeue and purge dead letters (`triage.admin.dlq`, `dlq.lua`).
 
 Costs: every enqueue, fetch and settle is one round trip and O(1) Redis work in the
 number of queued messages and tenants (a fetch scans at most the ten levels). No KEYS,
@@ -41,11 +44,11 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgpack
 import redis
-from dramatiq.broker import Broker
+from dramatiq.broker import Broker, MessageProxy
 from dramatiq.encoder import Encoder
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware, MiddlewareError
@@ -58,21 +61,13 @@ from .encoder import MsgpackEncoder
 from .errors import CONNECTION_ERRORS, ReplicationError, connection_lost, join_timeout
 from .inspection import queue_stats
 from .keys import QueueKeys
+from .outcome import Outcome, Placed, set_outcome
 from .priority import DEFAULT_PRIORITY, check_priority
 from .registry import WorkerRegistry
 from .scripts import register
 
 SHARED_TENANT = ""
-
-
-class _Placed(NamedTuple):
-    message: Message[Any]
-    delay: int | None
-    payload: bytes
-    level: int
-    tenant: str
-    eta: int
-    max_deliveries: int  # 0: the queue's default
+REGISTRY_REFRESH_S = 60.0
 
 
 class TriageBroker(Broker):
@@ -88,6 +83,8 @@ class TriageBroker(Broker):
         before a message is dead-lettered as `crash-loop` (an actor or message option wins).
       queue_label: what the queue registry records for a queue (its tier, in practice), so
         operator commands can list queues from Redis alone.
+      dead_letter_limits: a queue's dead-letter retention, (max entries, max age in ms), 0 for
+        no limit; the oldest beyond either are dropped and counted (`dead_trimmed_total`).
       min_replicas, replica_timeout_ms: durable enqueue: WAIT for that many replicas,
         else raise `ReplicationError` (0: do not wait).
       encoder: how messages are encoded (msgpack by default); the broker reads what it writes
@@ -104,6 +101,7 @@ class TriageBroker(Broker):
         heartbeat_timeout_ms: int = 30_000,
         max_deliveries: Callable[[str], int] = lambda queue_name: 3,
         queue_label: Callable[[str], str] = lambda queue_name: "",
+        dead_letter_limits: Callable[[str], tuple[int, int]] = lambda queue_name: (100_000, 90 * 86_400_000),
         min_replicas: int = 0,
         replica_timeout_ms: int = 1000,
         encoder: Encoder | None = None,
@@ -130,9 +128,13 @@ class TriageBroker(Broker):
             scripts=self.scripts,
             heartbeat_timeout_ms=heartbeat_timeout_ms,
             max_deliveries=max_deliveries,
+            dead_letter_limits=dead_letter_limits,
         )
+        self.dead_letter_limits = dead_letter_limits
         self.queue_label = queue_label
-        self._registered: set[str] = set()  # queues this process has recorded in the registry
+        # When this process last recorded each queue in the registry (monotonic seconds): again
+        # after REGISTRY_REFRESH_S, so a Redis restart without persistence does not hide a queue.
+        self._registered: dict[str, float] = {}
         self.draining = False  # set when the worker shuts down: consumers stop fetching
         self.backlog = SettleBacklog(self.scripts)
 
@@ -213,7 +215,25 @@ class TriageBroker(Broker):
             self.emit_after("enqueue", p.message, p.delay)
         return [p.message for p in placed]
 
-    def _place(self, message: Message[Any], delay: int | None) -> _Placed:
+    # -- settling a delivery otherwise (policies decide; the consumer applies, atomically) ---
+
+    def retry_later(self, message: MessageProxy, retried: Message[Any], *, delay_ms: int) -> None:
+        """Settle `message` by storing `retried` instead (on its queue, after `delay_ms`), in
+        the same script call that forgets the failed delivery (see `outcome.py`). Raises what
+        enqueue raises before anything is decided (e.g. the payload guard)."""
+        set_outcome(message, Outcome("retry", placed=self._place(retried, delay_ms)))
+
+    def defer(self, message: MessageProxy, *, delay_ms: int) -> None:
+        """Settle `message` by putting it back on its queue after `delay_ms`, the same message:
+        its retries and its delivery count are not used."""
+        set_outcome(message, Outcome("defer", delay_ms=max(0, int(delay_ms))))
+
+    def dead_letter_as(self, message: MessageProxy, reason: str) -> None:
+        """Settle `message` by moving it to the dead letters with `reason`."""
+        set_outcome(message, Outcome("dead", reason=reason))
+        message.fail()
+
+    def _place(self, message: Message[Any], delay: int | None) -> Placed:
         if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int) or delay < 0):
             raise ValueError(f"actor {message.actor_name!r}: delay must be a whole number of ms >= 0, got {delay!r}")
         # A fresh id per enqueue: a retried message keeps its message_id but is a new delivery,
@@ -250,9 +270,9 @@ class TriageBroker(Broker):
                 "message_timestamp": message.message_timestamp,
             }
         )  # Message.asdict(), without its per-field reflection
-        return _Placed(message, delay, payload, level, str(tenant), eta, int(max_deliveries))
+        return Placed(message, delay, payload, level, str(tenant), eta, int(max_deliveries))
 
-    def _store(self, placed: Sequence[_Placed]) -> None:
+    def _store(self, placed: Sequence[Placed]) -> None:
         groups: dict[str, list[Any]] = {}
         for p in placed:
             fields = groups.setdefault(p.message.queue_name, [])
@@ -262,7 +282,8 @@ class TriageBroker(Broker):
             keys += self.keys(queue_name).enqueue_keys()
         # Lua's cmsgpack reads byte strings as msgpack "raw": no bin type.
         args = [now_ms(), msgpack.packb(list(groups.values()), use_bin_type=False)]
-        unregistered = [q for q in groups if q not in self._registered]
+        stale = time.monotonic() - REGISTRY_REFRESH_S
+        unregistered = [q for q in groups if self._registered.get(q, stale) <= stale]
         try:
             if not self.min_replicas and not unregistered:
                 self.scripts["enqueue"](keys=keys, args=args)
@@ -278,7 +299,7 @@ class TriageBroker(Broker):
             replies = pipe.execute()
         except CONNECTION_ERRORS as exc:
             raise connection_lost(exc) from None
-        self._registered.update(unregistered)
+        self._registered.update(dict.fromkeys(unregistered, time.monotonic()))
         if self.min_replicas and replies[-1] < self.min_replicas:
             raise ReplicationError(len(placed), int(replies[-1]), self.min_replicas, self.replica_timeout_ms)
 
@@ -313,9 +334,9 @@ class TriageBroker(Broker):
         return bool(self.client.exists(self.keys(queue_name).paused))
 
     def counts(self, queue_name: str) -> tuple[int, int, int]:
-        """(queued, delayed, running) of a queue."""
+        """(queued, delayed, running) of a queue; delayed includes the retries waiting for their backoff."""
         stats = queue_stats(self.client, self.keys, [queue_name])[queue_name]
-        return stats["queued"], stats["delayed"], stats["running"]
+        return stats["queued"], stats["delayed"] + stats["retrying"], stats["running"]
 
     def flush(self, queue_name: str) -> None:
         """Drop every queued and delayed message of the queue (in-flight ones finish)."""

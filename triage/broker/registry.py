@@ -45,6 +45,7 @@ class WorkerRegistry:
       scripts: the broker's loaded scripts (`reclaim` is used).
       heartbeat_timeout_ms: a heartbeat older than this means the worker is dead.
       max_deliveries: a queue's default limit of deliveries that killed their worker.
+      dead_letter_limits: a queue's dead-letter retention (max entries, max age in ms).
     """
 
     def __init__(
@@ -56,6 +57,7 @@ class WorkerRegistry:
         scripts: Mapping[str, Script],
         heartbeat_timeout_ms: int,
         max_deliveries: Callable[[str], int],
+        dead_letter_limits: Callable[[str], tuple[int, int]],
     ) -> None:
         self.client = client
         self.namespace = namespace
@@ -63,6 +65,7 @@ class WorkerRegistry:
         self.scripts = scripts
         self.heartbeat_timeout_ms = heartbeat_timeout_ms
         self.max_deliveries = max_deliveries
+        self.dead_letter_limits = dead_letter_limits
         self.heartbeats = f"{namespace}:heartbeats"
         self.workers = f"{namespace}:workers"
         self.queues_key = f"{namespace}:queues"
@@ -124,7 +127,8 @@ class WorkerRegistry:
             for queue_name in queues:
                 keys = QueueKeys(self.namespace, queue_name)
                 put_back, dead_lettered = self.scripts["reclaim"](
-                    keys=keys.reclaim_keys(worker_id), args=[now, self.max_deliveries(queue_name), worker_id]
+                    keys=keys.reclaim_keys(worker_id),
+                    args=[now, self.max_deliveries(queue_name), worker_id, *self.dead_letter_limits(queue_name)],
                 )
                 worker_back, worker_quarantined = worker_back + put_back, worker_quarantined + dead_lettered
             self._forget(worker_id)

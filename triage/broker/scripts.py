@@ -3,8 +3,9 @@
 Guarantees: each script is loaded as one text: a header that defines the constants the
 Lua shares with Python (`BLOCK` = `keys.BLOCK_SIZE`, the keys of a queue's block;
 `TOP_LEVEL` and `BOTTOM_LEVEL` = `priority.MAX_PRIORITY` and `MIN_PRIORITY`, its priority
-levels), then `_fifo.lua` (the FIFO / round-robin structure of a queue and its helpers),
-then the script. No Lua file spells those constants: they are defined once, in Python.
+levels), then the preludes it uses (`_fifo.lua`, the FIFO / round-robin structure of a
+queue and its helpers; `_dead.lua`, the dead letters), then the script. No Lua file spells
+those constants: they are defined once, in Python.
 """
 
 from __future__ import annotations
@@ -19,7 +20,18 @@ from .priority import MAX_PRIORITY, MIN_PRIORITY
 
 LUA_DIR = Path(__file__).parent / "lua"
 PRELUDE = "_fifo"
-SCRIPT_NAMES = ("enqueue", "fetch", "settle", "requeue", "reclaim")
+DEAD = "_dead"
+# Each script and the preludes it includes, in order.
+PRELUDES: dict[str, tuple[str, ...]] = {
+    "enqueue": (PRELUDE,),
+    "fetch": (PRELUDE,),
+    "settle": (DEAD,),
+    "requeue": (PRELUDE,),
+    "retry": (PRELUDE,),
+    "reclaim": (PRELUDE, DEAD),
+    "dlq": (PRELUDE, DEAD),
+}
+SCRIPT_NAMES = tuple(PRELUDES)
 
 
 def header() -> str:
@@ -33,9 +45,9 @@ def header() -> str:
 
 
 def source(name: str) -> str:
-    """The text Redis runs for script `name`: the header, `_fifo.lua`, then `<name>.lua`."""
-    prelude = (LUA_DIR / f"{PRELUDE}.lua").read_text()
-    return header() + "\n" + prelude + "\n" + (LUA_DIR / f"{name}.lua").read_text()
+    """The text Redis runs for script `name`: the header, its preludes, then `<name>.lua`."""
+    parts = [header(), *((LUA_DIR / f"{part}.lua").read_text() for part in (*PRELUDES[name], name))]
+    return "\n".join(parts)
 
 
 def register(client: redis.Redis) -> dict[str, Script]:

@@ -15,7 +15,6 @@ from dramatiq.middleware import (
     GroupCallbacks,
     Middleware,
     Pipelines,
-    Retries,
     ShutdownNotifications,
     TimeLimit,
 )
@@ -26,6 +25,7 @@ from triage.broker.priority import InvalidPriority
 from .heartbeat import Heartbeats
 from .payload_guard import PayloadGuard, PayloadTooLarge, PayloadTypeError
 from .placement import InvalidTenant, Placement
+from .retries import Defer, RetryPolicy
 from .routing import Routing, RoutingError
 from .shutdown import GracefulShutdown
 
@@ -45,7 +45,7 @@ DEFAULT_STACK: tuple[StackEntry, ...] = (
     ShutdownNotifications,
     Callbacks,
     Pipelines,
-    Retries,
+    RetryPolicy,
     # Opt-in per actor or message (`store_results=True`, `group(...).run()` with a callback).
     Results,
     GroupCallbacks,
@@ -53,6 +53,7 @@ DEFAULT_STACK: tuple[StackEntry, ...] = (
 
 __all__ = [
     "DEFAULT_STACK",
+    "Defer",
     "GracefulShutdown",
     "Heartbeats",
     "InvalidPriority",
@@ -61,6 +62,7 @@ __all__ = [
     "PayloadTooLarge",
     "PayloadTypeError",
     "Placement",
+    "RetryPolicy",
     "Routing",
     "RoutingError",
     "StackEntry",

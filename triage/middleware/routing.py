@@ -9,7 +9,9 @@ Guarantees:
   own, and Dramatiq's worker-side priority derived from the tier (critical first).
 - Each actor records its default message priority (`message_priority`: the
   decorator's `priority=`, else the tier's), which `placement.py` applies at enqueue.
-Failure mode: a queue bound to two tiers raises `RoutingError` at declaration.
+- An actor's `retry_queue` must be a queue some tier consumes.
+Failure mode: a queue bound to two tiers, or an unknown `retry_queue`, raises
+`RoutingError` at declaration.
 """
 
 from __future__ import annotations
@@ -68,6 +70,13 @@ class Routing(Middleware):
             raise RoutingError(str(exc)) from None
 
     def before_declare_actor(self, broker: Broker, actor: Actor[Any, Any]) -> None:
+        retry_queue = actor.options.get("retry_queue")
+        if retry_queue is not None and self.taxonomy.tier_of_queue(retry_queue) is None:
+            known = ", ".join(self.taxonomy.queues)
+            raise RoutingError(
+                f"actor {actor.actor_name!r}: retry_queue {retry_queue!r} is neither a tier nor a declared "
+                f"queue ({known}); no worker would consume its retries"
+            )
         if "tier" in actor.options:
             return  # declared through a tier decorator, already bound
         tier = self._route_plain_actor(actor)

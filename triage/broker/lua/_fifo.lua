@@ -122,22 +122,6 @@ local function split_meta(meta)
   return level, tenant, tonumber(seq)
 end
 
--- Move a message to the dead letters: its body to dead.msgs, its id to dead (scored by time),
--- and what happened to dead.info (the given table, plus the deliveries count and time).
-local function dead_letter(msgs, deliveries, dead, dead_msgs, dead_info, stats, id, now, info)
-  local payload = redis.call("hget", msgs, id)
-  if payload then
-    redis.call("hset", dead_msgs, id, payload)
-  end
-  info["deliveries"] = tonumber(redis.call("hget", deliveries, id) or "0")
-  info["dead_lettered_at_ms"] = now
-  redis.call("hset", dead_info, id, cjson.encode(info))
-  redis.call("zadd", dead, now, id)
-  redis.call("hincrby", stats, "dead_total", 1)
-  redis.call("hdel", msgs, id)
-  redis.call("hdel", deliveries, id, id .. ":max")
-end
-
 -- Leave up to `tokens` wake-up tokens for idle consumers (at most WAKE_TOKENS_MAX waiting).
 local function wake_up(b, tokens)
   local wake = KEYS[b + WAKE]

@@ -3,18 +3,20 @@
 -- delivered max_deliveries times: a message that keeps killing its worker is moved to the
 -- dead letters with reason "crash-loop" instead of being delivered again.
 --
--- KEYS: the queue's block at b = 0 (KEYS[1] .. KEYS[BLOCK], laid out in _fifo.lua), then five more.
+-- KEYS: the queue's block at b = 0 (KEYS[1] .. KEYS[BLOCK], laid out in _fifo.lua), then six more.
 --   msgs        KEYS[b + MSGS]   {ns:Q}:msgs, hash id -> encoded message (quarantined ones leave it)
 --   stats       KEYS[b + STATS]  {ns:Q}:stats (running, dead_total)
 --   acks        KEYS[BLOCK + 1]  {ns:Q}:acks:<dead worker id>, hash id -> "fetch seq|level|tenant"
 --   deliveries  KEYS[BLOCK + 2]  {ns:Q}:deliveries, hash id -> deliveries so far (and "id:max")
 --   dead        KEYS[BLOCK + 3]  {ns:Q}:dead, zset id -> time dead-lettered
 --   dead_msgs   KEYS[BLOCK + 4]  {ns:Q}:dead.msgs, hash id -> message
---   dead_info   KEYS[BLOCK + 5]  {ns:Q}:dead.info, hash id -> JSON: reason, error, deliveries, ...
+--   dead_info   KEYS[BLOCK + 5]  {ns:Q}:dead.info, hash id -> JSON record (see _dead.lua)
+--   dead_idx    KEYS[BLOCK + 6]  {ns:Q}:dead.idx, the lexicographic index of the dead letters
 --   items, state, rr:level and wake are written by the _fifo.lua helpers.
--- ARGV: now_ms, the queue's max_deliveries, the dead worker's id
--- Writes: items, state, stats (running, dead_total), wake, rr:*, acks (deleted), deliveries,
---   msgs (quarantined ones leave it), dead, dead.msgs, dead.info
+-- ARGV: now_ms, the queue's max_deliveries, the dead worker's id, the queue's max dead letters
+--   and their max age in ms (0: no limit)
+-- Writes: items, state, stats (running, dead_total, dead:crash-loop), wake, rr:*, acks (deleted),
+--   deliveries, msgs (quarantined ones leave it), dead, dead.msgs, dead.info, dead.idx
 -- Returns: { messages put back, messages quarantined }
 
 local b = 0
@@ -25,6 +27,7 @@ local deliveries = KEYS[BLOCK + 2]
 local dead = KEYS[BLOCK + 3]
 local dead_msgs = KEYS[BLOCK + 4]
 local dead_info = KEYS[BLOCK + 5]
+local dead_idx = KEYS[BLOCK + 6]
 local now = tonumber(ARGV[1])
 local default_max = tonumber(ARGV[2])
 
@@ -42,13 +45,17 @@ for _, message in ipairs(inflight) do
   local count = tonumber(redis.call("hget", deliveries, id) or "0")
   local max = tonumber(redis.call("hget", deliveries, id .. ":max") or default_max)
   if count >= max then
-    dead_letter(msgs, deliveries, dead, dead_msgs, dead_info, stats, id, now, {
+    local payload = redis.call("hget", msgs, id)
+    local record = dead_record(payload, {
       reason = "crash-loop",
       error = {
         type = "WorkerDied",
         message = "its worker died while running it, " .. count .. " times (worker " .. ARGV[3] .. ")",
       },
-    })
+    }, count, now)
+    dead_add(dead, dead_msgs, dead_info, dead_idx, stats, id, payload, record, now)
+    redis.call("hdel", msgs, id)
+    redis.call("hdel", deliveries, id, id .. ":max")
     quarantined = quarantined + 1
   else
     fifo_push(b, level, tenant, id, true)
@@ -61,5 +68,8 @@ if #entries > 0 then
 end
 if back > 0 then
   wake_up(b, back)
+end
+if quarantined > 0 then
+  dead_trim(dead, dead_msgs, dead_info, dead_idx, stats, now, tonumber(ARGV[4]), tonumber(ARGV[5]))
 end
 return { back, quarantined }

@@ -1,17 +1,18 @@
 -- settle: finish an in-flight message: ack (forget it) or nack (move it to the dead letters
--- with why it failed).
+-- with why it failed, then apply the queue's retention).
 --
 -- KEYS (not the queue's block; keys.settle_keys() order):
 --   msgs        KEYS[1]  {ns:Q}:msgs, hash id -> encoded message
---   stats       KEYS[2]  {ns:Q}:stats (running, acked_total, dead_total)
+--   stats       KEYS[2]  {ns:Q}:stats (running, acked_total, dead_total, dead:<reason>, dead_trimmed_total)
 --   acks        KEYS[3]  {ns:Q}:acks:<consumer id>, hash id -> "fetch seq|level|tenant"
 --   deliveries  KEYS[4]  {ns:Q}:deliveries, hash id -> deliveries so far (and "id:max")
 --   dead        KEYS[5]  {ns:Q}:dead, zset id -> time dead-lettered
 --   dead_msgs   KEYS[6]  {ns:Q}:dead.msgs, hash id -> message
---   dead_info   KEYS[7]  {ns:Q}:dead.info, hash id -> JSON: reason, error, deliveries, ...
--- ARGV: "ack" or "nack", now_ms, id, for nack: the JSON description of the failure
--- Writes: msgs, stats (running, acked_total, dead_total), acks, deliveries, dead, dead.msgs,
---   dead.info
+--   dead_info   KEYS[7]  {ns:Q}:dead.info, hash id -> JSON record (see _dead.lua)
+--   dead_idx    KEYS[8]  {ns:Q}:dead.idx, the lexicographic index of the dead letters
+-- ARGV: "ack" or "nack", now_ms, id; for nack: the JSON description of the failure (reason,
+--   error, queue, actor), the queue's max dead letters and their max age in ms (0: no limit)
+-- Writes: msgs, stats, acks, deliveries, dead, dead.msgs, dead.info, dead.idx
 -- Returns: 1, or 0 when the message was not in flight for this consumer (already settled,
 --   or reclaimed after this worker was presumed dead).
 
@@ -22,6 +23,8 @@ local deliveries = KEYS[4]
 local dead = KEYS[5]
 local dead_msgs = KEYS[6]
 local dead_info = KEYS[7]
+local dead_idx = KEYS[8]
+local now = tonumber(ARGV[2])
 local id = ARGV[3]
 
 if redis.call("hdel", acks, id) == 0 then
@@ -29,10 +32,14 @@ if redis.call("hdel", acks, id) == 0 then
 end
 redis.call("hincrby", stats, "running", -1)
 if ARGV[1] == "nack" then
-  dead_letter(msgs, deliveries, dead, dead_msgs, dead_info, stats, id, tonumber(ARGV[2]), cjson.decode(ARGV[4]))
+  local payload = redis.call("hget", msgs, id)
+  local count = tonumber(redis.call("hget", deliveries, id) or "0")
+  local record = dead_record(payload, cjson.decode(ARGV[4]), count, now)
+  dead_add(dead, dead_msgs, dead_info, dead_idx, stats, id, payload, record, now)
+  dead_trim(dead, dead_msgs, dead_info, dead_idx, stats, now, tonumber(ARGV[5]), tonumber(ARGV[6]))
 else
   redis.call("hincrby", stats, "acked_total", 1)
-  redis.call("hdel", msgs, id)
-  redis.call("hdel", deliveries, id, id .. ":max")
 end
+redis.call("hdel", msgs, id)
+redis.call("hdel", deliveries, id, id .. ":max")
 return 1

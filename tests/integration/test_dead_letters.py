@@ -1,0 +1,250 @@
+"""Dead letters as operators use them: list, summary, show, requeue, purge, retention."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from typing import Any
+
+import redis
+from dramatiq import Actor
+from dramatiq.broker import MessageProxy
+
+from actors import default, runtime
+from tests.helpers import BIN, ROOT, env_with, triage
+from triage.admin import Admin, Filter
+from triage.broker.redis_broker import TriageBroker
+from triage.runtime import build
+from triage.settings import load_settings
+
+broker = runtime.broker
+QUEUE = "t_dlq"
+
+
+@default(queue=QUEUE)
+def t_dlq_export(org: str, n: int) -> None: ...
+
+
+@default(queue=QUEUE)
+def t_dlq_sync(org: str, n: int) -> None: ...
+
+
+def make_dead(
+    actor: Actor[Any, Any],
+    count: int,
+    *,
+    error: BaseException | None = None,
+    reason: str = "exhausted",
+    tenant: str = "acme",
+    on: TriageBroker = broker,
+) -> None:
+    """`count` messages of `actor` fetched and dead-lettered by the real consumer and scripts."""
+    for n in range(count):
+        on.enqueue(actor.message_with_options(args=(tenant, n), tenant=tenant, priority=7))
+    consumer = on.consume(QUEUE, prefetch=count, timeout=50)
+    for _ in range(count):
+        message = next(consumer)
+        assert isinstance(message, MessageProxy)
+        try:
+            raise error or RuntimeError("the export service is down")
+        except Exception as exc:  # as a worker catches what an actor raised, traceback included
+            message.stuff_exception(exc)
+        on.dead_letter_as(message, reason)
+        consumer.nack(message)
+
+
+def admin() -> Admin:
+    return Admin(load_settings())
+
+
+def test_list_is_newest_first_filtered_and_paginated(r: redis.Redis) -> None:
+    # Given dead letters of two actors, two tenants and two errors
+    make_dead(t_dlq_export, 30, tenant="acme")
+    make_dead(t_dlq_sync, 12, tenant="globex", error=ConnectionError("refused"), reason="dead_on")
+    dead = admin().dead_letters
+    # When an operator pages through every entry, 10 at a time
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page, cursor = dead.page(Filter(queue=QUEUE), limit=10, cursor=cursor)
+        seen += [e.id for e in page]
+        assert [e.dead_lettered_at_ms for e in page] == sorted((e.dead_lettered_at_ms for e in page), reverse=True)
+        if cursor is None:
+            break
+    # Then each entry is seen once
+    assert len(seen) == len(set(seen)) == 42
+    # And filters select exactly their entries, each with its fields
+    by_actor, _ = dead.page(Filter(actor="t_dlq_sync"), limit=100)
+    assert len(by_actor) == 12
+    assert {(e.tenant, e.error_type, e.reason, e.priority, e.tier) for e in by_actor} == {
+        ("globex", "ConnectionError", "dead_on", 7, "default")
+    }
+    assert len(dead.page(Filter(tenant="acme"), limit=100)[0]) == 30
+    assert len(dead.page(Filter(error="ConnectionError", reason="dead_on"), limit=100)[0]) == 12
+    assert len(dead.page(Filter(actor="t_dlq_export", error="ConnectionError"), limit=100)[0]) == 0
+    assert len(dead.page(Filter(since_ms=int(time.time() * 1000) + 60_000), limit=100)[0]) == 0
+
+
+def test_summary_groups_by_actor_error_and_reason(r: redis.Redis) -> None:
+    make_dead(t_dlq_export, 5)
+    make_dead(t_dlq_sync, 3, error=ConnectionError("refused"), reason="dead_on")
+    # When an operator asks what failed, as JSON
+    done = triage("dlq", "summary", "--json")
+    # Then one row per group, most numerous first
+    assert done.returncode == 0, done.stderr
+    groups = [(g["actor"], g["error_type"], g["reason"], g["count"]) for g in json.loads(done.stdout)["groups"]]
+    assert groups == [("t_dlq_export", "RuntimeError", "exhausted", 5), ("t_dlq_sync", "ConnectionError", "dead_on", 3)]
+
+
+def test_show_prints_the_record_the_error_and_the_message(r: redis.Redis) -> None:
+    make_dead(t_dlq_export, 1)
+    (entry,), _ = admin().dead_letters.page(Filter(queue=QUEUE))
+    done = triage("dlq", "show", entry.id, "--json")
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["message"]["args"] == ["acme", 0]
+    assert shown["error_message"] == "the export service is down"
+    assert "Traceback" in shown["traceback"]
+    assert triage("dlq", "show", "no-such-id").returncode == 1
+
+
+def _queued(r: redis.Redis) -> list[dict[str, Any]]:
+    return [broker.encoder.decode(v) for v in r.hvals(broker.keys(QUEUE).msgs)]  # type: ignore[arg-type]
+
+
+def test_requeue_by_id_resets_attempts_and_keeps_priority_and_tenant(r: redis.Redis) -> None:
+    # Given two dead letters
+    make_dead(t_dlq_export, 2)
+    page, _ = admin().dead_letters.page(Filter(queue=QUEUE))
+    target = page[0]
+    # When one is requeued by its id
+    done = triage("dlq", "requeue", target.id, "--yes")
+    # Then its message is back on its queue, attempts reset, priority and tenant kept, and it left the store
+    assert done.returncode == 0, done.stderr
+    assert "1 dead letter(s) to requeue" in done.stdout
+    assert "requeued 1" in done.stdout
+    (message,) = _queued(r)
+    assert message["message_id"] == target.message_id
+    assert (message["options"]["priority"], message["options"]["tenant"]) == (7, "acme")
+    assert message["options"]["requeued_from"] == target.id
+    assert "retries" not in message["options"]
+    assert broker.counts(QUEUE)[0] == 1
+    remaining, _ = admin().dead_letters.page(Filter(queue=QUEUE))
+    assert [e.id for e in remaining] == [page[1].id]
+    assert runtime.queue_stats()[QUEUE]["requeued_total"] == 1
+
+
+def test_requeue_by_filter_and_dry_run(r: redis.Redis) -> None:
+    make_dead(t_dlq_export, 4)
+    make_dead(t_dlq_sync, 3)
+    # When an operator first asks how many, then requeues one actor's dead letters
+    dry = triage("dlq", "requeue", "--actor", "t_dlq_sync", "--dry-run")
+    assert (dry.returncode, dry.stdout.strip()) == (0, "3 dead letter(s) to requeue")
+    assert broker.counts(QUEUE)[0] == 0
+    done = triage("dlq", "requeue", "--actor", "t_dlq_sync", "--yes")
+    # Then exactly those are back
+    assert done.returncode == 0, done.stderr
+    assert sorted(m["actor_name"] for m in _queued(r)) == ["t_dlq_sync"] * 3
+    assert len(admin().dead_letters.page(Filter(queue=QUEUE), limit=100)[0]) == 4
+
+
+def test_requeue_needs_a_selection() -> None:
+    done = triage("dlq", "requeue", "--yes")
+    assert done.returncode == 2
+    assert "say which dead letters" in done.stderr
+
+
+def test_requeue_at_a_rate(r: redis.Redis) -> None:
+    # Given 21 dead letters
+    make_dead(t_dlq_export, 21)
+    # When they are requeued at 20 per second
+    started = time.monotonic()
+    done = triage("dlq", "requeue", "--queue", QUEUE, "--rate", "20/s", "--yes")
+    elapsed = time.monotonic() - started
+    # Then all of them are back, and it took at least the second the rate asks for
+    assert done.returncode == 0, done.stderr
+    assert broker.counts(QUEUE)[0] == 21
+    assert elapsed >= 1.0, elapsed
+
+
+def test_two_operators_requeueing_at_once_enqueue_each_message_once(r: redis.Redis) -> None:
+    # Given 600 dead letters
+    make_dead(t_dlq_export, 600)
+    # When two operators requeue the same filter at the same time, at 400/s (so that they overlap)
+    command = [str(BIN / "triage"), "dlq", "requeue", "--queue", QUEUE, "--rate", "400/s", "--yes"]
+    both = [subprocess.Popen(command, cwd=ROOT, env=env_with(), stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=60)[0] for p in both]
+    # Then every message is enqueued once, and the two processes split the work
+    assert [p.returncode for p in both] == [0, 0]
+    ids = [m["message_id"] for m in _queued(r)]
+    assert len(ids) == len(set(ids)) == 600
+    requeued = [int(o.split("requeued ")[1].split(";")[0]) if "requeued " in o else 0 for o in outputs]
+    assert sum(requeued) == 600, outputs
+
+
+def test_an_interrupted_requeue_can_be_run_again(r: redis.Redis) -> None:
+    # Given 20 dead letters, of which a first requeue moved 7 before it was interrupted
+    make_dead(t_dlq_export, 20)
+    dead = admin().dead_letters
+    everything = list(dead.matching(Filter(queue=QUEUE)))
+    assert dead.requeue(everything[:7]).done == 7
+    # When the same requeue is run again (on what it listed before, as a stale list would be)
+    again = dead.requeue(everything)
+    # Then the rest is requeued and the first 7 are not enqueued twice
+    assert (again.done, again.gone) == (13, 7)
+    assert len(_queued(r)) == 20
+
+
+def test_undecodable_entries_are_not_requeued_but_can_be_purged(r: redis.Redis) -> None:
+    # Given garbage that the consumer dead-lettered as undecodable, and one normal dead letter
+    make_dead(t_dlq_export, 1)
+    r.hset(broker.keys(QUEUE).msgs, "garbage", b"\xc1\xc1")
+    r.rpush(broker.keys(QUEUE).levels[4], "")
+    r.hset(broker.keys(QUEUE).items, "5|0|", "garbage")
+    r.hset(broker.keys(QUEUE).state, mapping={"n|5|": 1, "h|5|": 0, "t|5|": 0})
+    assert next(broker.consume(QUEUE, prefetch=1, timeout=50)) is None
+    assert r.zcard(broker.keys(QUEUE).dead) == 2
+    # When everything is requeued, the garbage is skipped and stays; purge removes it
+    done = triage("dlq", "requeue", "--queue", QUEUE, "--yes")
+    assert "requeued 1" in done.stdout
+    assert "skipped 1 that cannot be decoded: garbage" in done.stderr
+    purged = triage("dlq", "purge", "--reason", "undecodable", "--yes")
+    assert "purged 1" in purged.stdout
+    assert r.zcard(broker.keys(QUEUE).dead) == 0
+    assert r.zcard(broker.keys(QUEUE).dead_idx) == 0  # no index entry left behind
+
+
+def test_retention_drops_the_oldest_and_counts_them(r: redis.Redis) -> None:
+    # Given a runtime whose default tier keeps 5 dead letters per queue
+    small = build(load_settings(tiers={"default": {"dead_letters_max": 5}}))
+    small.broker.declare_queue(QUEUE)
+    # When 8 messages are dead-lettered
+    make_dead(t_dlq_export, 8, on=small.broker)
+    # Then the 5 newest are kept, their index too, and the 3 dropped are counted
+    kept, _ = admin().dead_letters.page(Filter(queue=QUEUE), limit=100)
+    assert sorted(e.dead_lettered_at_ms for e in kept) == sorted(e.dead_lettered_at_ms for e in kept)[-5:]
+    assert len(kept) == 5
+    assert r.zcard(broker.keys(QUEUE).dead_idx) == 5 * 6
+    stats = json.loads(triage("stats", "--json").stdout)["queues"][QUEUE]
+    assert (stats["dead_letters_total"], stats["dead_letters_trimmed_total"]) == (5, 3)
+    assert stats["dead_letters_by_reason"] == {"exhausted": 8}
+    small.broker.close()
+
+
+def test_purge_asks_unless_told_not_to(r: redis.Redis) -> None:
+    make_dead(t_dlq_export, 3)
+    declined = subprocess.run(
+        [str(BIN / "triage"), "dlq", "purge", "--queue", QUEUE],
+        cwd=ROOT,
+        env=env_with(),
+        input="n\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert declined.returncode == 1
+    assert r.zcard(broker.keys(QUEUE).dead) == 3
+    done = triage("dlq", "purge", "--queue", QUEUE, "--yes")
+    assert "purged 3" in done.stdout
+    assert runtime.queue_stats()[QUEUE]["purged_total"] == 3

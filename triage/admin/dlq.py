@@ -1,0 +1,380 @@
+"""Dead letters, for operators: browse, group, show, requeue and purge, from Redis alone.
+
+Guarantees:
+- Reads change nothing. A page of `list` reads index ranges (`{ns:Q}:dead.idx`, see the
+  broker's `_dead.lua`) and the records of that page: O(log n + page) per queue, whatever
+  the number of dead letters, when filtering by one of actor, error type, tenant or reason.
+  Further filters are applied to the records read, so a page may take a few reads.
+- Newest first; a page ends with a cursor (`time-id`) from which the next page starts:
+  entries dead-lettered meanwhile do not shift the pages.
+- `requeue` moves each entry in one script call (`dlq.lua`): the entry leaves the dead
+  letters in the call that enqueues its message, so nothing is lost; two operators
+  requeueing the same entries enqueue each once (the second finds it gone); a requeue
+  interrupted (Ctrl-C, a crash) can be run again and takes what is left. The message is
+  the dead one with its attempts reset, its priority and tenant kept, `requeued_from` set
+  to the dead letter's id, and a new id in Redis.
+- An entry whose message cannot be decoded (reason `undecodable`) is not requeued: it is
+  counted as skipped and left in place; `purge` removes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from triage.broker.clock import now_ms
+from triage.broker.priority import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
+from triage.broker.redis_broker import TriageBroker
+
+SEP = b"\0"
+TOP = b"\xff"
+INDEX_CHUNK = 5000
+ACTION_CHUNK = 200
+RESET_OPTIONS = ("retries", "triage_first_failure_ms", "triage_deliveries", "redis_message_id")
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Which dead letters: every field that is set must match (since_ms: dead-lettered at or after)."""
+
+    queue: str | None = None
+    actor: str | None = None
+    tenant: str | None = None
+    error: str | None = None
+    reason: str | None = None
+    since_ms: int | None = None
+
+    def is_empty(self) -> bool:
+        return all(value is None for value in asdict(self).values())
+
+    def matches(self, entry: DeadLetter) -> bool:
+        return (
+            (self.actor is None or entry.actor == self.actor)
+            and (self.tenant is None or entry.tenant == self.tenant)
+            and (self.error is None or entry.error_type == self.error)
+            and (self.reason is None or entry.reason == self.reason)
+            and (self.since_ms is None or entry.dead_lettered_at_ms >= self.since_ms)
+        )
+
+    def index(self) -> tuple[bytes, bytes]:
+        """The index dimension to read and its value: the first filter set among actor, error,
+        tenant, reason (else every entry)."""
+        for dim, value in (("a", self.actor), ("e", self.error), ("t", self.tenant), ("r", self.reason)):
+            if value is not None:
+                return dim.encode(), value.encode()
+        return b"*", b""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: str
+    queue: str
+    tier: str
+    reason: str
+    actor: str
+    tenant: str
+    priority: int | None
+    message_id: str
+    attempts: int
+    deliveries: int
+    error_type: str
+    error_message: str
+    traceback: str
+    first_failure_ms: int
+    dead_lettered_at_ms: int
+    message: dict[str, Any] | None = field(default=None, compare=False)  # show(): the decoded message
+
+    @property
+    def cursor(self) -> str:
+        return f"{self.dead_lettered_at_ms:013d}-{self.id}"
+
+    def as_dict(self, *, traceback: bool = False) -> dict[str, Any]:
+        data = asdict(self)
+        if not traceback:
+            data.pop("traceback")
+        if self.message is None:
+            data.pop("message")
+        return data
+
+
+@dataclass(frozen=True)
+class Group:
+    queue: str
+    actor: str
+    error_type: str
+    reason: str
+    count: int
+    first_ms: int
+    last_ms: int
+
+
+@dataclass
+class ActionResult:
+    """What a requeue or purge did: `done` entries acted on, `gone` taken by someone else
+    first, `skipped` that cannot be requeued (undecodable)."""
+
+    matched: int = 0
+    done: int = 0
+    gone: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+def _record(queue: str, tier: str, redis_id: str, raw: bytes) -> DeadLetter:
+    info: dict[str, Any] = json.loads(raw)
+    error = info.get("error") or {}
+    priority = info.get("priority")
+    return DeadLetter(
+        id=redis_id,
+        queue=queue,
+        tier=tier,
+        reason=str(info.get("reason", "")),
+        actor=str(info.get("actor", "")),
+        tenant=str(info.get("tenant", "")),
+        priority=int(priority) if isinstance(priority, int | float) else None,
+        message_id=str(info.get("message_id", "")),
+        attempts=int(info.get("attempts", 1)),
+        deliveries=int(info.get("deliveries", 0)),
+        error_type=str(error.get("type", "")),
+        error_message=str(error.get("message", "")),
+        traceback=str(error.get("traceback", "")),
+        first_failure_ms=int(info.get("first_failure_ms") or info.get("dead_lettered_at_ms", 0)),
+        dead_lettered_at_ms=int(info.get("dead_lettered_at_ms", 0)),
+    )
+
+
+class DeadLetters:
+    """The dead letters of every queue `queues()` knows (name -> tier), through `broker`."""
+
+    def __init__(self, broker: TriageBroker, queues: Callable[[], dict[str, str]]) -> None:
+        self.broker = broker
+        self.queues = queues
+
+    # -- reading -------------------------------------------------------------------------
+
+    def page(
+        self, where: Filter = Filter(), *, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[DeadLetter], str | None]:
+        """A page of dead letters, newest first, and the cursor of the next page (None: no more)."""
+        found: list[DeadLetter] = []
+        for queue, tier in self._queues(where).items():
+            found += self._page(queue, tier, where, limit + 1, cursor)
+        found.sort(key=lambda e: (e.dead_lettered_at_ms, e.id), reverse=True)
+        page = found[:limit]
+        return page, (page[-1].cursor if len(found) > limit else None)
+
+    def matching(self, where: Filter) -> Iterator[DeadLetter]:
+        """Every dead letter that matches, newest first (page by page)."""
+        cursor: str | None = None
+        while True:
+            page, cursor = self.page(where, limit=500, cursor=cursor)
+            yield from page
+            if cursor is None:
+                return
+
+    def show(self, redis_id: str, queue: str | None = None) -> DeadLetter | None:
+        """One dead letter with its decoded message (args, kwargs, options), or None."""
+        queues = self.queues()
+        names = [queue] if queue else list(queues)
+        pipe = self.broker.client.pipeline(transaction=False)
+        for name in names:
+            keys = self.broker.keys(name)
+            pipe.hget(keys.dead_info, redis_id)
+            pipe.hget(keys.dead_msgs, redis_id)
+        replies = pipe.execute()
+        for index, name in enumerate(names):
+            raw, payload = replies[2 * index], replies[2 * index + 1]
+            if raw is not None:
+                entry = _record(name, queues.get(name, ""), redis_id, raw)
+                decoded = self._decode(payload)
+                message = decoded if decoded is not None else {"undecodable": True}
+                return DeadLetter(**{**asdict(entry), "message": message})
+        return None
+
+    def summary(self, where: Filter = Filter()) -> list[Group]:
+        """Dead letters grouped by (queue, actor, error type, reason), most numerous first."""
+        groups: dict[tuple[str, str, str, str], list[int]] = {}
+        for queue in self._queues(where):
+            for member in self._index_members(queue, b"g", b"", where.since_ms):
+                value, at, _ = _split(member, b"g", b"")
+                actor, error, reason = (part.decode(errors="replace") for part in value.split(b"\x01"))
+                if (
+                    (where.actor is not None and actor != where.actor)
+                    or (where.error is not None and error != where.error)
+                    or (where.reason is not None and reason != where.reason)
+                ):
+                    continue
+                row = groups.setdefault((queue, actor, error, reason), [0, at, at])
+                row[0] += 1
+                row[1], row[2] = min(row[1], at), max(row[2], at)
+        rows = [Group(*key, count=n, first_ms=first, last_ms=last) for key, (n, first, last) in groups.items()]
+        return sorted(rows, key=lambda g: (-g.count, g.queue, g.actor, g.error_type, g.reason))
+
+    # -- acting --------------------------------------------------------------------------
+
+    def requeue(
+        self,
+        entries: Sequence[DeadLetter],
+        *,
+        rate: float | None = None,
+        progress: Callable[[ActionResult], None] | None = None,
+    ) -> ActionResult:
+        """Put the entries' messages back on their queues, at most `rate` per second."""
+        result = ActionResult(matched=len(entries))
+        started = time.monotonic()
+        for chunk in _chunks(entries, max(1, min(ACTION_CHUNK, int(rate or ACTION_CHUNK)))):
+            pipe = self.broker.client.pipeline(transaction=False)
+            sent = []
+            payloads = self._payloads(chunk)
+            for entry, payload in zip(chunk, payloads, strict=True):
+                if payload is None:  # gone since it was listed: requeued or purged by someone else
+                    result.gone += 1
+                    continue
+                prepared = self._prepare(entry, payload)
+                if prepared is None:
+                    result.skipped.append(entry.id)
+                    continue
+                new_id, encoded, level, tenant, max_deliveries = prepared
+                keys = self.broker.keys(entry.queue).dead_letter_keys()
+                args: list[Any] = ["requeue", entry.id, new_id, encoded, level, tenant, max_deliveries]
+                self.broker.scripts["dlq"](keys=keys, args=args, client=pipe)
+                sent.append(entry)
+            for moved in pipe.execute() if sent else []:
+                result.done += int(moved)
+                result.gone += 1 - int(moved)
+            if progress is not None:
+                progress(result)
+            if rate:
+                ahead = (result.done + result.gone) / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+        return result
+
+    def purge(self, entries: Sequence[DeadLetter]) -> ActionResult:
+        result = ActionResult(matched=len(entries))
+        for chunk in _chunks(entries, ACTION_CHUNK):
+            pipe = self.broker.client.pipeline(transaction=False)
+            for entry in chunk:
+                self.broker.scripts["dlq"](
+                    keys=self.broker.keys(entry.queue).dead_letter_keys(), args=["purge", entry.id], client=pipe
+                )
+            for removed in pipe.execute():
+                result.done += int(removed)
+                result.gone += 1 - int(removed)
+        return result
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _queues(self, where: Filter) -> dict[str, str]:
+        queues = self.queues()
+        if where.queue is not None:
+            return {where.queue: queues.get(where.queue, "")}
+        return queues
+
+    def _page(self, queue: str, tier: str, where: Filter, want: int, cursor: str | None) -> list[DeadLetter]:
+        """Up to `want` matching entries of one queue, newest first, older than `cursor`."""
+        dim, value = where.index()
+        prefix = dim + SEP + value + SEP
+        upper = b"[" + prefix + TOP
+        if cursor:
+            at, _, redis_id = cursor.partition("-")
+            upper = b"(" + prefix + at.encode() + SEP + redis_id.encode()
+        lower = b"[" + prefix + (f"{where.since_ms:013d}".encode() if where.since_ms else b"")
+        keys = self.broker.keys(queue)
+        out: list[DeadLetter] = []
+        while len(out) < want:
+            members: list[bytes] = self.broker.client.zrevrangebylex(  # type: ignore[assignment]
+                keys.dead_idx, upper, lower, start=0, num=max(want * 2, 50)
+            )
+            if not members:
+                break
+            ids = [member.rpartition(SEP)[2].decode() for member in members]
+            records: list[Any] = self.broker.client.hmget(keys.dead_info, ids)
+            for redis_id, raw in zip(ids, records, strict=True):
+                if raw is not None:
+                    entry = _record(queue, tier, redis_id, raw)
+                    if where.matches(entry):
+                        out.append(entry)
+            upper = b"(" + members[-1]
+        return out[:want]
+
+    def _index_members(self, queue: str, dim: bytes, value: bytes, since_ms: int | None) -> Iterator[bytes]:
+        prefix = dim + SEP + value
+        lower = b"[" + prefix + SEP + (f"{since_ms:013d}".encode() if since_ms else b"")
+        upper = b"[" + prefix + TOP
+        key = self.broker.keys(queue).dead_idx
+        while True:
+            members: list[bytes] = self.broker.client.zrangebylex(  # type: ignore[assignment]
+                key, lower, upper, start=0, num=INDEX_CHUNK
+            )
+            yield from members
+            if len(members) < INDEX_CHUNK:
+                return
+            lower = b"(" + members[-1]
+
+    def _payloads(self, entries: Sequence[DeadLetter]) -> list[bytes | None]:
+        pipe = self.broker.client.pipeline(transaction=False)
+        for entry in entries:
+            pipe.hget(self.broker.keys(entry.queue).dead_msgs, entry.id)
+        return list(pipe.execute())
+
+    def _decode(self, payload: bytes | None) -> dict[str, Any] | None:
+        if not payload:
+            return None
+        try:
+            fields = self.broker.encoder.decode(payload)
+        except Exception:
+            return None
+        return fields if isinstance(fields, dict) and "actor_name" in fields else None
+
+    def _prepare(self, entry: DeadLetter, payload: bytes | None) -> tuple[str, bytes, int, str, int] | None:
+        """The requeued message: (new id, encoded, level, tenant, max deliveries), or None if undecodable."""
+        fields = self._decode(payload)
+        if fields is None:
+            return None
+        options = {k: v for k, v in dict(fields.get("options") or {}).items() if k not in RESET_OPTIONS}
+        new_id = os.urandom(16).hex()
+        options.update(redis_message_id=new_id, requeued_from=entry.id)
+        priority = options.get("priority")
+        level = priority if isinstance(priority, int) and MIN_PRIORITY <= priority <= MAX_PRIORITY else DEFAULT_PRIORITY
+        tenant = options.get("tenant") if isinstance(options.get("tenant"), str) else ""
+        max_deliveries = options.get("max_deliveries")
+        encoded = self.broker.encoder.encode({**fields, "options": options})
+        return new_id, encoded, level, str(tenant), int(max_deliveries) if isinstance(max_deliveries, int) else 0
+
+
+def _split(member: bytes, dim: bytes, value: bytes) -> tuple[bytes, int, str]:
+    """An index member -> (value, time dead-lettered, id)."""
+    rest = member[len(dim) + 1 :]
+    head, at, redis_id = rest.rsplit(SEP, 2)
+    return head, int(at), redis_id.decode()
+
+
+def _chunks(items: Sequence[DeadLetter], size: int) -> Iterator[Sequence[DeadLetter]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def since(duration: str, *, now: int | None = None) -> int:
+    """`30s`, `15m`, `1h`, `7d` before now, in epoch ms."""
+    units = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+    number, unit = duration[:-1], duration[-1:]
+    if unit not in units or not number.replace(".", "", 1).isdigit():
+        raise ValueError(f"{duration!r} is not a duration like 30s, 15m, 1h or 7d")
+    return (now if now is not None else now_ms()) - int(float(number) * units[unit])
+
+
+def rate(value: str) -> float:
+    """`50/s`, `600/m`, `3000/h` or `50` (per second) -> messages per second."""
+    number, _, unit = value.partition("/")
+    per = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+    try:
+        count = float(number)
+    except ValueError:
+        count = -1.0
+    if unit not in per or count <= 0:
+        raise ValueError(f"{value!r} is not a rate like 50/s, 600/m or 3000/h")
+    return count / per[unit]

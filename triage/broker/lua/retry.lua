@@ -1,0 +1,67 @@
+-- retry: settle a delivery by putting its message back, in one atomic step, so that a retry
+-- or a deferral is never lost between "enqueue again" and "forget the failed delivery":
+--   "retry"  the message (re-encoded by the caller: retries + 1) takes a new id, on this queue
+--            or another (retry_queue), after its backoff; the delivery count starts again;
+--   "defer"  the same message, same id and queue, after a delay; no retry is used and the
+--            delivery does not count (the fetch's increment is undone).
+-- Either way it keeps its priority and tenant, and goes to the tail of its level and tenant.
+--
+-- KEYS: the block of the queue it goes to, at b = 0 (KEYS[1] .. KEYS[BLOCK], laid out in
+--   _fifo.lua), then six more; the last four are the queue it was fetched from (the same queue
+--   for a deferral, and for a retry that stays).
+--   msgs            KEYS[b + MSGS]     {ns:T}:msgs, hash id -> encoded message
+--   delayed         KEYS[b + DELAYED]  {ns:T}:delayed, zset "id|level|tenant" scored by eta
+--   deliveries      KEYS[BLOCK + 1]    {ns:T}:deliveries ("id:max": a message's own limit)
+--   retrying        KEYS[BLOCK + 2]    {ns:T}:retrying, zset id -> eta of the retries waiting
+--   src_msgs        KEYS[BLOCK + 3]    {ns:Q}:msgs (the failed delivery's message leaves it)
+--   src_stats       KEYS[BLOCK + 4]    {ns:Q}:stats (running, retries_total, deferred_total)
+--   src_acks        KEYS[BLOCK + 5]    {ns:Q}:acks:<consumer id>, the in-flight record
+--   src_deliveries  KEYS[BLOCK + 6]    {ns:Q}:deliveries, hash id -> deliveries so far
+--   items, state, rr:level and wake (of the target) are written by the _fifo.lua helpers.
+-- ARGV: "retry" or "defer", now_ms, id in flight, new id (retry), encoded message (retry),
+--   level, tenant, eta_ms, max_deliveries of the new message (0: the queue's default)
+-- Writes: msgs, delayed, retrying, items, state, rr:*, wake, deliveries; src_msgs, src_stats,
+--   src_acks, src_deliveries
+-- Returns: 1, or 0 when the message was not in flight for this consumer (already settled, or
+--   reclaimed after this worker was presumed dead): then nothing is written.
+
+local b = 0
+local msgs = KEYS[b + MSGS]
+local delayed = KEYS[b + DELAYED]
+local deliveries = KEYS[BLOCK + 1]
+local retrying = KEYS[BLOCK + 2]
+local src_msgs = KEYS[BLOCK + 3]
+local src_stats = KEYS[BLOCK + 4]
+local src_acks = KEYS[BLOCK + 5]
+local src_deliveries = KEYS[BLOCK + 6]
+local mode, now, old = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local level, tenant, eta = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
+
+if redis.call("hdel", src_acks, old) == 0 then
+  return 0
+end
+redis.call("hincrby", src_stats, "running", -1)
+local id = old
+if mode == "defer" then
+  redis.call("hincrby", src_deliveries, old, -1)
+  redis.call("hincrby", src_stats, "deferred_total", 1)
+else
+  id = ARGV[4]
+  redis.call("hdel", src_msgs, old)
+  redis.call("hdel", src_deliveries, old, old .. ":max")
+  redis.call("hset", msgs, id, ARGV[5])
+  if tonumber(ARGV[9]) > 0 then
+    redis.call("hset", deliveries, id .. ":max", ARGV[9])
+  end
+  redis.call("hincrby", src_stats, "retries_total", 1)
+end
+if eta > now then
+  redis.call("zadd", delayed, eta, id .. "|" .. level .. "|" .. tenant)
+  if mode ~= "defer" then
+    redis.call("zadd", retrying, eta, id)
+  end
+else
+  fifo_push(b, level, tenant, id, false)
+end
+wake_up(b, 1)
+return 1

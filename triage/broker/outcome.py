@@ -1,0 +1,49 @@
+"""How a delivery ends when it is neither a plain ack nor a plain nack: retried, deferred,
+or dead-lettered for a stated reason.
+
+Guarantees: a policy decides in `after_process_message` (or before running the message) and
+records its decision on the delivered message with `set_outcome`; nothing is written to Redis
+then. The consumer applies the decision when Dramatiq settles the delivery, in one script call
+together with forgetting the delivery (`retry.lua`, `settle.lua`), so a decision that cannot
+be written leaves the message in flight, to be settled when Redis answers or reclaimed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+from dramatiq.broker import MessageProxy
+from dramatiq.message import Message
+
+
+class Placed(NamedTuple):
+    """A message ready to be stored: its encoding and where it goes."""
+
+    message: Message[Any]
+    delay: int | None
+    payload: bytes
+    level: int
+    tenant: str
+    eta: int
+    max_deliveries: int  # 0: the queue's default
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: Literal["retry", "defer", "dead"]
+    placed: Placed | None = None  # retry: the message to store instead
+    delay_ms: int = 0  # defer
+    reason: str = ""  # dead: exhausted, dead_on, ...
+
+
+_ATTRIBUTE = "_triage_outcome"
+
+
+def set_outcome(message: MessageProxy, outcome: Outcome) -> None:
+    setattr(message, _ATTRIBUTE, outcome)
+
+
+def outcome_of(message: MessageProxy) -> Outcome | None:
+    outcome = message.__dict__.get(_ATTRIBUTE)
+    return outcome if isinstance(outcome, Outcome) else None
