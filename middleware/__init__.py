@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dramatiq.middleware import (
     AgeLimit,
-    Callbacks,
     CurrentMessage,
     GroupCallbacks,
     Pipelines,
@@ -19,7 +18,16 @@ from dramatiq.middleware import (
 )
 from dramatiq.results import Results
 
-from triage.middleware import GracefulShutdown, Heartbeats, PayloadGuard, Placement, RetryPolicy, Routing, StackEntry
+from triage.middleware import (
+    Callbacks,
+    GracefulShutdown,
+    Heartbeats,
+    PayloadGuard,
+    Placement,
+    RetryPolicy,
+    Routing,
+    StackEntry,
+)
 
 STACK: list[StackEntry] = [
     # Producer side, in this order for `before_enqueue`:
@@ -33,7 +41,7 @@ STACK: list[StackEntry] = [
     AgeLimit,
     TimeLimit,  # the tier's time limit
     ShutdownNotifications,
-    Callbacks,
+    Callbacks,  # on_success / on_failure (a deferral is not a failure)
     Pipelines,
     RetryPolicy,  # the tier's retry policy and dead letters with a reason
     Results,  # opt-in: store_results=True

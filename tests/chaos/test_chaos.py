@@ -271,8 +271,10 @@ def test_redis_kill_9_while_actors_use_redis(chaos: Chaos) -> None:
     # Then no acknowledged message is lost: each failed delivery was retried, and its retry
     # and the ack of the failure were one step, applied once Redis answered again
     assert seen["lost"] == 0, f"{seen['lost']} acknowledged messages never ran"
-    assert len(written) >= seen["sent"] - seen["lost"]
     assert seen["restarts"] == 0
+    # And the outage did make actors fail (the test exercised the retry path)
+    assert retries > 0
+    assert len(written) == seen["sent"]
 
 
 def start_sentinels(tmp: Path, primary_port: int, count: int = 3) -> tuple[list[subprocess.Popen[bytes]], list[int]]:

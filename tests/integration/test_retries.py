@@ -5,17 +5,20 @@ from __future__ import annotations
 import json
 import random
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis
+from dramatiq import Retry
 from dramatiq.broker import MessageProxy
 
 from actors import default, runtime
 from tests import worker_actors as wa
 from tests.helpers import dramatiq_worker, wait_for
+from triage import Defer
 from triage.broker.clock import now_ms
-from triage.middleware import RoutingError
+from triage.middleware import Callbacks, RoutingError
 from triage.middleware.retries import RetryPolicy, backoff_ms
 
 broker = runtime.broker
@@ -213,3 +216,129 @@ def test_exhausted_retries_notify_the_on_retry_exhausted_actor(r: redis.Redis) -
     sent = broker.encoder.decode(payload)
     assert sent["args"][0]["args"] == [5]
     assert sent["args"][1] == {"retries": 1, "max_retries": 1}
+
+
+@default(queue="t_backoff", retry_on=(ConnectionError,), max_retries=3, min_backoff=10)
+def t_retry_on(token: int) -> None: ...
+
+
+@default(queue="t_backoff", throws=(KeyError,), max_retries=3, min_backoff=10)
+def t_throws(token: int) -> None: ...
+
+
+@default(queue="t_backoff", retry_when=lambda retries, exc: retries < 1, min_backoff=10)
+def t_retry_when(token: int) -> None: ...
+
+
+@default(queue="t_backoff", retry_when=lambda retries, exc: 1 / 0, min_backoff=10)
+def t_broken_policy(token: int) -> None: ...
+
+
+def _decide(
+    actor: Any, exception: BaseException, before_settle: Callable[[], object] = lambda: None, **options: Any
+) -> tuple[MessageProxy, Any]:
+    """Deliver one message of `actor`, fail it with `exception` through the policy, settle it as the
+    worker would (ack unless failed), and return the delivered message and the consumer."""
+    actor.send_with_options(args=(1,), **options)
+    consumer = broker.consume("t_backoff", prefetch=1, timeout=50)
+    message = next(consumer)
+    assert isinstance(message, MessageProxy)
+    before_settle()
+    RetryPolicy().after_process_message(broker, message, exception=exception)
+    (consumer.nack if message.failed else consumer.ack)(message)
+    return message, consumer
+
+
+def _first_eta() -> int:
+    scheduled: list[tuple[bytes, float]] = broker.client.zrange(  # type: ignore[assignment]
+        broker.keys("t_backoff").delayed, 0, 0, withscores=True
+    )
+    return int(scheduled[0][1])
+
+
+def _reasons(r: redis.Redis) -> list[str]:
+    return [json.loads(v)["reason"] for v in r.hvals(broker.keys("t_backoff").dead_info)]
+
+
+def test_retry_on_retries_only_those_exceptions(r: redis.Redis) -> None:
+    # Given an actor that retries only ConnectionError
+    _decide(t_retry_on, ConnectionError("refused"))
+    assert runtime.queue_stats()["t_backoff"]["retrying"] == 1
+    # When it raises something else, then it goes straight to the dead letters
+    broker.client.delete(*broker.keys("t_backoff").message_keys())
+    _decide(t_retry_on, ValueError("bad"))
+    assert _reasons(r) == ["dead_on"]
+
+
+def test_throws_is_dead_on(r: redis.Redis) -> None:
+    _decide(t_throws, KeyError("missing"))
+    assert _reasons(r) == ["dead_on"]
+
+
+def test_retry_when_replaces_max_retries(r: redis.Redis) -> None:
+    _decide(t_retry_when, RuntimeError("first"))
+    assert runtime.queue_stats()["t_backoff"]["retrying"] == 1
+    _decide(t_retry_when, RuntimeError("second"), retries=1)
+    assert _reasons(r) == ["exhausted"]
+
+
+def test_a_policy_that_raises_dead_letters_the_message_instead_of_losing_it(r: redis.Redis) -> None:
+    # Given a retry_when that raises ZeroDivisionError
+    message, _ = _decide(t_broken_policy, RuntimeError("boom"))
+    # Then the message is not acked away: it is in the dead letters, exhausted
+    assert message.failed
+    assert _reasons(r) == ["exhausted"]
+
+
+def test_dramatiq_retry_with_a_delay_waits_that_long(r: redis.Redis) -> None:
+    before = now_ms()
+    _decide(t_exponential, Retry(delay=700))
+    assert 700 <= _first_eta() - before <= 800
+
+
+def test_a_deferral_is_the_same_message_with_its_priority_tenant_and_delay(r: redis.Redis) -> None:
+    # Given a message with a priority and a tenant, deferred by 500 ms
+    before = now_ms()
+    message, _ = _decide(t_exponential, Defer(delay_ms=500), priority=8, tenant="acme")
+    # Then the same message (same Redis id) waits in the delayed set, at its level and tenant
+    member = broker.client.zrange(broker.keys("t_backoff").delayed, 0, 0)[0]
+    assert member == f"{message.options['redis_message_id']}|8|acme".encode()
+    assert 500 <= _first_eta() - before <= 600
+    stats = runtime.queue_stats()["t_backoff"]
+    assert (stats["retrying"], stats["delayed"], stats["deferred_total"]) == (0, 1, 1)
+
+
+@default(queue="t_backoff", on_failure="t_failure_hook")
+def t_with_failure_hook(token: int) -> None: ...
+
+
+@default(queue="t_hook")
+def t_failure_hook(message: dict[str, Any], error: dict[str, Any]) -> None: ...
+
+
+def test_a_deferral_does_not_fire_on_failure(r: redis.Redis) -> None:
+    # Given an actor with an on_failure callback
+    t_with_failure_hook.send(1)
+    message = next(broker.consume("t_backoff", prefetch=1, timeout=50))
+    assert isinstance(message, MessageProxy)
+    # When it defers, then no failure is reported; when it fails, one is
+    Callbacks().after_process_message(broker, message, exception=Defer(delay_ms=10))
+    assert broker.counts("t_hook")[0] == 0
+    Callbacks().after_process_message(broker, message, exception=RuntimeError("failed"))
+    assert broker.counts("t_hook")[0] == 1
+
+
+def test_a_retry_that_redis_refuses_is_dead_lettered_not_left_in_flight(r: redis.Redis) -> None:
+    # Given a message in flight, and then the queue's delayed set replaced by a string (Redis
+    # answers WRONGTYPE to the retry script)
+    def break_delayed_set() -> None:
+        r.set(broker.keys("t_backoff").delayed, "not a zset")
+
+    # When it fails and its retry is refused
+    _decide(t_exponential, RuntimeError("boom"), before_settle=break_delayed_set)
+    # Then it is in the dead letters as retry-failed, and no longer in flight
+    assert _reasons(r) == ["retry-failed"]
+    keys = broker.keys("t_backoff")
+    assert r.hlen(keys.acks(broker.broker_id)) == 0
+    assert r.hget(keys.stats, "running") == b"0"
+    assert r.hlen(keys.msgs) == 0  # nothing half-written

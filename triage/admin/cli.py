@@ -7,7 +7,8 @@ Guarantees:
   `--app` (env `TRIAGE_APP`, default `actors`), importable from the current directory.
 - Every listing has `--json`, whose field names are a public contract (add, never rename).
 - A bad configuration or usage exits with status 2 and a message naming the problem; an
-  unreachable Redis exits with status 1 and names the (redacted) URL. No traceback for
+  unreachable Redis exits with status 1 and names the (redacted) URL; a dead letter that
+  does not exist, 3. No traceback for
   either, and no password, ever.
 """
 
@@ -34,6 +35,8 @@ from .demo import produce
 from .dlq import DeadLetter, Filter
 from .ops import Admin, UnknownQueue
 from .run import run_stack
+
+NOT_FOUND = 3  # exit status: no such dead letter (2 is bad usage or configuration, 1 an unreachable Redis)
 
 APP_OPTION = click.option(
     "--app",
@@ -259,6 +262,8 @@ def dlq_list(limit: int, cursor: str | None, as_json: bool, **filters: Any) -> N
 def dlq_summary(as_json: bool, **filters: Any) -> None:
     """Dead letters grouped by queue, actor, error type and reason, most numerous first."""
     admin = _admin()
+    if filters.get("tenant") is not None:
+        _fail("--tenant: the summary groups by actor, error type and reason; use `dlq list --tenant`", 2)
     with _reporting_redis_errors(admin.settings):
         groups = admin.dead_letters.summary(_where(**filters))
     if as_json:
@@ -282,7 +287,7 @@ def dlq_show(entry_id: str, queue: str | None, as_json: bool) -> None:
     with _reporting_redis_errors(admin.settings):
         entry = admin.dead_letters.show(entry_id, queue)
     if entry is None:
-        _fail(f"no dead letter {entry_id!r}", 1)
+        _fail(f"no dead letter {entry_id!r}", NOT_FOUND)
     data = entry.as_dict(traceback=True)
     if as_json:
         click.echo(json.dumps(data, indent=2, default=repr))
@@ -304,7 +309,7 @@ def _selection(admin: Admin, ids: tuple[str, ...], everything: bool, where: Filt
             found = [admin.dead_letters.show(i, where.queue) for i in ids]
             missing = [i for i, e in zip(ids, found, strict=True) if e is None]
             if missing:
-                _fail(f"no dead letter {', '.join(missing)}", 1)
+                _fail(f"no dead letter {', '.join(missing)}", NOT_FOUND)
             return [e for e in found if e is not None]
         return list(admin.dead_letters.matching(where))
 
@@ -314,7 +319,8 @@ def _confirm(count: int, verb: str, yes: bool, dry_run: bool) -> bool:
     if dry_run or count == 0:
         return False
     if not yes and not click.confirm(f"{verb.capitalize()} them?", default=False):
-        _fail("nothing done", 1)
+        click.echo("nothing done")
+        return False
     return True
 
 

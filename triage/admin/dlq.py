@@ -23,7 +23,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from triage.broker.clock import now_ms
@@ -167,11 +167,12 @@ class DeadLetters:
         return page, (page[-1].cursor if len(found) > limit else None)
 
     def matching(self, where: Filter) -> Iterator[DeadLetter]:
-        """Every dead letter that matches, newest first (page by page)."""
+        """Every dead letter that matches, newest first (page by page), without its traceback
+        (a requeue or purge of 100,000 entries needs their ids, not their tracebacks)."""
         cursor: str | None = None
         while True:
             page, cursor = self.page(where, limit=500, cursor=cursor)
-            yield from page
+            yield from (replace(entry, traceback="", error_message=entry.error_message[:200]) for entry in page)
             if cursor is None:
                 return
 
@@ -195,14 +196,23 @@ class DeadLetters:
         return None
 
     def summary(self, where: Filter = Filter()) -> list[Group]:
-        """Dead letters grouped by (queue, actor, error type, reason), most numerous first."""
+        """Dead letters grouped by (queue, actor, error type, reason), most numerous first.
+
+        Reads the group index of each queue whole (about 0.8 s for 100,000 entries); a tenant
+        filter is refused (the groups do not record tenants: `page` filters by tenant)."""
+        if where.tenant is not None:
+            raise ValueError(
+                "the summary groups by actor, error type and reason, not by tenant; list by tenant instead"
+            )
         groups: dict[tuple[str, str, str, str], list[int]] = {}
         for queue in self._queues(where):
-            for member in self._index_members(queue, b"g", b"", where.since_ms):
+            self._ensure_indexed(queue)
+            for member in self._index_members(queue, b"g"):
                 value, at, _ = _split(member, b"g", b"")
                 actor, error, reason = (part.decode(errors="replace") for part in value.split(b"\x01"))
                 if (
-                    (where.actor is not None and actor != where.actor)
+                    (where.since_ms is not None and at < where.since_ms)
+                    or (where.actor is not None and actor != where.actor)
                     or (where.error is not None and error != where.error)
                     or (where.reason is not None and reason != where.reason)
                 ):
@@ -230,10 +240,10 @@ class DeadLetters:
             sent = []
             payloads = self._payloads(chunk)
             for entry, payload in zip(chunk, payloads, strict=True):
-                if payload is None:  # gone since it was listed: requeued or purged by someone else
+                if payload is False:  # gone since it was listed: requeued or purged by someone else
                     result.gone += 1
                     continue
-                prepared = self._prepare(entry, payload)
+                prepared = self._prepare(entry, payload) if isinstance(payload, bytes) else None
                 if prepared is None:
                     result.skipped.append(entry.id)
                     continue
@@ -276,6 +286,7 @@ class DeadLetters:
 
     def _page(self, queue: str, tier: str, where: Filter, want: int, cursor: str | None) -> list[DeadLetter]:
         """Up to `want` matching entries of one queue, newest first, older than `cursor`."""
+        self._ensure_indexed(queue)
         dim, value = where.index()
         prefix = dim + SEP + value + SEP
         upper = b"[" + prefix + TOP
@@ -301,10 +312,25 @@ class DeadLetters:
             upper = b"(" + members[-1]
         return out[:want]
 
-    def _index_members(self, queue: str, dim: bytes, value: bytes, since_ms: int | None) -> Iterator[bytes]:
-        prefix = dim + SEP + value
-        lower = b"[" + prefix + SEP + (f"{since_ms:013d}".encode() if since_ms else b"")
-        upper = b"[" + prefix + TOP
+    def _ensure_indexed(self, queue: str) -> None:
+        """Index the dead letters that have no index entry (written by an earlier version)."""
+        keys = self.broker.keys(queue)
+        pipe = self.broker.client.pipeline(transaction=True)
+        pipe.zcard(keys.dead)
+        pipe.zlexcount(keys.dead_idx, b"[*" + SEP, b"[*" + SEP + TOP)
+        dead, indexed = pipe.execute()
+        if dead == indexed:
+            return
+        have = {member.rpartition(SEP)[2] for member in self._index_members(queue, b"*")}
+        ids: list[bytes] = self.broker.client.zrange(keys.dead, 0, -1)  # type: ignore[assignment]
+        missing = [i for i in ids if i not in have]
+        for start in range(0, len(missing), ACTION_CHUNK):
+            args: list[Any] = ["index", *missing[start : start + ACTION_CHUNK]]
+            self.broker.scripts["dlq"](keys=keys.dead_letter_keys(), args=args)
+
+    def _index_members(self, queue: str, dim: bytes) -> Iterator[bytes]:
+        """Every index member of one dimension, in index order."""
+        lower, upper = b"[" + dim + SEP, b"[" + dim + SEP + TOP
         key = self.broker.keys(queue).dead_idx
         while True:
             members: list[bytes] = self.broker.client.zrangebylex(  # type: ignore[assignment]
@@ -315,11 +341,16 @@ class DeadLetters:
                 return
             lower = b"(" + members[-1]
 
-    def _payloads(self, entries: Sequence[DeadLetter]) -> list[bytes | None]:
+    def _payloads(self, entries: Sequence[DeadLetter]) -> list[bytes | bool]:
+        """Each entry's message; False if the entry is gone, True if it is there without a message."""
         pipe = self.broker.client.pipeline(transaction=False)
         for entry in entries:
-            pipe.hget(self.broker.keys(entry.queue).dead_msgs, entry.id)
-        return list(pipe.execute())
+            keys = self.broker.keys(entry.queue)
+            pipe.hget(keys.dead_msgs, entry.id)
+            pipe.hexists(keys.dead_info, entry.id)
+        replies = pipe.execute()
+        pairs = zip(replies[::2], replies[1::2], strict=True)
+        return [payload if payload is not None else bool(there) for payload, there in pairs]
 
     def _decode(self, payload: bytes | None) -> dict[str, Any] | None:
         if not payload:

@@ -191,14 +191,16 @@ class TriageConsumer(Consumer):
         """Forget the delivery; or, when a policy decided so, retry or defer it in the same call."""
         redis_id = message.options["redis_message_id"]
         outcome = outcome_of(message)
-        if outcome is None or outcome.kind == "dead":
+        if outcome is None:
             self._settle("settle", self.settle_keys, ["ack", now_ms(), redis_id], redis_id)
+        elif outcome.kind == "dead":  # decided dead but not failed: dead-letter it all the same
+            self.nack(message)
         elif outcome.kind == "defer":
             now = now_ms()
             level = message.options.get("priority", DEFAULT_PRIORITY)
             tenant = message.options.get("tenant") or ""
             args = ["defer", now, redis_id, "", "", level, tenant, now + outcome.delay_ms, 0]
-            self._settle("retry", self.keys.retry_keys(self.keys, self.consumer_id), args, redis_id)
+            self._settle_retry(message, self.keys.retry_keys(self.keys, self.consumer_id), args)
         else:
             placed = outcome.placed
             assert placed is not None
@@ -215,7 +217,22 @@ class TriageConsumer(Consumer):
                 placed.eta,
                 placed.max_deliveries,
             ]
-            self._settle("retry", target.retry_keys(self.keys, self.consumer_id), args, redis_id)
+            self._settle_retry(message, target.retry_keys(self.keys, self.consumer_id), args)
+
+    def _settle_retry(self, message: MessageProxy, keys: list[str], args: list[Any]) -> None:
+        """Run retry.lua; if Redis refuses it (not unreachable: an error of the script or of the
+        keys, such as a retry queue in another cluster slot), dead-letter the message instead
+        (reason `retry-failed`) rather than leave it in flight for good."""
+        try:
+            self.broker.backlog.run("retry", keys, args)
+        except redis.ResponseError as exc:
+            logger.error("Retry of message %s refused by Redis (%s); dead-lettered instead.", message, exc)
+            self._nack(message, "retry-failed", exc)  # releases it
+            return
+        except BaseException:
+            self._release([message.options["redis_message_id"]])
+            raise
+        self._release([message.options["redis_message_id"]])
 
     def nack(self, message: MessageProxy) -> None:
         """Move the message to the dead letters, with why (the policy's reason, else what failed)."""
@@ -227,6 +244,9 @@ class TriageConsumer(Consumer):
             reason = "unknown-actor"
         else:
             reason = "failed" if exception is not None else "expired"  # Dramatiq's AgeLimit fails with none
+        self._nack(message, reason, exception)
+
+    def _nack(self, message: MessageProxy, reason: str, exception: BaseException | None) -> None:
         info = failure_info(reason, exception, actor=message.actor_name, queue=self.queue_name)
         limits = self.broker.dead_letter_limits(self.queue_name)
         redis_id = message.options["redis_message_id"]

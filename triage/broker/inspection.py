@@ -1,7 +1,8 @@
 """A read-only view of the queues in Redis, for `triage stats` and the admin surface.
 
 Guarantees:
-- Reads only; one pipelined round trip for every queue, no `KEYS`/`SCAN`.
+- Reads only; one round trip (MULTI/EXEC: one consistent snapshot) for every queue, no
+  `KEYS`/`SCAN`.
 - Field names are a public contract (`queued`, `delayed`, `retrying`, `running`,
   `dead_letters_total`, `paused`, ...): fields may be added, never renamed.
 - A queue's messages are counted once each: `queued` (waiting in the queue), `delayed`
@@ -46,7 +47,7 @@ def queue_stats(
 ) -> dict[str, QueueCounters]:
     """Counters of each queue in `queues`, in the order given."""
     names = list(queues)
-    pipe = client.pipeline(transaction=False)
+    pipe = client.pipeline(transaction=True)  # one snapshot: delayed - retrying is never negative
     for queue in names:
         keys = keys_of(queue)
         pipe.hlen(keys.items)

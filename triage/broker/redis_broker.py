@@ -219,9 +219,10 @@ class TriageBroker(Broker):
 
     def retry_later(self, message: MessageProxy, retried: Message[Any], *, delay_ms: int) -> None:
         """Settle `message` by storing `retried` instead (on its queue, after `delay_ms`), in
-        the same script call that forgets the failed delivery (see `outcome.py`). Raises what
-        enqueue raises before anything is decided (e.g. the payload guard)."""
-        set_outcome(message, Outcome("retry", placed=self._place(retried, delay_ms)))
+        the same script call that forgets the failed delivery (see `outcome.py`). A retry is
+        not a new submission: the producer hooks (`before_enqueue`: payload guard, priority
+        hook, ...) do not run again, so it keeps the priority and tenant it had."""
+        set_outcome(message, Outcome("retry", placed=self._place(retried, delay_ms, hooks=False)))
 
     def defer(self, message: MessageProxy, *, delay_ms: int) -> None:
         """Settle `message` by putting it back on its queue after `delay_ms`, the same message:
@@ -233,7 +234,7 @@ class TriageBroker(Broker):
         set_outcome(message, Outcome("dead", reason=reason))
         message.fail()
 
-    def _place(self, message: Message[Any], delay: int | None) -> Placed:
+    def _place(self, message: Message[Any], delay: int | None, *, hooks: bool = True) -> Placed:
         if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int) or delay < 0):
             raise ValueError(f"actor {message.actor_name!r}: delay must be a whole number of ms >= 0, got {delay!r}")
         # A fresh id per enqueue: a retried message keeps its message_id but is a new delivery,
@@ -251,7 +252,8 @@ class TriageBroker(Broker):
             message_id=message.message_id,
             message_timestamp=message.message_timestamp,
         )
-        self.emit_before("enqueue", message, delay)
+        if hooks:
+            self.emit_before("enqueue", message, delay)
         level = check_priority(message.options.get("priority", DEFAULT_PRIORITY), actor_name=message.actor_name)
         tenant = message.options.get("tenant") or SHARED_TENANT
         eta = now_ms() + delay if delay else 0
@@ -302,6 +304,12 @@ class TriageBroker(Broker):
         self._registered.update(dict.fromkeys(unregistered, time.monotonic()))
         if self.min_replicas and replies[-1] < self.min_replicas:
             raise ReplicationError(len(placed), int(replies[-1]), self.min_replicas, self.replica_timeout_ms)
+
+    def trim_dead_letters(self, queue_name: str) -> int:
+        """Apply the queue's dead-letter retention now (an idle queue is trimmed too); entries dropped."""
+        args: list[Any] = ["trim", now_ms(), *self.dead_letter_limits(queue_name)]
+        dropped: int = self.scripts["dlq"](keys=self.keys(queue_name).dead_letter_keys(), args=args)
+        return dropped
 
     def queue_labels(self) -> dict[str, str]:
         """Every declared queue and its label, for the registry."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dramatiq.middleware import (
     AgeLimit,
-    Callbacks,
     CurrentMessage,
     GroupCallbacks,
     Middleware,
@@ -22,6 +21,7 @@ from dramatiq.results import Results
 
 from triage.broker.priority import InvalidPriority
 
+from .callbacks import Callbacks
 from .heartbeat import Heartbeats
 from .payload_guard import PayloadGuard, PayloadTooLarge, PayloadTypeError
 from .placement import InvalidTenant, Placement
@@ -53,6 +53,7 @@ DEFAULT_STACK: tuple[StackEntry, ...] = (
 
 __all__ = [
     "DEFAULT_STACK",
+    "Callbacks",
     "Defer",
     "GracefulShutdown",
     "Heartbeats",

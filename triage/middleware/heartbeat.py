@@ -8,7 +8,8 @@ Guarantees:
   within timeout + timeout / 2 (+ one heartbeat period).
 - The same thread applies the settles that waited for Redis during an outage, and records
   the worker's queues again with each reaper pass (a Redis restart without persistence
-  or a flush would otherwise hide them from operator commands until the next boot).
+  or a flush would otherwise hide them from operator commands until the next boot), and
+  applies the dead-letter retention of its queues (so that an idle queue is trimmed too).
 - At shutdown the worker deregisters; if Redis is unreachable then, the reaper of another
   worker takes over (its messages run again, at-least-once).
 - Declares the `max_deliveries` actor option: deliveries that killed their worker before
@@ -61,6 +62,8 @@ class Heartbeats(Middleware):
                 if time.monotonic() >= next_reap:
                     broker.registry.reap(fallback_queues=broker.get_declared_queues())
                     broker.registry.record_queues(broker.queue_labels())  # again, after a flush or restart
+                    for queue_name in broker.get_declared_queues():
+                        broker.trim_dead_letters(queue_name)
                     next_reap = time.monotonic() + reap_every
                 if failing:
                     logger.info("Redis answers again; heartbeats resumed.")

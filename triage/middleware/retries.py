@@ -22,8 +22,9 @@ failed delivery (`triage.broker.outcome`): a retry that cannot be written leaves
 in flight, applied once Redis answers or reclaimed if the worker dies; it is never acked
 without its retry. Declared per tier (the tier's actor options) and per actor (decorator
 options), a message option overriding both.
-Failure mode: a retry that cannot be built (say, the options no longer pass the payload
-guard) sends the message to the dead letters, reason `exhausted`, with that error logged.
+Failure mode: a decision that fails (a `retry_when` that raises, an option of the wrong
+type) sends the message to the dead letters, reason `exhausted`, with the error logged; a
+message-level `retry_queue` that this worker does not declare is ignored (logged).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from dramatiq.errors import ActorNotFound, Retry
 from dramatiq.message import Message
 
 from triage.broker.clock import now_ms
-from triage.broker.redis_broker import triage_broker
+from triage.broker.redis_broker import TriageBroker, triage_broker
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def backoff_ms(
     """The wait before retry number `attempt` (1 for the first retry)."""
     if kind == "linear":
         return int(min(max_ms, min_ms * attempt))
-    ceiling = min(float(max_ms), min_ms * factor ** (attempt - 1))
+    ceiling = min(float(max_ms), min_ms * factor ** min(attempt - 1, 64))  # no float overflow, ever
     return int(rng(min_ms, max(min_ms, ceiling)))
 
 
@@ -119,7 +120,14 @@ class RetryPolicy(Middleware):
             triage.defer(message, delay_ms=exception.delay_ms)
             return
         try:
-            actor_options = broker.get_actor(message.actor_name).options
+            self._decide(triage, message, exception)
+        except Exception:  # a policy that fails (a retry_when that raises, a bad option) must not ack the message
+            logger.exception("Retry policy failed for message %s; dead-lettered instead.", message)
+            triage.dead_letter_as(message, "exhausted")
+
+    def _decide(self, triage: TriageBroker, message: Any, exception: BaseException) -> None:
+        try:
+            actor_options = triage.get_actor(message.actor_name).options
         except ActorNotFound:
             actor_options = {}
 
@@ -140,7 +148,7 @@ class RetryPolicy(Middleware):
         if exhausted:
             logger.warning("Retries exhausted for message %s (%d retries).", message, retries)
             triage.dead_letter_as(message, "exhausted")
-            self._notify_exhausted(broker, message, option("on_retry_exhausted"), retries, max_retries)
+            self._notify_exhausted(triage, message, option("on_retry_exhausted"), retries, max_retries)
             return
         attempt = retries + 1
         if isinstance(exception, Retry) and exception.delay is not None:
@@ -157,15 +165,14 @@ class RetryPolicy(Middleware):
         queue_name = message.queue_name
         if option("retry_queue") and attempt >= int(option("retry_queue_after")):
             queue_name = option("retry_queue")
+            if queue_name not in triage.get_declared_queues():
+                logger.warning("retry_queue %r of message %s is not a declared queue: it retries on its own.",
+                               queue_name, message)  # fmt: skip
+                queue_name = message.queue_name
         options = {**message.options, "retries": attempt}
         options.setdefault(FIRST_FAILURE_OPTION, now_ms())
         retried: Message[Any] = message._message.copy(queue_name=queue_name, options=options)
-        try:
-            triage.retry_later(message, retried, delay_ms=delay)
-        except Exception:
-            logger.exception("Retry of message %s cannot be enqueued; dead-lettered instead.", message)
-            triage.dead_letter_as(message, "exhausted")
-            return
+        triage.retry_later(message, retried, delay_ms=delay)
         logger.info("Retrying message %s in %d ms (retry %d, queue %r).", message, delay, attempt, queue_name)
 
     def _notify_exhausted(

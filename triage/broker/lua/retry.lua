@@ -24,6 +24,9 @@
 --   src_acks, src_deliveries
 -- Returns: 1, or 0 when the message was not in flight for this consumer (already settled, or
 --   reclaimed after this worker was presumed dead): then nothing is written.
+-- Order: the message is placed first and the delivery forgotten last, so that if Redis
+-- refuses a write (a key of the wrong type), the delivery is still in flight, untouched
+-- (Redis does not roll a script back), and the caller can dead-letter it instead.
 
 local b = 0
 local msgs = KEYS[b + MSGS]
@@ -37,23 +40,12 @@ local src_deliveries = KEYS[BLOCK + 6]
 local mode, now, old = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local level, tenant, eta = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
 
-if redis.call("hdel", src_acks, old) == 0 then
+if redis.call("hexists", src_acks, old) == 0 then
   return 0
 end
-redis.call("hincrby", src_stats, "running", -1)
 local id = old
-if mode == "defer" then
-  redis.call("hincrby", src_deliveries, old, -1)
-  redis.call("hincrby", src_stats, "deferred_total", 1)
-else
+if mode ~= "defer" then
   id = ARGV[4]
-  redis.call("hdel", src_msgs, old)
-  redis.call("hdel", src_deliveries, old, old .. ":max")
-  redis.call("hset", msgs, id, ARGV[5])
-  if tonumber(ARGV[9]) > 0 then
-    redis.call("hset", deliveries, id .. ":max", ARGV[9])
-  end
-  redis.call("hincrby", src_stats, "retries_total", 1)
 end
 if eta > now then
   redis.call("zadd", delayed, eta, id .. "|" .. level .. "|" .. tenant)
@@ -62,6 +54,22 @@ if eta > now then
   end
 else
   fifo_push(b, level, tenant, id, false)
+end
+if mode ~= "defer" then
+  redis.call("hset", msgs, id, ARGV[5])
+  if tonumber(ARGV[9]) > 0 then
+    redis.call("hset", deliveries, id .. ":max", ARGV[9])
+  end
+end
+redis.call("hdel", src_acks, old)
+redis.call("hincrby", src_stats, "running", -1)
+if mode == "defer" then
+  redis.call("hincrby", src_deliveries, old, -1)
+  redis.call("hincrby", src_stats, "deferred_total", 1)
+else
+  redis.call("hdel", src_msgs, old)
+  redis.call("hdel", src_deliveries, old, old .. ":max")
+  redis.call("hincrby", src_stats, "retries_total", 1)
 end
 wake_up(b, 1)
 return 1
