@@ -19,6 +19,10 @@ import redis
 from triage.testing import redis_server
 
 _servers = contextlib.ExitStack()
+# Until pytest_configure starts the suite's server, REDIS_URL points where nothing listens: a
+# module that builds the broker too early (at conftest import) fails loudly instead of quietly
+# using the Redis of the machine or of the calling shell.
+os.environ["REDIS_URL"] = "redis://127.0.0.1:1/0"
 
 
 def pytest_configure(config: pytest.Config) -> None:
