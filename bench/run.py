@@ -334,6 +334,7 @@ def report(
         ("page_tenant", "a page of 50, one tenant (1 in 50)"),
         ("page_two", "a page of 50, one actor and one error type (1 in 15)"),
         ("summary", "summary by actor, error and reason"),
+        ("summary_since", "summary of the last hour"),
     ):
         target = "≤ 100 ms" if key.startswith("page") else ""
         lines.append(row(f"dead letters ({n_dead:,}): {name}", None, t["dlq"][key], "ms", target, None))

@@ -168,6 +168,17 @@ def test_an_idle_queue_is_trimmed_by_age(r: redis.Redis) -> None:
     short.broker.close()
 
 
+def test_summary_walks_groups_whose_names_prefix_one_another(r: redis.Redis) -> None:
+    # Given groups whose index values are prefixes of one another (reason "dead_on" and "dead_on_x")
+    make_dead(t_dlq_sync, 2, reason="dead_on")
+    make_dead(t_dlq_sync, 3, reason="dead_on_x")
+    make_dead(t_dlq_export, 1, reason="dead_on")
+    # Then each group is found once, with its own count
+    rows = [(g.actor, g.reason, g.count) for g in admin().dead_letters.summary()]
+    assert rows == [("t_dlq_sync", "dead_on_x", 3), ("t_dlq_sync", "dead_on", 2), ("t_dlq_export", "dead_on", 1)]
+    assert [g.count for g in admin().dead_letters.summary(Filter(actor="t_dlq_sync", reason="dead_on"))] == [2]
+
+
 def test_summary_groups_by_actor_error_and_reason(r: redis.Redis) -> None:
     make_dead(t_dlq_export, 5)
     make_dead(t_dlq_sync, 3, error=ConnectionError("refused"), reason="dead_on")
