@@ -38,6 +38,7 @@ def make_dead(
     reason: str = "exhausted",
     tenant: str = "acme",
     on: TriageBroker = broker,
+    spacing_s: float = 0.0,
 ) -> None:
     """`count` messages of `actor` fetched and dead-lettered by the real consumer and scripts."""
     for n in range(count):
@@ -52,6 +53,7 @@ def make_dead(
             message.stuff_exception(exc)
         on.dead_letter_as(message, reason)
         consumer.nack(message)
+        time.sleep(spacing_s)
 
 
 def admin() -> Admin:
@@ -322,8 +324,9 @@ def test_retention_drops_the_oldest_and_counts_them(r: redis.Redis) -> None:
     # Given a runtime whose default tier keeps 5 dead letters per queue
     small = build(load_settings(tiers={"default": {"dead_letters_max": 5}}))
     small.broker.declare_queue(QUEUE)
-    # When 8 messages are dead-lettered
-    make_dead(t_dlq_export, 8, on=small.broker)
+    # When 8 messages are dead-lettered, each in a millisecond of its own (retention is oldest
+    # first to the millisecond: within one, the order is Redis's order of the ids)
+    make_dead(t_dlq_export, 8, on=small.broker, spacing_s=0.003)
     # Then the 5 newest are kept (the messages dead-lettered last: n = 3 .. 7), their index too,
     # and the 3 dropped are counted
     kept, _ = admin().dead_letters.page(Filter(queue=QUEUE), limit=100)
