@@ -274,8 +274,8 @@ def test_the_rate_option_of_the_cli(r: redis.Redis) -> None:
 def test_two_operators_requeueing_at_once_enqueue_each_message_once(r: redis.Redis) -> None:
     # Given 600 dead letters
     make_dead(t_dlq_export, 600)
-    # When two operators requeue the same filter at the same time, at 400/s (so that they overlap)
-    command = [str(BIN / "triage"), "dlq", "requeue", "--queue", QUEUE, "--rate", "400/s", "--yes"]
+    # When two operators requeue the same filter at the same time, at 200/s (3 s: they overlap)
+    command = [str(BIN / "triage"), "dlq", "requeue", "--queue", QUEUE, "--rate", "200/s", "--yes"]
     both = [subprocess.Popen(command, cwd=ROOT, env=env_with(), stdout=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=60)[0] for p in both]
     # Then every message is enqueued once, though the two processes went for the same entries
