@@ -15,7 +15,8 @@ from typing import Any
 
 from dramatiq.message import Message
 
-from triage.admin.dlq import DeadLetters, Filter
+from triage.admin.dlq import DeadLetters
+from triage.admin.dlq_model import Filter
 from triage.broker.clock import now_ms
 from triage.broker.redis_broker import TriageBroker
 

@@ -7,7 +7,8 @@ imports no application code and connects to nothing.
 
 from triage.stats import QueueStats
 
-from .dlq import ActionResult, DeadLetter, DeadLetters, Filter, Group
+from .dlq import DeadLetters
+from .dlq_model import ActionResult, DeadLetter, Filter, Group
 from .ops import Admin, UnknownQueue
 
 __all__ = ["ActionResult", "Admin", "DeadLetter", "DeadLetters", "Filter", "Group", "QueueStats", "UnknownQueue"]

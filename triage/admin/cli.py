@@ -30,9 +30,9 @@ import redis
 from triage import runtime
 from triage.settings import ConfigError, Settings, TierName, load_settings
 
-from . import dlq
+from . import dlq_model
 from .demo import produce
-from .dlq import DeadLetter, Filter
+from .dlq_model import DeadLetter, Filter
 from .ops import Admin, UnknownQueue
 from .run import run_stack
 
@@ -218,7 +218,7 @@ def _filters(function: Callable[..., None]) -> Callable[..., None]:
 def _where(queue: str | None, actor: str | None, tenant: str | None, error: str | None, reason: str | None,
            since: str | None) -> Filter:  # fmt: skip
     try:
-        since_ms = dlq.since(since) if since else None
+        since_ms = dlq_model.since(since) if since else None
     except ValueError as exc:
         _fail(f"--since: {exc}", 2)
     return Filter(queue=queue, actor=actor, tenant=tenant, error=error, reason=reason, since_ms=since_ms)
@@ -336,16 +336,16 @@ def dlq_requeue(
 ) -> None:
     """Put dead letters back on their queues, attempts reset, priority and tenant kept."""
     try:
-        per_second = dlq.rate(rate_text) if rate_text else None
+        per_second = dlq_model.rate(rate_text) if rate_text else None
     except ValueError as exc:
         _fail(f"--rate: {exc}", 2)
     admin = _admin()
     entries = _selection(admin, ids, everything, _where(**filters))
     if not _confirm(len(entries), "requeue", yes, dry_run):
         return
-    done = dlq.ActionResult()
+    done = dlq_model.ActionResult()
 
-    def progress(result: dlq.ActionResult) -> None:
+    def progress(result: dlq_model.ActionResult) -> None:
         done.done, done.gone, done.skipped = result.done, result.gone, result.skipped
 
     try:

@@ -20,131 +20,22 @@ Guarantees:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from typing import Any
 
-from triage.broker.clock import now_ms
 from triage.broker.priority import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from triage.broker.redis_broker import TriageBroker
+
+from .dlq_model import EVERYTHING, ActionResult, DeadLetter, Filter, Group, record_from
 
 SEP = b"\0"
 TOP = b"\xff"
 INDEX_CHUNK = 5000
 ACTION_CHUNK = 200
 RESET_OPTIONS = ("retries", "triage_first_failure_ms", "triage_deliveries", "redis_message_id")
-
-
-@dataclass(frozen=True)
-class Filter:
-    """Which dead letters: every field that is set must match (since_ms: dead-lettered at or after)."""
-
-    queue: str | None = None
-    actor: str | None = None
-    tenant: str | None = None
-    error: str | None = None
-    reason: str | None = None
-    since_ms: int | None = None
-
-    def is_empty(self) -> bool:
-        return all(value is None for value in asdict(self).values())
-
-    def matches(self, entry: DeadLetter) -> bool:
-        return (
-            (self.actor is None or entry.actor == self.actor)
-            and (self.tenant is None or entry.tenant == self.tenant)
-            and (self.error is None or entry.error_type == self.error)
-            and (self.reason is None or entry.reason == self.reason)
-            and (self.since_ms is None or entry.dead_lettered_at_ms >= self.since_ms)
-        )
-
-    def index(self) -> tuple[bytes, bytes]:
-        """The index dimension to read and its value: the first filter set among actor, error,
-        tenant, reason (else every entry)."""
-        for dim, value in (("a", self.actor), ("e", self.error), ("t", self.tenant), ("r", self.reason)):
-            if value is not None:
-                return dim.encode(), value.encode()
-        return b"*", b""
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    id: str
-    queue: str
-    tier: str
-    reason: str
-    actor: str
-    tenant: str
-    priority: int | None
-    message_id: str
-    attempts: int
-    deliveries: int
-    error_type: str
-    error_message: str
-    traceback: str
-    first_failure_ms: int
-    dead_lettered_at_ms: int
-    message: dict[str, Any] | None = field(default=None, compare=False)  # show(): the decoded message
-
-    @property
-    def cursor(self) -> str:
-        return f"{self.dead_lettered_at_ms:013d}-{self.id}"
-
-    def as_dict(self, *, traceback: bool = False) -> dict[str, Any]:
-        data = asdict(self)
-        if not traceback:
-            data.pop("traceback")
-        if self.message is None:
-            data.pop("message")
-        return data
-
-
-@dataclass(frozen=True)
-class Group:
-    queue: str
-    actor: str
-    error_type: str
-    reason: str
-    count: int
-    first_ms: int
-    last_ms: int
-
-
-@dataclass
-class ActionResult:
-    """What a requeue or purge did: `done` entries acted on, `gone` taken by someone else
-    first, `skipped` that cannot be requeued (undecodable)."""
-
-    matched: int = 0
-    done: int = 0
-    gone: int = 0
-    skipped: list[str] = field(default_factory=list)
-
-
-def _record(queue: str, tier: str, redis_id: str, raw: bytes) -> DeadLetter:
-    info: dict[str, Any] = json.loads(raw)
-    error = info.get("error") or {}
-    priority = info.get("priority")
-    return DeadLetter(
-        id=redis_id,
-        queue=queue,
-        tier=tier,
-        reason=str(info.get("reason", "")),
-        actor=str(info.get("actor", "")),
-        tenant=str(info.get("tenant", "")),
-        priority=int(priority) if isinstance(priority, int | float) else None,
-        message_id=str(info.get("message_id", "")),
-        attempts=int(info.get("attempts", 1)),
-        deliveries=int(info.get("deliveries", 0)),
-        error_type=str(error.get("type", "")),
-        error_message=str(error.get("message", "")),
-        traceback=str(error.get("traceback", "")),
-        first_failure_ms=int(info.get("first_failure_ms") or info.get("dead_lettered_at_ms", 0)),
-        dead_lettered_at_ms=int(info.get("dead_lettered_at_ms", 0)),
-    )
 
 
 class DeadLetters:
@@ -157,7 +48,7 @@ class DeadLetters:
     # -- reading -------------------------------------------------------------------------
 
     def page(
-        self, where: Filter = Filter(), *, limit: int = 50, cursor: str | None = None
+        self, where: Filter = EVERYTHING, *, limit: int = 50, cursor: str | None = None
     ) -> tuple[list[DeadLetter], str | None]:
         """A page of dead letters, newest first, and the cursor of the next page (None: no more)."""
         found: list[DeadLetter] = []
@@ -190,13 +81,13 @@ class DeadLetters:
         for index, name in enumerate(names):
             raw, payload = replies[2 * index], replies[2 * index + 1]
             if raw is not None:
-                entry = _record(name, queues.get(name, ""), redis_id, raw)
+                entry = record_from(name, queues.get(name, ""), redis_id, raw)
                 decoded = self._decode(payload)
                 message = decoded if decoded is not None else {"undecodable": True}
                 return DeadLetter(**{**asdict(entry), "message": message})
         return None
 
-    def summary(self, where: Filter = Filter()) -> list[Group]:
+    def summary(self, where: Filter = EVERYTHING) -> list[Group]:
         """Dead letters grouped by (queue, actor, error type, reason), most numerous first.
 
         Walks the group index from one group to the next, then counts each group's entries in
@@ -329,7 +220,7 @@ class DeadLetters:
             records: list[Any] = self.broker.client.hmget(keys.dead_info, ids)
             for redis_id, raw in zip(ids, records, strict=True):
                 if raw is not None:
-                    entry = _record(queue, tier, redis_id, raw)
+                    entry = record_from(queue, tier, redis_id, raw)
                     if where.matches(entry):
                         out.append(entry)
             upper = b"(" + members[-1]
@@ -410,25 +301,3 @@ def _split(member: bytes, dim: bytes, value: bytes) -> tuple[bytes, int, str]:
 def _chunks(items: Sequence[DeadLetter], size: int) -> Iterator[Sequence[DeadLetter]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def since(duration: str, *, now: int | None = None) -> int:
-    """`30s`, `15m`, `1h`, `7d` before now, in epoch ms."""
-    units = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-    number, unit = duration[:-1], duration[-1:]
-    if unit not in units or not number.replace(".", "", 1).isdigit():
-        raise ValueError(f"{duration!r} is not a duration like 30s, 15m, 1h or 7d")
-    return (now if now is not None else now_ms()) - int(float(number) * units[unit])
-
-
-def rate(value: str) -> float:
-    """`50/s`, `600/m`, `3000/h` or `50` (per second) -> messages per second."""
-    number, _, unit = value.partition("/")
-    per = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
-    try:
-        count = float(number)
-    except ValueError:
-        count = -1.0
-    if unit not in per or count <= 0:
-        raise ValueError(f"{value!r} is not a rate like 50/s, 600/m or 3000/h")
-    return count / per[unit]

@@ -1,0 +1,149 @@
+"""The shapes of the dead-letter operations: which entries (`Filter`), one entry
+(`DeadLetter`), a group of the summary (`Group`), what an action did (`ActionResult`), and
+the parsing of the CLI's durations and rates.
+
+Guarantees: an entry is built from the JSON record the broker keeps (`_dead.lua`); a field
+the record lacks gets a neutral value (empty string, 0, None), never an exception.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from triage.broker.clock import now_ms
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Which dead letters: every field that is set must match (since_ms: dead-lettered at or after)."""
+
+    queue: str | None = None
+    actor: str | None = None
+    tenant: str | None = None
+    error: str | None = None
+    reason: str | None = None
+    since_ms: int | None = None
+
+    def is_empty(self) -> bool:
+        return all(value is None for value in asdict(self).values())
+
+    def matches(self, entry: DeadLetter) -> bool:
+        return (
+            (self.actor is None or entry.actor == self.actor)
+            and (self.tenant is None or entry.tenant == self.tenant)
+            and (self.error is None or entry.error_type == self.error)
+            and (self.reason is None or entry.reason == self.reason)
+            and (self.since_ms is None or entry.dead_lettered_at_ms >= self.since_ms)
+        )
+
+    def index(self) -> tuple[bytes, bytes]:
+        """The index dimension to read and its value: the first filter set among actor, error,
+        tenant, reason (else every entry)."""
+        for dim, value in (("a", self.actor), ("e", self.error), ("t", self.tenant), ("r", self.reason)):
+            if value is not None:
+                return dim.encode(), value.encode()
+        return b"*", b""
+
+
+EVERYTHING = Filter()
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: str
+    queue: str
+    tier: str
+    reason: str
+    actor: str
+    tenant: str
+    priority: int | None
+    message_id: str
+    attempts: int
+    deliveries: int
+    error_type: str
+    error_message: str
+    traceback: str
+    first_failure_ms: int
+    dead_lettered_at_ms: int
+    message: dict[str, Any] | None = field(default=None, compare=False)  # show(): the decoded message
+
+    @property
+    def cursor(self) -> str:
+        return f"{self.dead_lettered_at_ms:013d}-{self.id}"
+
+    def as_dict(self, *, traceback: bool = False) -> dict[str, Any]:
+        data = asdict(self)
+        if not traceback:
+            data.pop("traceback")
+        if self.message is None:
+            data.pop("message")
+        return data
+
+
+@dataclass(frozen=True)
+class Group:
+    queue: str
+    actor: str
+    error_type: str
+    reason: str
+    count: int
+    first_ms: int
+    last_ms: int
+
+
+@dataclass
+class ActionResult:
+    """What a requeue or purge did: `done` entries acted on, `gone` taken by someone else
+    first, `skipped` that cannot be requeued (undecodable)."""
+
+    matched: int = 0
+    done: int = 0
+    gone: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+def record_from(queue: str, tier: str, redis_id: str, raw: bytes) -> DeadLetter:
+    info: dict[str, Any] = json.loads(raw)
+    error = info.get("error") or {}
+    priority = info.get("priority")
+    return DeadLetter(
+        id=redis_id,
+        queue=queue,
+        tier=tier,
+        reason=str(info.get("reason", "")),
+        actor=str(info.get("actor", "")),
+        tenant=str(info.get("tenant", "")),
+        priority=int(priority) if isinstance(priority, int | float) else None,
+        message_id=str(info.get("message_id", "")),
+        attempts=int(info.get("attempts", 1)),
+        deliveries=int(info.get("deliveries", 0)),
+        error_type=str(error.get("type", "")),
+        error_message=str(error.get("message", "")),
+        traceback=str(error.get("traceback", "")),
+        first_failure_ms=int(info.get("first_failure_ms") or info.get("dead_lettered_at_ms", 0)),
+        dead_lettered_at_ms=int(info.get("dead_lettered_at_ms", 0)),
+    )
+
+
+def since(duration: str, *, now: int | None = None) -> int:
+    """`30s`, `15m`, `1h`, `7d` before now, in epoch ms."""
+    units = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+    number, unit = duration[:-1], duration[-1:]
+    if unit not in units or not number.replace(".", "", 1).isdigit():
+        raise ValueError(f"{duration!r} is not a duration like 30s, 15m, 1h or 7d")
+    return (now if now is not None else now_ms()) - int(float(number) * units[unit])
+
+
+def rate(value: str) -> float:
+    """`50/s`, `600/m`, `3000/h` or `50` (per second) -> messages per second."""
+    number, _, unit = value.partition("/")
+    per = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+    try:
+        count = float(number)
+    except ValueError:
+        count = -1.0
+    if unit not in per or count <= 0:
+        raise ValueError(f"{value!r} is not a rate like 50/s, 600/m or 3000/h")
+    return count / per[unit]
