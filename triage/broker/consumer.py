@@ -177,9 +177,8 @@ class TriageConsumer(Consumer):
             self.queue_name,
             exc.__cause__ or exc,
         )
-        info = failure_info("undecodable", exc.__cause__ or exc, queue=self.queue_name)
-        limits = self.broker.dead_letter_limits(self.queue_name)
-        self.broker.backlog.run("settle", self.settle_keys, ["nack", now_ms(), redis_id, info, *limits])
+        args = self._nack_args(redis_id, "undecodable", exc.__cause__ or exc)
+        self.broker.backlog.run("settle", self.settle_keys, args)
 
     def _block(self) -> None:
         wait = self.timeout
@@ -247,10 +246,14 @@ class TriageConsumer(Consumer):
         self._nack(message, reason, exception)
 
     def _nack(self, message: MessageProxy, reason: str, exception: BaseException | None) -> None:
-        info = failure_info(reason, exception, actor=message.actor_name, queue=self.queue_name)
-        limits = self.broker.dead_letter_limits(self.queue_name)
         redis_id = message.options["redis_message_id"]
-        self._settle("settle", self.settle_keys, ["nack", now_ms(), redis_id, info, *limits], redis_id)
+        args = self._nack_args(redis_id, reason, exception, actor=message.actor_name)
+        self._settle("settle", self.settle_keys, args, redis_id)
+
+    def _nack_args(self, redis_id: Any, reason: str, exception: BaseException | None, **extra: Any) -> list[Any]:
+        """settle.lua's arguments for a nack: why, the last error, the queue's retention."""
+        info = failure_info(reason, exception, queue=self.queue_name, **extra)
+        return ["nack", now_ms(), redis_id, info, *self.broker.dead_letter_limits(self.queue_name)]
 
     def _settle(self, script: str, keys: list[str], args: list[Any], redis_id: str) -> None:
         try:

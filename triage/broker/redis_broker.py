@@ -293,8 +293,7 @@ class TriageBroker(Broker):
             # The same round trip records a queue's first enqueue in the registry, and waits
             # for replicas (durable enqueue: WAIT on the same connection, right after the script).
             pipe = self.client.pipeline(transaction=False)
-            if unregistered:
-                pipe.hset(self.registry.queues_key, mapping={q: self.queue_label(q) for q in unregistered})
+            self.registry.record_queues({q: self.queue_label(q) for q in unregistered}, pipe)
             self.scripts["enqueue"](keys=keys, args=args, client=pipe)
             if self.min_replicas:
                 pipe.execute_command("WAIT", self.min_replicas, self.replica_timeout_ms)  # type: ignore[no-untyped-call]

@@ -72,11 +72,11 @@ class WorkerRegistry:
 
     # -- queues --------------------------------------------------------------------------
 
-    def record_queues(self, labels: Mapping[str, str]) -> None:
-        """Record queues (name -> label), so that operator commands list them."""
+    def record_queues(self, labels: Mapping[str, str], pipe: redis.client.Pipeline | None = None) -> None:
+        """Record queues (name -> label), so that operator commands list them; in `pipe` if given."""
         if labels:
             mapping: dict[Any, Any] = dict(labels)
-            self.client.hset(self.queues_key, mapping=mapping)
+            (pipe if pipe is not None else self.client).hset(self.queues_key, mapping=mapping)
 
     def known_queues(self) -> dict[str, str]:
         """Every registered queue and its label, in name order."""
@@ -89,9 +89,7 @@ class WorkerRegistry:
         """Register this worker (consuming `queues`) and the queues it knows (`labels`)."""
         info = {"queues": sorted(queues), "pid": os.getpid(), "host": socket.gethostname(), "started_ms": now_ms()}
         pipe = self.client.pipeline(transaction=False)
-        if labels:
-            mapping: dict[Any, Any] = dict(labels)
-            pipe.hset(self.queues_key, mapping=mapping)
+        self.record_queues(labels, pipe)
         pipe.hset(self.workers, self.worker_id, json.dumps(info))
         pipe.zadd(self.heartbeats, {self.worker_id: now_ms()})
         pipe.execute()

@@ -1,6 +1,7 @@
 -- _dead: the dead letters of a queue, shared by the scripts that add, trim or remove them
 -- (scripts.py loads it after the header, for the scripts that use it). The helpers take
--- their keys from the caller, which names them from KEYS:
+-- their keys from the caller, which names them from KEYS (dead_letter also takes the queue's
+-- msgs and deliveries, which the message leaves):
 --   dead       {ns:Q}:dead       zset    id -> time dead-lettered (ms)
 --   dead_msgs  {ns:Q}:dead.msgs  hash    id -> the encoded message, as it was sent
 --   dead_info  {ns:Q}:dead.info  hash    id -> JSON record: reason, error {type, message, traceback},
@@ -94,6 +95,17 @@ local function dead_add(dead, dead_msgs, dead_info, dead_idx, stats, id, payload
   end
   redis.call("hincrby", stats, "dead_total", 1)
   redis.call("hincrby", stats, "dead:" .. text(record.reason), 1)
+end
+
+-- Move an in-flight message to the dead letters: its encoded message and delivery count are
+-- read from msgs and deliveries (and forgotten there), its record completed from the message.
+local function dead_letter(msgs, deliveries, dead, dead_msgs, dead_info, dead_idx, stats, id, info, now)
+  local payload = redis.call("hget", msgs, id)
+  local count = tonumber(redis.call("hget", deliveries, id) or "0")
+  local record = dead_record(payload, info, count, now)
+  dead_add(dead, dead_msgs, dead_info, dead_idx, stats, id, payload, record, now)
+  redis.call("hdel", msgs, id)
+  redis.call("hdel", deliveries, id, id .. ":max")
 end
 
 -- Drop one dead letter; its encoded message ("" if it had none), or false if it was not there.

@@ -45,17 +45,13 @@ for _, message in ipairs(inflight) do
   local count = tonumber(redis.call("hget", deliveries, id) or "0")
   local max = tonumber(redis.call("hget", deliveries, id .. ":max") or default_max)
   if count >= max then
-    local payload = redis.call("hget", msgs, id)
-    local record = dead_record(payload, {
+    dead_letter(msgs, deliveries, dead, dead_msgs, dead_info, dead_idx, stats, id, {
       reason = "crash-loop",
       error = {
         type = "WorkerDied",
         message = "its worker died while running it, " .. count .. " times (worker " .. ARGV[3] .. ")",
       },
-    }, count, now)
-    dead_add(dead, dead_msgs, dead_info, dead_idx, stats, id, payload, record, now)
-    redis.call("hdel", msgs, id)
-    redis.call("hdel", deliveries, id, id .. ":max")
+    }, now)
     quarantined = quarantined + 1
   else
     fifo_push(b, level, tenant, id, true)

@@ -32,14 +32,11 @@ if redis.call("hdel", acks, id) == 0 then
 end
 redis.call("hincrby", stats, "running", -1)
 if ARGV[1] == "nack" then
-  local payload = redis.call("hget", msgs, id)
-  local count = tonumber(redis.call("hget", deliveries, id) or "0")
-  local record = dead_record(payload, cjson.decode(ARGV[4]), count, now)
-  dead_add(dead, dead_msgs, dead_info, dead_idx, stats, id, payload, record, now)
+  dead_letter(msgs, deliveries, dead, dead_msgs, dead_info, dead_idx, stats, id, cjson.decode(ARGV[4]), now)
   dead_trim(dead, dead_msgs, dead_info, dead_idx, stats, now, tonumber(ARGV[5]), tonumber(ARGV[6]))
 else
   redis.call("hincrby", stats, "acked_total", 1)
+  redis.call("hdel", msgs, id)
+  redis.call("hdel", deliveries, id, id .. ":max")
 end
-redis.call("hdel", msgs, id)
-redis.call("hdel", deliveries, id, id .. ":max")
 return 1
