@@ -142,10 +142,10 @@ def enqueue_rate(app: str, n: int) -> dict[str, float]:
     return result
 
 
-def drain_rate(app: str, n: int, processes: int) -> float:
+def drain_rate(app: str, n: int, processes: int, prefill: str = "prefill_noop") -> float:
     key = {"stock": "dramatiq:bench.msgs", "triage": "{triage:bench}:msgs"}[app]
     with fresh_redis() as (env, r):
-        client(app, env, "prefill_noop", n)
+        client(app, env, prefill, n)
         assert r.hlen(key) == n
         with workers(app, env, ["bench"], processes):
             started = wait_until(lambda: r.hlen(key) < n, 60, 0.001)
@@ -230,6 +230,8 @@ def run(quick: bool) -> str:
         res.update(enqueue_rate(app, n_enqueue))
         res["drain_1x8"] = drain_rate(app, n_drain, 1)
         res["drain_2x8"] = drain_rate(app, n_drain, 2)
+        if app == "triage":
+            res["drain_breaker_1x8"] = drain_rate(app, n_drain, 1, "prefill_noop_breaker")
         res["retry"] = retry_rate(app, n_retry)
         res["flood_one"] = flood_latency(app, False, n_background, n_probes, 20)
         res["flood_separate"] = flood_latency(app, True, n_background, n_probes, 20)
@@ -281,6 +283,22 @@ def report(
             "msg/s",
             "≥ 0.8×",
             True,
+        ),
+        row(
+            f"drain {n_drain:,} no-ops behind a closed circuit breaker, 1 × 8",
+            s["drain_1x8"],
+            t["drain_breaker_1x8"],
+            "msg/s",
+            "≥ 0.8×",
+            True,
+        ),
+        row(
+            "… closed-breaker drain / plain drain (Triage, 1 × 8)",
+            None,
+            t["drain_breaker_1x8"] / t["drain_1x8"],
+            "×",
+            "≥ 0.9× (cost ≤ 10 %)",
+            None,
         ),
         row(
             f"{n_retry:,} messages failing once, retried (1–10 ms backoff), 1 × 8",

@@ -14,6 +14,12 @@ def noop() -> None:
     _probes.noop()
 
 
+@default(queue="bench", circuit="telegram")
+def noop_breaker() -> None:
+    """The no-op behind a closed circuit breaker: what the gate and the recording cost."""
+    _probes.noop()
+
+
 @default(queue="bench", min_backoff=1, max_backoff=10)
 def fails_once(token: int) -> None:
     _probes.fail_once(token)

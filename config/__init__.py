@@ -30,5 +30,13 @@ QUEUES: dict[str, str] = {
 # Per-tier overrides of the built-in policies, e.g. {"critical": {"max_retries": 3}}.
 TIERS: dict[str, dict[str, int | float]] = {}
 
+# Named circuit breakers around outbound dependencies: `with triage.breaker("telegram"):` in an
+# actor, or `@default(circuit="telegram")`. Per breaker: failure_threshold (consecutive) or
+# failure_rate + window_seconds + min_calls; recovery_timeout (s); half_open_probes; ignore
+# (exception classes that do not count, "module.Class"); counts ("module:function").
+BREAKERS: dict[str, dict[str, object]] = {
+    "telegram": {"failure_threshold": 5, "recovery_timeout": 60, "half_open_probes": 1},
+}
+
 # A function that adjusts message priorities, "package.module:function" (None: no hook).
 PRIORITY_HOOK: str | None = None

@@ -20,6 +20,7 @@ from dramatiq.results import Results
 
 from triage.middleware import (
     Callbacks,
+    CircuitBreakers,
     GracefulShutdown,
     Heartbeats,
     PayloadGuard,
@@ -44,6 +45,7 @@ STACK: list[StackEntry] = [
     Callbacks,  # on_success / on_failure (a deferral is not a failure)
     Pipelines,
     RetryPolicy,  # the tier's retry policy and dead letters with a reason
+    CircuitBreakers,  # circuit="name": an open breaker defers (or demotes) the message, no retry used
     Results,  # opt-in: store_results=True
     GroupCallbacks,  # group(...).run() with a completion callback
 ]

@@ -10,6 +10,10 @@ connects until `install()` (or the first tier decorator, which installs the defa
 
     @critical
     def reserve_stock(order_id: str, sku: str, qty: int) -> None: ...
+
+    @default(circuit="telegram")            # an open breaker defers the message, no retry used
+    def notify(chat_id: int, text: str) -> None:
+        with triage.breaker("bank"): ...    # or around one call; CircuitOpen when open
 """
 
 from __future__ import annotations
@@ -20,11 +24,20 @@ from typing import Any
 from dramatiq.errors import BrokerConnectionError
 from dramatiq.message import Message
 
+from triage.breakers import BreakerGuard, breaker
 from triage.broker.errors import ReplicationError
 from triage.broker.priority import InvalidPriority
 from triage.decorators import TierDecorator, background, critical, default
 from triage.discovery import discover
-from triage.middleware import Defer, InvalidTenant, PayloadTooLarge, PayloadTypeError, RoutingError
+from triage.middleware import (
+    CircuitOpen,
+    Defer,
+    InvalidTenant,
+    PayloadTooLarge,
+    PayloadTypeError,
+    RoutingError,
+    UnknownBreaker,
+)
 from triage.runtime import Runtime, current, install
 from triage.settings import ConfigError
 
@@ -39,7 +52,9 @@ def enqueue_batch(messages: Iterable[Message[Any] | tuple[Message[Any], int | No
 
 
 __all__ = [
+    "BreakerGuard",
     "BrokerConnectionError",
+    "CircuitOpen",
     "ConfigError",
     "Defer",
     "InvalidPriority",
@@ -50,7 +65,9 @@ __all__ = [
     "RoutingError",
     "Runtime",
     "TierDecorator",
+    "UnknownBreaker",
     "background",
+    "breaker",
     "critical",
     "current",
     "default",

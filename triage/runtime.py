@@ -28,10 +28,20 @@ from dramatiq.rate_limits.backends import RedisBackend as RedisRateLimiterBacken
 from dramatiq.results import Results
 from dramatiq.results.backends import RedisBackend as RedisResultBackend
 
+from triage.broker.breaker_state import BreakerSpec, CircuitStore
 from triage.broker.connection import client_from_url
 from triage.broker.encoder import encoder_for
 from triage.broker.redis_broker import TriageBroker
-from triage.middleware import DEFAULT_STACK, PayloadGuard, Placement, RetryPolicy, Routing, StackEntry
+from triage.middleware import (
+    DEFAULT_STACK,
+    CircuitBreakers,
+    PayloadGuard,
+    Placement,
+    RetryPolicy,
+    Routing,
+    StackEntry,
+)
+from triage.middleware.breakers import Breaker, BreakerBoard
 from triage.middleware.placement import PriorityHook
 from triage.routing import Router
 from triage.settings import ConfigError, Settings, load_settings
@@ -48,6 +58,7 @@ class Runtime:
     routing: Routing
     broker: TriageBroker
     encoder: Encoder
+    breakers: BreakerBoard
 
     def queue_stats(self) -> dict[str, QueueStats]:
         """Counters of every queue of every tier, read from Redis."""
@@ -58,17 +69,52 @@ _runtime: Runtime | None = None
 _installed_with: tuple[Any, ...] = ()
 
 
+def load_object(spec: str, variable: str) -> Any:
+    """The object `spec` names, "package.module:attribute" or "package.module.attribute", or a
+    `ConfigError` that names `variable`."""
+    module_name, _, attribute = spec.partition(":") if ":" in spec else spec.rpartition(".")
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"invalid configuration:\n  {variable}: cannot load {spec!r}: {exc}") from None
+    return found
+
+
 def load_hook(spec: str | None) -> PriorityHook | None:
     if spec is None:
         return None
-    module_name, _, attribute = spec.partition(":")
-    try:
-        hook = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"invalid configuration:\n  TRIAGE_PRIORITY_HOOK: cannot load {spec!r}: {exc}") from None
+    hook = load_object(spec, "TRIAGE_PRIORITY_HOOK")
     if not callable(hook):
         raise ConfigError(f"invalid configuration:\n  TRIAGE_PRIORITY_HOOK: {spec!r} is not callable")
     return hook  # type: ignore[no-any-return]
+
+
+def build_breakers(settings: Settings, client: redis.Redis) -> BreakerBoard:
+    """The declared circuit breakers, their `ignore` classes and `counts` functions loaded."""
+    store = CircuitStore(client=client, namespace=settings.namespace)
+    breakers = {}
+    for name, declared in settings.breakers.items():
+        where = f"TRIAGE_BREAKERS__{name.upper()}__"
+        ignore = tuple(load_object(path, where + "IGNORE") for path in declared.ignore)
+        for path, loaded in zip(declared.ignore, ignore, strict=True):
+            if not (isinstance(loaded, type) and issubclass(loaded, BaseException)):
+                raise ConfigError(f"invalid configuration:\n  {where}IGNORE: {path!r} is not an exception class")
+        counts = load_object(declared.counts, where + "COUNTS") if declared.counts else None
+        if counts is not None and not callable(counts):
+            raise ConfigError(f"invalid configuration:\n  {where}COUNTS: {declared.counts!r} is not callable")
+        spec = BreakerSpec(
+            name,
+            failure_threshold=declared.failure_threshold,
+            failure_rate=declared.failure_rate,
+            window_ms=int(declared.window_seconds * 1000),
+            min_calls=declared.min_calls,
+            recovery_ms=int(declared.recovery_timeout * 1000),
+            half_open_probes=declared.half_open_probes,
+        )
+        breakers[name] = Breaker(spec, store, ignore=ignore, counts=counts)
+    return BreakerBoard(store, breakers)
 
 
 def build(settings: Settings, stack: Iterable[StackEntry] = DEFAULT_STACK) -> Runtime:
@@ -77,7 +123,9 @@ def build(settings: Settings, stack: Iterable[StackEntry] = DEFAULT_STACK) -> Ru
     encoder = encoder_for(settings.encoder)
     client = client_from_url(settings.redis_url)
     routing = Routing(router=Router(settings.routes, taxonomy), taxonomy=taxonomy)
-    middleware = [_policy(entry, settings, taxonomy, routing, encoder, client) for entry in stack]
+    breakers = build_breakers(settings, client)
+    parts = _Parts(settings, taxonomy, routing, encoder, client, breakers)
+    middleware = [_policy(entry, parts) for entry in stack]
     if any(isinstance(m, Retries) for m in middleware) and any(isinstance(m, RetryPolicy) for m in middleware):
         raise ConfigError(
             "invalid configuration:\n  middleware: Dramatiq's Retries and Triage's RetryPolicy both retry failed "
@@ -103,17 +151,43 @@ def build(settings: Settings, stack: Iterable[StackEntry] = DEFAULT_STACK) -> Ru
         replica_timeout_ms=settings.replica_timeout_ms,
         encoder=encoder,
     )
-    return Runtime(settings=settings, taxonomy=taxonomy, routing=routing, broker=broker, encoder=encoder)
+    return Runtime(
+        settings=settings, taxonomy=taxonomy, routing=routing, broker=broker, encoder=encoder, breakers=breakers
+    )
 
 
-def _policy(
-    entry: StackEntry, settings: Settings, taxonomy: Taxonomy, routing: Routing, encoder: Encoder, client: redis.Redis
-) -> Middleware:
+@dataclass(frozen=True)
+class _Parts:
+    """What the policies are built from."""
+
+    settings: Settings
+    taxonomy: Taxonomy
+    routing: Routing
+    encoder: Encoder
+    client: redis.Redis
+    breakers: BreakerBoard
+
+    def demote_to(self, queue: str) -> str | None:
+        """Where `on_open="background"` moves a message of `queue`: the background tier's queue,
+        unless the queue belongs to that tier already."""
+        tier = self.taxonomy.tier_of_queue(queue)
+        return None if tier is not None and tier.name == "background" else "background"
+
+
+def _policy(entry: StackEntry, parts: _Parts) -> Middleware:
     """One stack entry as middleware: Triage's policies (and Dramatiq's Redis-backed ones)
     built with this process's settings, other classes without arguments, instances as they are."""
     if isinstance(entry, Middleware):
         return entry
+    settings, taxonomy, routing, encoder, client = (
+        parts.settings,
+        parts.taxonomy,
+        parts.routing,
+        parts.encoder,
+        parts.client,
+    )
     factories: dict[type[Middleware], Callable[[], Middleware]] = {
+        CircuitBreakers: lambda: CircuitBreakers(board=parts.breakers, demote_to=parts.demote_to),
         PayloadGuard: lambda: PayloadGuard(max_bytes=settings.max_payload_bytes, encoder=encoder),
         Routing: lambda: routing,
         Placement: lambda: Placement(taxonomy=taxonomy, hook=load_hook(settings.priority_hook)),

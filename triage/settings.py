@@ -64,6 +64,30 @@ class TierOverride(BaseModel):
     dead_letters_max_age_days: Annotated[float, Field(ge=0)] | None = None
 
 
+BREAKER_NAME = r"^[a-z][a-z0-9_.-]{0,63}$"
+_IMPORT_PATH = r"^[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?$"
+
+
+class BreakerSettings(BaseModel):
+    """One named circuit breaker: when it trips, how it recovers, which failures count."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Consecutive failures that open it (the default mode)...
+    failure_threshold: Annotated[int, Field(ge=1, le=1_000_000)] = 5
+    # ...or, when set, the failure rate (0-1] over the last window_seconds, once min_calls calls were made.
+    failure_rate: Annotated[float, Field(gt=0, le=1)] | None = None
+    window_seconds: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    min_calls: Annotated[int, Field(ge=1)] = 10
+    # Seconds open before probing; also how long a probe may take before another is admitted.
+    recovery_timeout: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    half_open_probes: Annotated[int, Field(ge=1, le=1000)] = 1
+    # Exceptions that do not count as failures ("module.Class"): the dependency answered (HTTP 4xx).
+    ignore: list[Annotated[str, Field(pattern=_IMPORT_PATH)]] = Field(default_factory=list)
+    # A function of the exception that says whether it counts ("module:function"), after `ignore`.
+    counts: Annotated[str, Field(pattern=_IMPORT_PATH)] | None = None
+
+
 class Settings(BaseSettings):
     """The effective configuration of one Triage process."""
 
@@ -98,6 +122,8 @@ class Settings(BaseSettings):
     demo: bool = False
     # A function that adjusts message priorities: "package.module:function".
     priority_hook: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    # Named circuit breakers: {"telegram": {"failure_threshold": 5, "recovery_timeout": 60}}.
+    breakers: dict[str, BreakerSettings] = Field(default_factory=dict)
 
     @field_validator("redis_url")
     @classmethod
@@ -114,6 +140,14 @@ class Settings(BaseSettings):
         for name in value:
             if not _QUEUE_NAME.fullmatch(name) or name.endswith((".DQ", ".XQ")):
                 raise ValueError(f"queue name {name!r} must match [a-zA-Z_][a-zA-Z0-9._-]* and not end in .DQ/.XQ")
+        return value
+
+    @field_validator("breakers")
+    @classmethod
+    def _check_breaker_names(cls, value: dict[str, BreakerSettings]) -> dict[str, BreakerSettings]:
+        for name in value:
+            if not re.fullmatch(BREAKER_NAME, name):
+                raise ValueError(f"breaker name {name!r} must match {BREAKER_NAME} (lower case: env names are)")
         return value
 
     @property
@@ -138,7 +172,7 @@ def redact_url(url: str) -> str:
 
 
 # The structure a service may declare in its `config` module, as upper-case names.
-CONFIG_NAMES = ("ROUTES", "QUEUES", "TIERS", "PRIORITY_HOOK")
+CONFIG_NAMES = ("ROUTES", "QUEUES", "TIERS", "PRIORITY_HOOK", "BREAKERS")
 
 
 def config_values(config: object | Mapping[str, Any] | None) -> dict[str, Any]:

@@ -346,3 +346,10 @@ def test_a_retry_that_redis_refuses_is_dead_lettered_not_left_in_flight(r: redis
     assert r.hlen(keys.acks(broker.broker_id)) == 0
     assert r.hget(keys.stats, "running") == b"0"
     assert r.hlen(keys.msgs) == 0  # nothing half-written
+
+
+def test_a_bad_backoff_is_refused_at_declaration() -> None:
+    # When an actor is declared with a backoff kind that does not exist
+    # Then the declaration fails, naming the actor and the option (not a log line, then a broken actor)
+    with pytest.raises(ValueError, match="actor 'bad_backoff': backoff must be 'exponential' or 'linear'"):
+        default(actor_name="bad_backoff", backoff="fibonacci")(lambda: None)

@@ -18,25 +18,23 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Any, NoReturn, cast
+from typing import Any, cast
 
 import click
-import redis
 
 from triage import runtime
-from triage.settings import ConfigError, Settings, TierName, load_settings
+from triage.settings import ConfigError, TierName
 
 from . import dlq_model
+from .breakers import breakers_group
+from .cli_common import NOT_FOUND, admin_or_exit, fail, reporting_redis_errors, settings_or_exit
 from .demo import produce
 from .dlq_model import DeadLetter, Filter
 from .ops import Admin, UnknownQueue
 from .run import run_stack
-
-NOT_FOUND = 3  # exit status: no such dead letter (2 is bad usage or configuration, 1 an unreachable Redis)
 
 APP_OPTION = click.option(
     "--app",
@@ -45,22 +43,6 @@ APP_OPTION = click.option(
     show_default=True,
     help="The module that installs Triage and declares the actors (env TRIAGE_APP).",
 )
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"triage: {message}", err=True)
-    sys.exit(code)
-
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except ConfigError as exc:
-        _fail(str(exc), 2)
-
-
-def _admin() -> Admin:
-    return Admin(_settings())
 
 
 def _load_app(app: str, *, optional: bool = False) -> runtime.Runtime:
@@ -75,23 +57,14 @@ def _load_app(app: str, *, optional: bool = False) -> runtime.Runtime:
         importlib.import_module(app)
         return runtime.current()
     except ConfigError as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
     except ModuleNotFoundError as exc:
         if optional and exc.name == app.partition(".")[0]:
             click.echo(f"triage: no app {app!r} here (--app, TRIAGE_APP): the environment's settings only", err=True)
-            return runtime.install(settings=_settings())
-        _fail(f"cannot load the app {app!r} (--app, TRIAGE_APP): {type(exc).__name__}: {exc}", 2)
+            return runtime.install(settings=settings_or_exit())
+        fail(f"cannot load the app {app!r} (--app, TRIAGE_APP): {type(exc).__name__}: {exc}", 2)
     except Exception as exc:
-        _fail(f"cannot load the app {app!r} (--app, TRIAGE_APP): {type(exc).__name__}: {exc}", 2)
-
-
-@contextmanager
-def _reporting_redis_errors(settings: Settings) -> Iterator[None]:
-    """Turn a Redis failure into one line naming the (redacted) URL, and exit status 1."""
-    try:
-        yield
-    except redis.RedisError as exc:
-        _fail(f"cannot reach Redis at {settings.redis_url_redacted}: {exc}", 1)
+        fail(f"cannot load the app {app!r} (--app, TRIAGE_APP): {type(exc).__name__}: {exc}", 2)
 
 
 @click.group()
@@ -99,12 +72,15 @@ def main() -> None:
     """Triage: operate tiered Dramatiq workers on Redis."""
 
 
+main.add_command(breakers_group)
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def stats(as_json: bool) -> None:
     """Per-queue counters: queued, delayed, running, dead letters, paused."""
-    admin = _admin()
-    with _reporting_redis_errors(admin.settings):
+    admin = admin_or_exit()
+    with reporting_redis_errors(admin.settings):
         data = admin.stats()
     if as_json:
         click.echo(json.dumps({"queues": data}, indent=2))
@@ -139,12 +115,12 @@ def resume(queue: str) -> None:
 
 
 def _set_paused(queue: str, paused: bool) -> None:
-    admin = _admin()
-    with _reporting_redis_errors(admin.settings):
+    admin = admin_or_exit()
+    with reporting_redis_errors(admin.settings):
         try:
             (admin.pause if paused else admin.resume)(queue)
         except UnknownQueue as exc:
-            _fail(str(exc), 2)
+            fail(str(exc), 2)
     click.echo(f"{'paused' if paused else 'resumed'} {queue}")
 
 
@@ -183,7 +159,7 @@ def queues(tier: str | None, app: str, as_json: bool) -> None:
 @click.option("--no-demo", is_flag=True, help="Do not start the demo producer.")
 def run(procfile: str, data_dir: str, no_demo: bool) -> None:
     """Run the whole stack locally: Redis (embedded if none), the Procfile's processes, a demo producer."""
-    _settings()
+    settings_or_exit()
     sys.exit(run_stack(procfile=procfile, data_dir=data_dir, demo=not no_demo))
 
 
@@ -193,7 +169,7 @@ def run(procfile: str, data_dir: str, no_demo: bool) -> None:
 def demo(rate: float, duration: float) -> None:
     """Send a realistic mix of critical, default and background work to the demo's actors
     (workers run them with TRIAGE_DEMO=1, which `triage run` sets)."""
-    _settings()
+    settings_or_exit()
     produce(rate=rate, duration=duration)
 
 
@@ -220,7 +196,7 @@ def _where(queue: str | None, actor: str | None, tenant: str | None, error: str 
     try:
         since_ms = dlq_model.since(since) if since else None
     except ValueError as exc:
-        _fail(f"--since: {exc}", 2)
+        fail(f"--since: {exc}", 2)
     return Filter(queue=queue, actor=actor, tenant=tenant, error=error, reason=reason, since_ms=since_ms)
 
 
@@ -240,8 +216,8 @@ def dlq_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def dlq_list(limit: int, cursor: str | None, as_json: bool, **filters: Any) -> None:
     """Dead letters, newest first, a page at a time."""
-    admin = _admin()
-    with _reporting_redis_errors(admin.settings):
+    admin = admin_or_exit()
+    with reporting_redis_errors(admin.settings):
         page, following = admin.dead_letters.page(_where(**filters), limit=limit, cursor=cursor)
     if as_json:
         click.echo(json.dumps({"dead_letters": [e.as_dict() for e in page], "next": following}, indent=2))
@@ -261,10 +237,10 @@ def dlq_list(limit: int, cursor: str | None, as_json: bool, **filters: Any) -> N
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def dlq_summary(as_json: bool, **filters: Any) -> None:
     """Dead letters grouped by queue, actor, error type and reason, most numerous first."""
-    admin = _admin()
+    admin = admin_or_exit()
     if filters.get("tenant") is not None:
-        _fail("--tenant: the summary groups by actor, error type and reason; use `dlq list --tenant`", 2)
-    with _reporting_redis_errors(admin.settings):
+        fail("--tenant: the summary groups by actor, error type and reason; use `dlq list --tenant`", 2)
+    with reporting_redis_errors(admin.settings):
         groups = admin.dead_letters.summary(_where(**filters))
     if as_json:
         click.echo(json.dumps({"groups": [asdict(g) for g in groups]}, indent=2))
@@ -283,11 +259,11 @@ def dlq_summary(as_json: bool, **filters: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def dlq_show(entry_id: str, queue: str | None, as_json: bool) -> None:
     """One dead letter: its record, last error with traceback, and message."""
-    admin = _admin()
-    with _reporting_redis_errors(admin.settings):
+    admin = admin_or_exit()
+    with reporting_redis_errors(admin.settings):
         entry = admin.dead_letters.show(entry_id, queue)
     if entry is None:
-        _fail(f"no dead letter {entry_id!r}", NOT_FOUND)
+        fail(f"no dead letter {entry_id!r}", NOT_FOUND)
     data = entry.as_dict(traceback=True)
     if as_json:
         click.echo(json.dumps(data, indent=2, default=repr))
@@ -301,15 +277,15 @@ def dlq_show(entry_id: str, queue: str | None, as_json: bool) -> None:
 
 def _selection(admin: Admin, ids: tuple[str, ...], everything: bool, where: Filter) -> list[DeadLetter]:
     if ids and (everything or not where.is_empty()):
-        _fail("give entry ids, or --all, or filters: not both", 2)
+        fail("give entry ids, or --all, or filters: not both", 2)
     if not ids and not everything and where.is_empty():
-        _fail("say which dead letters: entry ids, --all, or filters (--queue, --actor, --error, ...)", 2)
-    with _reporting_redis_errors(admin.settings):
+        fail("say which dead letters: entry ids, --all, or filters (--queue, --actor, --error, ...)", 2)
+    with reporting_redis_errors(admin.settings):
         if ids:
             found = [admin.dead_letters.show(i, where.queue) for i in ids]
             missing = [i for i, e in zip(ids, found, strict=True) if e is None]
             if missing:
-                _fail(f"no dead letter {', '.join(missing)}", NOT_FOUND)
+                fail(f"no dead letter {', '.join(missing)}", NOT_FOUND)
             return [e for e in found if e is not None]
         return list(admin.dead_letters.matching(where))
 
@@ -338,8 +314,8 @@ def dlq_requeue(
     try:
         per_second = dlq_model.rate(rate_text) if rate_text else None
     except ValueError as exc:
-        _fail(f"--rate: {exc}", 2)
-    admin = _admin()
+        fail(f"--rate: {exc}", 2)
+    admin = admin_or_exit()
     entries = _selection(admin, ids, everything, _where(**filters))
     if not _confirm(len(entries), "requeue", yes, dry_run):
         return
@@ -349,10 +325,10 @@ def dlq_requeue(
         done.done, done.gone, done.skipped = result.done, result.gone, result.skipped
 
     try:
-        with _reporting_redis_errors(admin.settings):
+        with reporting_redis_errors(admin.settings):
             result = admin.dead_letters.requeue(entries, rate=per_second, progress=progress)
     except KeyboardInterrupt:
-        _fail(f"interrupted after {done.done} requeued; run the same command again to requeue the rest", 130)
+        fail(f"interrupted after {done.done} requeued; run the same command again to requeue the rest", 130)
     click.echo(f"requeued {result.done}; {result.gone} already taken by someone else")
     if result.skipped:
         click.echo(f"skipped {len(result.skipped)} that cannot be decoded: {', '.join(result.skipped[:10])}", err=True)
@@ -366,10 +342,10 @@ def dlq_requeue(
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def dlq_purge(ids: tuple[str, ...], everything: bool, dry_run: bool, yes: bool, **filters: Any) -> None:
     """Delete dead letters for good."""
-    admin = _admin()
+    admin = admin_or_exit()
     entries = _selection(admin, ids, everything, _where(**filters))
     if not _confirm(len(entries), "purge", yes, dry_run):
         return
-    with _reporting_redis_errors(admin.settings):
+    with reporting_redis_errors(admin.settings):
         result = admin.dead_letters.purge(entries)
     click.echo(f"purged {result.done}; {result.gone} already gone")

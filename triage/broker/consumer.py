@@ -190,7 +190,7 @@ class TriageConsumer(Consumer):
         """Forget the delivery; or, when a policy decided so, retry or defer it in the same call."""
         redis_id = message.options["redis_message_id"]
         outcome = outcome_of(message)
-        if outcome is None:
+        if outcome is None or outcome.kind == "ack":
             self._settle("settle", self.settle_keys, ["ack", now_ms(), redis_id], redis_id)
         elif outcome.kind == "dead":  # decided dead but not failed: dead-letter it all the same
             self.nack(message)
@@ -206,7 +206,7 @@ class TriageConsumer(Consumer):
             target = self.broker.keys(placed.message.queue_name)
             new_id = placed.message.options["redis_message_id"]
             args = [
-                "retry",
+                outcome.kind,  # "retry" or "move"
                 now_ms(),
                 redis_id,
                 new_id,

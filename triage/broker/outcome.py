@@ -1,7 +1,8 @@
-"""How a delivery ends when it is neither a plain ack nor a plain nack: retried, deferred,
-or dead-lettered for a stated reason.
+"""How a delivery ends when it is neither a plain ack nor a plain nack: retried, moved to
+another queue, deferred, or dead-lettered for a stated reason.
 
-Guarantees: a policy decides in `after_process_message` (or before running the message) and
+Guarantees: the first policy to decide settles the message (later ones see `outcome_of` set and
+leave it). A policy decides in `after_process_message` (or before running the message) and
 records its decision on the delivered message with `set_outcome`; nothing is written to Redis
 then. The consumer applies the decision when Dramatiq settles the delivery, in one script call
 together with forgetting the delivery (`retry.lua`, `settle.lua`), so a decision that cannot
@@ -31,8 +32,8 @@ class Placed(NamedTuple):
 
 @dataclass(frozen=True)
 class Outcome:
-    kind: Literal["retry", "defer", "dead"]
-    placed: Placed | None = None  # retry: the message to store instead
+    kind: Literal["retry", "move", "defer", "dead", "ack"]  # ack: settled as done (a message dropped on purpose)
+    placed: Placed | None = None  # retry, move: the message to store instead
     delay_ms: int = 0  # defer
     reason: str = ""  # dead: exhausted, dead_on, ...
 

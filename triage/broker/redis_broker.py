@@ -224,10 +224,30 @@ class TriageBroker(Broker):
         hook, ...) do not run again, so it keeps the priority and tenant it had."""
         set_outcome(message, Outcome("retry", placed=self._place(retried, delay_ms, hooks=False)))
 
+    def move_later(self, message: MessageProxy, moved: Message[Any], *, delay_ms: int) -> None:
+        """Settle `message` by storing `moved` (on another queue, after `delay_ms`) as `retry_later`
+        does, but as a move, not a retry: counted as `moved_total`, not among the retries."""
+        set_outcome(message, Outcome("move", placed=self._place(moved, delay_ms, hooks=False)))
+
+    def pause_for(self, queue_name: str, *, ms: int, owner: str) -> bool:
+        """Pause the queue for `ms` on behalf of `owner` (a breaker), unless it is paused already
+        (an operator's pause is never shortened). The pause ends by itself after `ms`."""
+        return bool(self.client.set(self.keys(queue_name).paused, owner, px=max(1, int(ms)), nx=True))
+
+    def resume_if_paused_by(self, queue_name: str, owner: str) -> bool:
+        """Resume the queue if `owner` paused it (an operator's pause stays)."""
+        keys = self.keys(queue_name)
+        resumed: int = self.scripts["unpause"](keys=[keys.paused, keys.wake], args=[owner])
+        return bool(resumed)
+
     def defer(self, message: MessageProxy, *, delay_ms: int) -> None:
         """Settle `message` by putting it back on its queue after `delay_ms`, the same message:
         its retries and its delivery count are not used."""
         set_outcome(message, Outcome("defer", delay_ms=max(0, int(delay_ms))))
+
+    def ack_as_done(self, message: MessageProxy) -> None:
+        """Settle `message` as done though it did not run (dropped on purpose): a plain ack."""
+        set_outcome(message, Outcome("ack"))
 
     def dead_letter_as(self, message: MessageProxy, reason: str) -> None:
         """Settle `message` by moving it to the dead letters with `reason`."""

@@ -30,8 +30,11 @@ PRELUDES: dict[str, tuple[str, ...]] = {
     "retry": (PRELUDE,),
     "reclaim": (PRELUDE, DEAD),
     "dlq": (PRELUDE, DEAD),
+    "unpause": (),
 }
-SCRIPT_NAMES = tuple(PRELUDES)
+SCRIPT_NAMES = tuple(PRELUDES)  # the scripts over a queue's keys, loaded by the broker
+# Scripts over keys of their own (not a queue's), loaded by their owner with `load`.
+STANDALONE = ("breaker",)
 
 
 def header() -> str:
@@ -46,9 +49,14 @@ def header() -> str:
 
 def source(name: str) -> str:
     """The text Redis runs for script `name`: the header, its preludes, then `<name>.lua`."""
-    parts = [header(), *((LUA_DIR / f"{part}.lua").read_text() for part in (*PRELUDES[name], name))]
+    parts = [header(), *((LUA_DIR / f"{part}.lua").read_text() for part in (*PRELUDES.get(name, ()), name))]
     return "\n".join(parts)
 
 
 def register(client: redis.Redis) -> dict[str, Script]:
     return {name: client.register_script(source(name)) for name in SCRIPT_NAMES}
+
+
+def load(client: redis.Redis, name: str) -> Script:
+    """One of the `STANDALONE` scripts, registered on `client`."""
+    return client.register_script(source(name))

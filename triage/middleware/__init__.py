@@ -21,7 +21,9 @@ from dramatiq.results import Results
 
 from triage.broker.priority import InvalidPriority
 
+from .breakers import CircuitBreakers, CircuitOpen, UnknownBreaker
 from .callbacks import Callbacks
+from .declaration import InvalidActorOption
 from .heartbeat import Heartbeats
 from .payload_guard import PayloadGuard, PayloadTooLarge, PayloadTypeError
 from .placement import InvalidTenant, Placement
@@ -46,6 +48,7 @@ DEFAULT_STACK: tuple[StackEntry, ...] = (
     Callbacks,
     Pipelines,
     RetryPolicy,
+    CircuitBreakers,  # `circuit=`: after RetryPolicy, so it settles first (its after hook runs first)
     # Opt-in per actor or message (`store_results=True`, `group(...).run()` with a callback).
     Results,
     GroupCallbacks,
@@ -54,9 +57,12 @@ DEFAULT_STACK: tuple[StackEntry, ...] = (
 __all__ = [
     "DEFAULT_STACK",
     "Callbacks",
+    "CircuitBreakers",
+    "CircuitOpen",
     "Defer",
     "GracefulShutdown",
     "Heartbeats",
+    "InvalidActorOption",
     "InvalidPriority",
     "InvalidTenant",
     "PayloadGuard",
@@ -67,4 +73,5 @@ __all__ = [
     "Routing",
     "RoutingError",
     "StackEntry",
+    "UnknownBreaker",
 ]

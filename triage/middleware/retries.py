@@ -39,7 +39,10 @@ from dramatiq.errors import ActorNotFound, Retry
 from dramatiq.message import Message
 
 from triage.broker.clock import now_ms
+from triage.broker.outcome import outcome_of
 from triage.broker.redis_broker import TriageBroker, triage_broker
+
+from .declaration import InvalidActorOption
 
 logger = logging.getLogger(__name__)
 
@@ -104,17 +107,21 @@ class RetryPolicy(Middleware):
     def before_declare_actor(self, broker: Broker, actor: Actor[Any, Any]) -> None:
         backoff = actor.options.get("backoff", "exponential")
         if backoff not in ("exponential", "linear"):
-            raise ValueError(f"actor {actor.actor_name!r}: backoff must be 'exponential' or 'linear', got {backoff!r}")
+            raise InvalidActorOption(
+                f"actor {actor.actor_name!r}: backoff must be 'exponential' or 'linear', got {backoff!r}"
+            )
         for name in ("retry_on", "dead_on"):
             value = actor.options.get(name)
             if value is not None and not _exception_types(value):
-                raise TypeError(f"actor {actor.actor_name!r}: {name} must be an exception class or a tuple of them")
+                raise InvalidActorOption(
+                    f"actor {actor.actor_name!r}: {name} must be an exception class or a tuple of them"
+                )
 
     def after_process_message(
         self, broker: Broker, message: Any, *, result: Any = None, exception: BaseException | None = None
     ) -> None:
-        if exception is None:
-            return
+        if exception is None or outcome_of(message) is not None:
+            return  # succeeded, or settled by a policy that ran before (an open breaker's)
         triage = triage_broker(broker, needed_by=self)
         if isinstance(exception, Defer):
             triage.defer(message, delay_ms=exception.delay_ms)

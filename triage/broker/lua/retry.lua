@@ -3,7 +3,9 @@
 --   "retry"  the message (re-encoded by the caller: retries + 1) takes a new id, on this queue
 --            or another (retry_queue), after its backoff; the delivery count starts again;
 --   "defer"  the same message, same id and queue, after a delay; no retry is used and the
---            delivery does not count (the fetch's increment is undone).
+--            delivery does not count (the fetch's increment is undone);
+--   "move"   as "retry", but no retry is used (the caller keeps `retries`): a demotion to
+--            another queue (an open circuit breaker's `background` policy), counted as moved.
 -- Either way it keeps its priority and tenant, and goes to the tail of its level and tenant.
 --
 -- KEYS: the block of the queue it goes to, at b = 0 (KEYS[1] .. KEYS[BLOCK], laid out in
@@ -14,11 +16,11 @@
 --   deliveries      KEYS[BLOCK + 1]    {ns:T}:deliveries ("id:max": a message's own limit)
 --   retrying        KEYS[BLOCK + 2]    {ns:T}:retrying, zset id -> eta of the retries waiting
 --   src_msgs        KEYS[BLOCK + 3]    {ns:Q}:msgs (the failed delivery's message leaves it)
---   src_stats       KEYS[BLOCK + 4]    {ns:Q}:stats (running, retries_total, deferred_total)
+--   src_stats       KEYS[BLOCK + 4]    {ns:Q}:stats (running, retries_total, deferred_total, moved_total)
 --   src_acks        KEYS[BLOCK + 5]    {ns:Q}:acks:<consumer id>, the in-flight record
 --   src_deliveries  KEYS[BLOCK + 6]    {ns:Q}:deliveries, hash id -> deliveries so far
 --   items, state, rr:level and wake (of the target) are written by the _fifo.lua helpers.
--- ARGV: "retry" or "defer", now_ms, id in flight, new id (retry), encoded message (retry),
+-- ARGV: "retry", "defer" or "move", now_ms, id in flight, new id (retry), encoded message (retry),
 --   level, tenant, eta_ms, max_deliveries of the new message (0: the queue's default)
 -- Writes: msgs, delayed, retrying, items, state, rr:*, wake, deliveries; src_msgs, src_stats,
 --   src_acks, src_deliveries
@@ -49,7 +51,7 @@ if mode ~= "defer" then
 end
 if eta > now then
   redis.call("zadd", delayed, eta, id .. "|" .. level .. "|" .. tenant)
-  if mode ~= "defer" then
+  if mode == "retry" then
     redis.call("zadd", retrying, eta, id)
   end
 else
@@ -69,7 +71,11 @@ if mode == "defer" then
 else
   redis.call("hdel", src_msgs, old)
   redis.call("hdel", src_deliveries, old, old .. ":max")
-  redis.call("hincrby", src_stats, "retries_total", 1)
+  if mode == "retry" then
+    redis.call("hincrby", src_stats, "retries_total", 1)
+  else
+    redis.call("hincrby", src_stats, "moved_total", 1)
+  end
 end
 wake_up(b, 1)
 return 1
