@@ -9,6 +9,7 @@ import urllib.request
 
 import redis
 
+import triage
 from actors import default
 
 _client = redis.Redis.from_url(os.environ["REDIS_URL"])
@@ -46,3 +47,10 @@ def dropped_when_open(token: str) -> None:
 @default(queue="telegram_outbox", circuit="telegram", pause_queue_on_open=True)
 def paused_when_open(token: str) -> None:
     _call(token)
+
+
+@default(max_retries=20, min_backoff=200, max_backoff=1000)
+def guarded_call(token: str) -> None:
+    """The breaker around the call only (no `circuit=`): an open breaker raises CircuitOpen here."""
+    with triage.breaker("telegram"):
+        _call(token)

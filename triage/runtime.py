@@ -41,7 +41,7 @@ from triage.middleware import (
     Routing,
     StackEntry,
 )
-from triage.middleware.breakers import Breaker, BreakerBoard
+from triage.middleware.circuit import Breaker, BreakerBoard
 from triage.middleware.placement import PriorityHook
 from triage.routing import Router
 from triage.settings import ConfigError, Settings, load_settings

@@ -54,6 +54,13 @@ def _spec() -> Any:
     return runtime.breakers["telegram"].spec
 
 
+def _open_and_send(actor: Any, prefix: str, count: int) -> None:
+    """The breaker opened by an operator for a minute, then `count` messages sent to `actor`."""
+    runtime.breakers.store.force_open(_spec(), for_ms=60_000)
+    for i in range(count):
+        actor.send(f"{prefix}-{i}")
+
+
 @dataclass
 class OutageRun:
     sent: int
@@ -62,6 +69,7 @@ class OutageRun:
     calls_after_opening: int  # failed calls more than 1 s after the breaker opened: probes only
     breaker: dict[str, Any]
     queue: dict[str, Any]
+    logged_openings: int  # "Circuit breaker 'telegram' opened" lines in the workers' logs
     done: list[str]
     drained_s: float
 
@@ -70,7 +78,10 @@ def outage_under_a_stream(r: redis.Redis, *, outage_s: float, rate: float, recov
     """Two worker processes x 8 threads; the dependency fails with 500s for `outage_s` under a
     stream of `rate` messages/s, then recovers; returns what the dependency and Redis saw."""
     runtime.breakers.store.reset(_spec())
-    with downstream() as server, workers(server, queues=["default"], recovery_s=recovery_s, processes=PROCESSES):
+    with (
+        downstream() as server,
+        workers(server, queues=["default"], recovery_s=recovery_s, processes=PROCESSES) as running,
+    ):
         for i in range(20):
             ba.call_telegram.send(f"warm-{i}")
         wait_for(lambda: len(_done(r)) == 20)
@@ -86,6 +97,8 @@ def outage_under_a_stream(r: redis.Redis, *, outage_s: float, rate: float, recov
         outage_end = time.monotonic()
         wait_for(lambda: len(_done(r)) >= 20 + sent, timeout=max(60, 3 * recovery_s))
         drained = time.monotonic() - outage_end
+        time.sleep(0.2)  # the last log lines
+        logged = sum(1 for w in running for line in w.log if "Circuit breaker 'telegram' opened" in line)
     failed = server.times(500)
     opened_at = failed[THRESHOLD - 1] if len(failed) >= THRESHOLD else outage_start
     return OutageRun(
@@ -95,6 +108,7 @@ def outage_under_a_stream(r: redis.Redis, *, outage_s: float, rate: float, recov
         calls_after_opening=sum(1 for t in failed if t > opened_at + 1.0),
         breaker=_breaker(),
         queue=dict(runtime.queue_stats()["default"]),
+        logged_openings=logged,
         done=_done(r),
         drained_s=drained,
     )
@@ -115,7 +129,11 @@ def test_an_outage_opens_the_breaker_defers_the_stream_and_drains_by_itself(r: r
     assert run.calls_after_opening <= PROBES * rounds
     # And the outage cost no retries but those of the failures before the breaker opened
     assert run.queue["retries_total"] <= THRESHOLD - 1
-    assert run.queue["deferred_total"] > 0
+    # And deferred messages did not spin: each waited for the next probe round (or, while
+    # probes ran, for a second), so deferrals are bounded by the rounds, not by the time
+    assert 0 < run.queue["deferred_total"] <= run.sent * (2 * rounds + 2)
+    # And each opening was logged once, by the one process that made it
+    assert run.logged_openings == run.breaker["opened_total"]
     # And the breaker closed by itself
     assert run.breaker["state"] == "closed"
     assert run.breaker["opened_total"] >= 1
@@ -175,38 +193,53 @@ def test_open_breaker_policies_demote_dead_letter_and_drop_without_calling(r: re
 
 def test_a_dedicated_queue_is_paused_while_open_and_resumed_on_reset(r: redis.Redis) -> None:
     # Given the breaker open, and an actor on a queue of its own with pause_queue_on_open
-    runtime.breakers.store.force_open(_spec(), for_ms=60_000)
-    with downstream() as server:
-        for i in range(10):
-            ba.paused_when_open.send(f"p-{i}")
-        with workers(server, queues=["telegram_outbox"]):
-            # When the worker meets the open breaker
-            wait_for(lambda: runtime.broker.is_paused("telegram_outbox"), timeout=20)
-            # Then the queue is paused, its messages wait, and the dependency is not called
-            queued, delayed, running = runtime.broker.counts("telegram_outbox")
-            assert queued + delayed + running == 10
-            assert server.calls == []
-            # When an operator resets the breaker
-            reset = triage("breakers", "reset", "telegram")
-            assert reset.returncode == 0, reset.stderr
-            # Then everything runs
-            wait_for(lambda: len(_done(r)) == 10, timeout=20)
+    _open_and_send(ba.paused_when_open, "p", 10)
+    with downstream() as server, workers(server, queues=["telegram_outbox"]):
+        # When the worker meets the open breaker
+        wait_for(lambda: runtime.broker.is_paused("telegram_outbox"), timeout=20)
+        # Then the queue is paused, its messages wait, and the dependency is not called
+        queued, delayed, running = runtime.broker.counts("telegram_outbox")
+        assert queued + delayed + running == 10
+        assert server.calls == []
+        # When an operator resets the breaker
+        reset = triage("breakers", "reset", "telegram")
+        assert reset.returncode == 0, reset.stderr
+        # Then everything runs
+        wait_for(lambda: len(_done(r)) == 10, timeout=20)
     assert not runtime.broker.is_paused("telegram_outbox")
 
 
 def test_a_probe_admitted_under_concurrency_is_exactly_the_probe_count(r: redis.Redis) -> None:
-    # Given an open breaker due for probing, and a dependency that holds each call 1 s
+    # Given an open breaker due for probing, and a dependency that holds each call 1.5 s
     runtime.breakers.store.force_open(_spec(), for_ms=1)
     time.sleep(0.01)
     with downstream() as server:
-        server.mode, server.slow_s = "slow", 0.3
+        server.mode, server.slow_s = "slow", 1.5
         # When 32 messages reach 2 processes x 8 threads at once
         with workers(server, queues=["default"], processes=PROCESSES):
             for i in range(32):
                 ba.call_telegram.send(f"h-{i}")
             wait_for(lambda: server.count() >= 1, timeout=20)
-            time.sleep(0.2)
-            # Then the dependency received exactly the probes while half-open
-            assert server.count() == PROBES
-            server.mode = "healthy"
+            # Then, while the probes are held, the dependency receives exactly the probes
+            seen = []
+            for _ in range(10):
+                seen.append(server.count())
+                time.sleep(0.1)
+            assert set(seen[5:]) == {PROBES}
+            assert max(seen) == PROBES
+            # And once they succeed, everything runs
             wait_for(lambda: len(_done(r)) == 32, timeout=30)
+
+
+def test_circuit_open_raised_by_actor_code_defers_without_a_retry(r: redis.Redis) -> None:
+    # Given the breaker open, and an actor that wraps its call in triage.breaker(...) only
+    _open_and_send(ba.guarded_call, "g", 3)
+    with downstream() as server, workers(server, queues=["default"]):
+        # When the worker runs them
+        wait_for(lambda: runtime.queue_stats()["default"]["deferred_total"] >= 3, timeout=20)
+        # Then each was deferred, none retried, and the dependency was not called
+        assert runtime.queue_stats()["default"]["retries_total"] == 0
+        assert server.calls == []
+        # When the breaker is reset, they run
+        runtime.breakers.store.reset(_spec())
+        wait_for(lambda: len(_done(r)) == 3, timeout=20)

@@ -12,13 +12,16 @@ from collections.abc import Iterator
 import pytest
 import redis
 import tenacity
+from dramatiq.broker import MessageProxy
+from dramatiq.message import Message
 
 import triage
 from actors import runtime
 from tests.helpers import env_with, wait_for
 from tests.helpers import triage as triage_cli
-from triage.broker.breaker_state import CACHE_TTL_S, BreakerSpec, CircuitStore
-from triage.middleware.breakers import Breaker, CircuitOpen, UnknownBreaker
+from triage.broker.breaker_state import CACHE_TTL_S, BreakerSpec, CircuitStore, Verdict
+from triage.middleware import CircuitBreakers
+from triage.middleware.circuit import Breaker, CircuitOpen, UnknownBreaker
 from triage.runtime import build
 from triage.settings import ConfigError, load_settings
 
@@ -356,3 +359,98 @@ def test_an_operator_pause_is_not_lifted_by_a_breaker(r: redis.Redis) -> None:
     assert not runtime.broker.resume_if_paused_by("default", "breaker:telegram")
     # Then it is still paused
     assert runtime.broker.is_paused("default")
+
+
+def test_a_lost_probe_reporting_late_does_not_count_in_the_next_round(stores: list[CircuitStore]) -> None:
+    # Given a half-open breaker with one probe, whose probe C was presumed lost and replaced by D
+    breaker = Breaker(BreakerSpec("bank", failure_threshold=1, recovery_ms=200), stores[0])
+    _fail(breaker, 1)
+    time.sleep(0.25)
+    lost = breaker.permit()
+    time.sleep(0.25)
+    replacement = breaker.permit()
+    # When C reports late: released, then as a success
+    breaker.release(lost)
+    breaker.finish(lost, None)
+    # Then the round still has its one probe out (no second admitted), and the breaker is not closed
+    with pytest.raises(CircuitOpen):
+        breaker.permit()
+    assert stores[0].status(["bank"])["bank"]["state"] == "half_open"
+    # And D's success closes it
+    breaker.finish(replacement, None)
+    assert stores[0].status(["bank"])["bank"]["state"] == "closed"
+
+
+def test_a_failure_in_flight_when_the_breaker_opened_is_told_how_long_to_wait(stores: list[CircuitStore]) -> None:
+    # Given a call admitted while closed, then the breaker opened by other failures
+    breaker = Breaker(BreakerSpec("tg", failure_threshold=1, recovery_ms=30_000), stores[0])
+    in_flight = breaker.permit()
+    _fail(breaker, 1)
+    # When the call in flight fails too
+    tripped = breaker.finish(in_flight, RuntimeError("503"))
+    # Then it is treated as refused, with the time to the next probe (not 0: it would spin)
+    assert tripped is not None
+    assert 29 < tripped.retry_after <= 30
+
+
+def test_an_operator_reset_of_a_closed_breaker_is_no_transition(stores: list[CircuitStore]) -> None:
+    # Given a closed breaker with failures counted
+    breaker = Breaker(BreakerSpec("api", failure_threshold=5), stores[0])
+    _fail(breaker, 2)
+    # When it is reset, and opened twice
+    stores[0].reset(breaker.spec)
+    stores[0].force_open(breaker.spec, for_ms=60_000)
+    stores[0].force_open(breaker.spec, for_ms=120_000)
+    # Then only the change of state counted, and the second open moved the probe time
+    state = stores[0].status(["api"])["api"]
+    assert (state["closed_total"], state["opened_total"], state["failures"]) == (0, 1, 0)
+    assert 119 < state["next_probe_in_seconds"] <= 120
+
+
+def test_a_lost_subscription_drops_the_cached_state(r: redis.Redis, stores: list[CircuitStore]) -> None:
+    # Given a process caching a closed breaker
+    breaker = Breaker(BreakerSpec("tg"), stores[0])
+    breaker.finish(breaker.permit(), None)
+    wait_for(lambda: stores[0]._listener is not None and stores[0]._listener.live, timeout=5)
+    breaker.finish(breaker.permit(), None)
+    assert stores[0]._cached("tg") is not None
+    # When Redis drops its subscription connection
+    r.client_kill_filter(_type="pubsub")
+    # Then the cache is not trusted until it subscribed again (a transition may have been missed)
+    wait_for(lambda: stores[0]._cached("tg") is None, timeout=5)
+
+
+def test_a_gate_over_several_breakers_gives_back_the_probe_it_took(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a runtime with breakers a (half-open, one probe) and b (open), and a message gated by both
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    settings = load_settings(
+        {"BREAKERS": {"a": {"failure_threshold": 1, "recovery_timeout": 0.1}, "b": {}}}, namespace="gate"
+    )
+    rt = build(settings)
+    gate = next(m for m in rt.broker.middleware if isinstance(m, CircuitBreakers))
+    a, b = rt.breakers["a"], rt.breakers["b"]
+    _fail(a, 1)
+    time.sleep(0.15)
+    rt.breakers.store.force_open(b.spec, for_ms=60_000)
+    message = MessageProxy(Message("default", "x", (), {}, {"circuit": ["a", "b"]}))
+    # When the gate runs
+    with pytest.raises(CircuitOpen) as refused:
+        gate.before_process_message(rt.broker, message)
+    # Then b refused it, and a's probe went back: another call gets it
+    assert refused.value.breaker == "b"
+    assert a.permit().probe
+    rt.breakers.store.close()
+
+
+def test_a_queue_a_breaker_paused_is_resumed_when_it_closes(r: redis.Redis) -> None:
+    # Given a queue paused by the telegram breaker
+    runtime.broker.declare_queue("telegram_outbox")
+    runtime.broker.pause_for("telegram_outbox", ms=60_000, owner="breaker:telegram")
+    gate = next(m for m in runtime.broker.middleware if isinstance(m, CircuitBreakers))
+    assert gate.broker is not None
+    # When the breaker's probes close it in this process
+    runtime.breakers._transition("telegram", Verdict(True, False, "closed", 9, 0, 0, "closed"))
+    # Then the queue is resumed
+    assert not runtime.broker.is_paused("telegram_outbox")

@@ -10,6 +10,7 @@ process (each transition is published). An unknown name exits with status 3.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import Any
 
@@ -19,6 +20,8 @@ from triage.broker.breaker_state import BreakerSpec, CircuitStore, Verdict
 
 from .cli_common import NOT_FOUND, admin_or_exit, fail, reporting_redis_errors
 from .ops import Admin
+
+logger = logging.getLogger(__name__)
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
@@ -37,7 +40,13 @@ class BreakerOps:
 
     def __init__(self, admin: Admin) -> None:
         self.admin = admin
-        self.store = CircuitStore(client=admin.broker.client, namespace=admin.settings.namespace)
+        self.store = CircuitStore(
+            client=admin.broker.client, namespace=admin.settings.namespace, on_transition=self._logged
+        )
+
+    @staticmethod
+    def _logged(name: str, verdict: Verdict) -> None:
+        logger.warning("Circuit breaker %r %s by an operator.", name, verdict.transition.replace("_", "-"))
 
     def names(self) -> list[str]:
         return sorted(set(self.store.names()) | set(self.admin.settings.breakers))

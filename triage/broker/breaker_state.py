@@ -117,6 +117,7 @@ class CircuitStore:
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[Verdict, float]] = {}
         self._versions: dict[str, int] = {}  # bumped when a breaker's cache entry is dropped
+        self._epoch = 0  # bumped when every entry is dropped (subscribed anew, or the subscription lost)
         self._pending: dict[str, int] = {}  # rate mode: successes not written yet
         self._named: dict[str, float] = {}  # name -> when this process last recorded it (monotonic)
         self._listener: _Listener | None = None
@@ -222,7 +223,7 @@ class CircuitStore:
     def _run(self, spec: BreakerSpec, op: str, *extra: Any) -> Verdict:
         self._ensure_listener()
         with self._lock:
-            version = self._versions.get(spec.name, 0)
+            version = (self._epoch, self._versions.get(spec.name, 0))
         args = [
             op,
             now_ms(),
@@ -255,7 +256,9 @@ class CircuitStore:
         )
         listener = self._listener
         with self._lock:
-            fresh = self._versions.get(spec.name, 0) == version and listener is not None and listener.live
+            # Cached only if no transition (nor a new subscription) came between the call and now.
+            fresh = (self._epoch, self._versions.get(spec.name, 0)) == version
+            fresh = fresh and listener is not None and listener.live
             if verdict.state == CLOSED and fresh:
                 self._cache[spec.name] = (verdict, time.monotonic())
             else:
@@ -272,8 +275,7 @@ class CircuitStore:
                 self._cache.pop(n, None)
                 self._versions[n] = self._versions.get(n, 0) + 1
             if name is None:
-                for n in list(self._versions):
-                    self._versions[n] += 1
+                self._epoch += 1
 
     def _ensure_listener(self) -> None:
         listener = self._listener
@@ -310,6 +312,7 @@ class _Listener(threading.Thread):
                     if message is None:
                         continue
                     if message["type"] == "subscribe":
+                        self.drop(None)  # what was read before the subscription may have missed a transition
                         self.live = True
                     elif message["type"] == "message":
                         self.drop(_text(message["data"]))

@@ -21,8 +21,9 @@ from dramatiq.results import Results
 
 from triage.broker.priority import InvalidPriority
 
-from .breakers import CircuitBreakers, CircuitOpen, UnknownBreaker
+from .breakers import CircuitBreakers
 from .callbacks import Callbacks
+from .circuit import CircuitOpen, UnknownBreaker
 from .declaration import InvalidActorOption
 from .heartbeat import Heartbeats
 from .payload_guard import PayloadGuard, PayloadTooLarge, PayloadTypeError

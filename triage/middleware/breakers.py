@@ -30,18 +30,17 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from dramatiq import Actor, Broker, Middleware
 from dramatiq.errors import ActorNotFound
-from dramatiq.middleware import MiddlewareError
 
-from triage.broker.breaker_state import CLOSED, OPEN, BreakerSpec, CircuitStore, Permit, Verdict
+from triage.broker.breaker_state import CLOSED, Permit, Verdict
 from triage.broker.redis_broker import TriageBroker, triage_broker
 
+from .circuit import Breaker, BreakerBoard, CircuitOpen, UnknownBreaker, held
 from .declaration import InvalidActorOption
-from .retries import Defer
 
 logger = logging.getLogger(__name__)
 
@@ -49,121 +48,6 @@ ON_OPEN = ("defer", "background", "dead_letter", "drop")
 DEAD_REASON = "circuit-open"
 MAX_JITTER_MS = 1000
 _PERMITS = "_triage_permits"
-
-
-class CircuitOpen(Defer, MiddlewareError):
-    """A breaker refused the call: `breaker` is its name, `retry_after` the seconds until its
-    next probe. In an actor, it defers the message (no retry used) unless `on_open` says otherwise."""
-
-    def __init__(self, breaker: str, retry_after_ms: int) -> None:
-        wait_ms = max(0, int(retry_after_ms))
-        super().__init__(wait_ms, f"circuit breaker {breaker!r} is open; next probe in {wait_ms / 1000:.1f} s")
-        self.breaker = breaker
-        self.retry_after = max(0, int(retry_after_ms)) / 1000
-
-    def __reduce__(self) -> tuple[Any, ...]:  # picklable (Results stores exceptions; tests cross processes)
-        return (type(self), (self.breaker, self.delay_ms))
-
-
-class UnknownBreaker(LookupError):
-    """A breaker name that the configuration does not declare."""
-
-
-class Breaker:
-    """One named breaker of this process: its spec, what counts as a failure, its state in Redis."""
-
-    def __init__(
-        self,
-        spec: BreakerSpec,
-        store: CircuitStore,
-        *,
-        ignore: tuple[type[BaseException], ...] = (),
-        counts: Callable[[BaseException], bool] | None = None,
-    ) -> None:
-        self.spec, self.store, self.ignore, self.counts = spec, store, ignore, counts
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    def permit(self) -> Permit:
-        """Admit a call, or raise `CircuitOpen` at once."""
-        permit, verdict = self.store.acquire(self.spec)
-        if permit is None:
-            raise CircuitOpen(self.name, verdict.wait_ms)
-        return permit
-
-    def finish(self, permit: Permit, exception: BaseException | None) -> CircuitOpen | None:
-        """Record how an admitted call ended (an exception that does not count is a success).
-        Returns a `CircuitOpen` when the call failed and the breaker is open now (it tripped)."""
-        if isinstance(exception, CircuitOpen):  # another breaker refused: this call said nothing
-            self.store.release(self.spec, permit)
-            return None
-        failed = exception is not None and self.counts_as_failure(exception)
-        verdict = self.store.record(self.spec, permit, failed=failed, error=type(exception).__name__ if failed else "")
-        if failed and verdict is not None and verdict.state == OPEN:
-            return CircuitOpen(self.name, verdict.wait_ms)
-        return None
-
-    def release(self, permit: Permit) -> None:
-        self.store.release(self.spec, permit)
-
-    def counts_as_failure(self, exception: BaseException) -> bool:
-        if isinstance(exception, CircuitOpen) or (self.ignore and isinstance(exception, self.ignore)):
-            return False
-        if self.counts is None:
-            return True
-        try:
-            return bool(self.counts(exception))
-        except Exception:  # a predicate that fails must not hide the failure it was asked about
-            logger.exception("Breaker %r: its counts function failed; the failure counts.", self.name)
-            return True
-
-    def __repr__(self) -> str:
-        return f"<Breaker {self.name}>"
-
-
-class BreakerBoard:
-    """The breakers declared for this process, by name; logs each transition this process makes."""
-
-    def __init__(self, store: CircuitStore, breakers: Mapping[str, Breaker]) -> None:
-        self.store = store
-        self.breakers = dict(breakers)
-        self.listeners: list[Callable[[str, Verdict], None]] = []
-        store.on_transition = self._transition
-
-    def __getitem__(self, name: str) -> Breaker:
-        try:
-            return self.breakers[name]
-        except KeyError:
-            declared = ", ".join(sorted(self.breakers)) or "none"
-            raise UnknownBreaker(
-                f"no circuit breaker named {name!r} (declared: {declared}); declare it in the service's "
-                f"config.BREAKERS or TRIAGE_BREAKERS"
-            ) from None
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.breakers
-
-    def spec(self, name: str) -> BreakerSpec:
-        """The declared spec, or the defaults for a breaker only Redis knows (operator commands)."""
-        breaker = self.breakers.get(name)
-        return breaker.spec if breaker is not None else BreakerSpec(name)
-
-    def _transition(self, name: str, verdict: Verdict) -> None:
-        if verdict.transition == OPEN:
-            logger.warning(
-                "Circuit breaker %r opened (failures: %d); calls are refused, next probe in %.1f s.",
-                name,
-                verdict.failures,
-                verdict.wait_ms / 1000,
-            )
-        elif verdict.transition == CLOSED:
-            logger.warning("Circuit breaker %r closed: its probes succeeded.", name)
-        else:
-            logger.warning("Circuit breaker %r half-open: admitting probes.", name)
-        for listener in self.listeners:
-            listener(name, verdict)
 
 
 def circuit_names(value: Any) -> tuple[str, ...]:
@@ -236,12 +120,13 @@ class CircuitBreakers(Middleware):
                     admitted.release(permit)
                 raise
         message.__dict__[_PERMITS] = permits
+        held().update((breaker.name, permit) for breaker, permit in permits)
 
     def after_process_message(
         self, broker: Broker, message: Any, *, result: Any = None, exception: BaseException | None = None
     ) -> None:
         tripped = None
-        for breaker, permit in message.__dict__.pop(_PERMITS, ()):
+        for breaker, permit in self._take_permits(message):
             tripped = breaker.finish(permit, exception) or tripped
         if isinstance(exception, CircuitOpen):
             self._on_open(triage_broker(broker, needed_by=self), message, exception)
@@ -250,8 +135,13 @@ class CircuitBreakers(Middleware):
             self._on_open(triage_broker(broker, needed_by=self), message, tripped)
 
     def after_skip_message(self, broker: Broker, message: Any) -> None:
-        for breaker, permit in message.__dict__.pop(_PERMITS, ()):
+        for breaker, permit in self._take_permits(message):
             breaker.release(permit)
+
+    def _take_permits(self, message: Any) -> list[tuple[Breaker, Permit]]:
+        permits: list[tuple[Breaker, Permit]] = message.__dict__.pop(_PERMITS, [])
+        held().clear()
+        return permits
 
     def _option(self, broker: Broker, message: Any, name: str, default: Any = None) -> Any:
         if name in message.options:
@@ -263,7 +153,7 @@ class CircuitBreakers(Middleware):
 
     def _on_open(self, broker: TriageBroker, message: Any, exc: CircuitOpen) -> None:
         policy = self._option(broker, message, "on_open", "defer")
-        wait_ms = exc.delay_ms
+        wait_ms = max(1, exc.delay_ms)
         delay_ms = wait_ms + int(self.rng(0, min(MAX_JITTER_MS, wait_ms // 10)))
         if self._option(broker, message, "pause_queue_on_open", False) and policy in ("defer", "background"):
             try:

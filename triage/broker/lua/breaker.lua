@@ -23,8 +23,9 @@
 --   "open"     for_ms (0: until reset)           forced open (maintenance)
 --   successes: calls that succeeded in this process and are not written yet (rate mode);
 --   probe, failed: "1" or "0".
--- Writes: state. Publishes the breaker's name on `channel` at every transition, so that the
---   processes that cache a closed state drop it at once.
+-- Writes: state. Publishes the breaker's name on `channel` at every transition (and at a
+--   closed breaker's first failure; in the rate mode, at every failure), so that the processes
+--   that cache a closed state drop it at once.
 -- Returns: { allowed (0/1), probe (0/1), state, gen, wait_ms (when refused: until the next
 --   probe, at most recovery_ms), failures (consecutive), transition ("" or the new state) }
 
@@ -107,11 +108,40 @@ local function reply(allowed, probe, wait)
   return {allowed, probe, current, gen, wait, num("failures"), transition}
 end
 
+-- How long a refused call waits: until the next probe, at most a recovery timeout (after a long
+-- forced open that an operator ends early, the calls deferred meanwhile look again within one);
+-- while probes run, at most half_open_wait.
+local function refusal_wait()
+  if current == "half_open" then
+    return math.max(1, math.min(half_open_wait, num("probe_deadline") - now))
+  end
+  local until_ms = num("open_until")
+  if until_ms == 0 then
+    return recovery_ms  -- forced open until reset: look again after a recovery timeout
+  end
+  return math.max(1, math.min(until_ms - now, recovery_ms))
+end
+
+-- Operators: a transition only when the state changes (counted, published); else the fields.
 if op == "reset" then
-  close()
+  if current ~= "closed" then
+    close()
+  else
+    redis.call("hset", state, "failures", 0)
+    clear_window()
+  end
   return reply(1, 0, 0)
 elseif op == "open" then
-  open_for(tonumber(ARGV[13]), 1)
+  local for_ms = tonumber(ARGV[13])
+  if current ~= "open" then
+    open_for(for_ms, 1)
+  else
+    local until_ms = 0
+    if for_ms > 0 then
+      until_ms = now + for_ms
+    end
+    redis.call("hset", state, "open_until", until_ms, "forced", 1)
+  end
   return reply(0, 0, 0)
 end
 redis.call("hset", state, "threshold", threshold, "rate", rate, "window_ms", window_ms, "min_calls", min_calls,
@@ -125,7 +155,9 @@ if current == "open" then
     move("half_open", {"probes", 0, "probe_ok", 0, "probe_deadline", now + recovery_ms, "forced", 0})
   end
 elseif current == "half_open" and now >= num("probe_deadline") then
-  redis.call("hset", state, "probes", 0, "probe_ok", 0, "probe_deadline", now + recovery_ms)
+  -- A new round: a late result (or release) of the lost round's probes must not count in it.
+  gen = gen + 1
+  redis.call("hset", state, "gen", gen, "probes", 0, "probe_ok", 0, "probe_deadline", now + recovery_ms)
 end
 
 if op == "acquire" then
@@ -140,17 +172,9 @@ if op == "acquire" then
       redis.call("hset", state, "probes", admitted + 1)
       return reply(1, 1, 0)
     end
-    redis.call("hincrby", state, "rejected_total", 1)
-    return reply(0, 0, math.max(1, math.min(half_open_wait, num("probe_deadline") - now)))
   end
   redis.call("hincrby", state, "rejected_total", 1)
-  local until_ms = num("open_until")
-  if until_ms == 0 then
-    return reply(0, 0, recovery_ms)  -- forced open until reset: look again after a recovery timeout
-  end
-  -- At most a recovery timeout: after a long forced open that an operator resets early, the
-  -- calls deferred meanwhile look again within a recovery timeout.
-  return reply(0, 0, math.min(until_ms - now, recovery_ms))
+  return reply(0, 0, refusal_wait())
 elseif op == "release" then
   if tonumber(ARGV[14]) == gen and current == "half_open" and ARGV[15] == "1" then
     redis.call("hset", state, "probes", math.max(0, num("probes") - 1))
@@ -165,11 +189,21 @@ if failed then
   redis.call("hset", state, "last_error", ARGV[17], "last_failure_at", now)
 end
 if call_gen ~= gen then
-  return reply(1, 0, 0)  -- admitted before the last transition: its result says nothing of now
+  -- Admitted before the last transition: its result says nothing of now. A failure that finds
+  -- the breaker open (or probing) is told how long to wait, as a refused call would be.
+  if current ~= "closed" then
+    return reply(0, 0, refusal_wait())
+  end
+  return reply(1, 0, 0)
 end
 if current == "closed" then
   if failed then
     local failures = redis.call("hincrby", state, "failures", 1)
+    if failures == 1 or mode == "rate" then
+      -- Processes that cache this breaker closed drop it, so their next success is written
+      -- (resetting the count) and their unwritten successes join the window.
+      redis.call("publish", channel, name)
+    end
     local calls, failed_calls = window_add(pending + 1, 1)
     local trips
     if mode == "rate" then
