@@ -31,6 +31,11 @@ def fail_once(token: int) -> None:
     _client.incr(DONE_KEY)
 
 
+def record_start(label: str) -> None:
+    """Record when a run started (epoch seconds), to measure a rate over time."""
+    _client.rpush(f"bench:starts:{label}", time.time())
+
+
 def record_wait(sent_at: float, label: str) -> None:
     """Record how long the message waited between send and start, in ms."""
     _client.rpush(f"{LATENCY_KEY}:{label}", (time.time() - sent_at) * 1000)

@@ -11,6 +11,8 @@ Prints one JSON object. Commands:
   tenant_b COUNT        COUNT messages of tenant B, at once
   prefill_delayed N     N no-op messages delayed by one hour
   prefill_fails_once N  N messages on `bench` whose first run fails (their retry succeeds)
+  prefill_flood N MS    N messages of tenant A (MS ms each) that record their start (Triage only)
+  tenants_paced S RATE  tenants B, C, D, E each send RATE messages/s for S seconds
 """
 
 from __future__ import annotations
@@ -48,6 +50,18 @@ def main(argv: list[str]) -> dict[str, Any]:
             app.send(app.tenant_job, time.time(), "tenant_b", 0.0, tenant="B")
     elif command == "prefill_fails_once":
         app.send_many(app.fails_once, [(i,) for i in range(int(args[0]))])
+    elif command == "prefill_flood":
+        app.send_many(app.tenant_flood, [(args[1],) for _ in range(int(args[0]))], tenant="A")
+    elif command == "tenants_paced":
+        seconds, rate = args[0], args[1]
+        sent = 0
+        while (elapsed := time.perf_counter() - started) < seconds:
+            while sent < elapsed * rate:
+                for tenant in "BCDE":
+                    app.send(app.tenant_job, time.time(), f"tenant_{tenant}", 2.0, tenant=tenant)
+                sent += 1
+            time.sleep(0.005)
+        args = [float(sent * 4)]
     elif command == "prefill_delayed":
         app.send_many(app.noop, [() for _ in range(int(args[0]))], delay=3_600_000)
     else:

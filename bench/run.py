@@ -362,7 +362,12 @@ def report(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="1/5 of the volumes, for a smoke run")
-    table = run(parser.parse_args().quick)
+    from bench import tenants as tenant_bench  # it builds on this module's helpers
+
+    quick = parser.parse_args().quick
+    table = run(quick)
+    seconds = 12.0 if quick else 60.0
+    table += "\n\n" + tenant_bench.report(tenant_bench.run(seconds), seconds)
     print(table)
     (Path(__file__).parent / "last-run.md").write_text(table + "\n")
 

@@ -42,6 +42,13 @@ def tenant_job(sent_at: float, label: str, ms: float) -> None:
     _probes.sleep_ms(ms)
 
 
+@default(queue="bench")
+def tenant_flood(ms: float) -> None:
+    """Tenant A's flood: records when each run starts, to check A's rate against its limit."""
+    _probes.record_start("A")
+    _probes.sleep_ms(ms)
+
+
 def _options(tenant: str | None) -> dict[str, Any]:
     return {"tenant": tenant} if tenant else {}
 

@@ -38,5 +38,11 @@ BREAKERS: dict[str, dict[str, object]] = {
     "telegram": {"failure_threshold": 5, "recovery_timeout": 60, "half_open_probes": 1},
 }
 
+# Per-tenant dispatch limits by tier or queue: "*" every tenant's default there, other keys one
+# tenant's own (rpm: messages a minute, burst: at once after a quiet spell, max_in_flight).
+# TRIAGE_TENANT_RPM_<TIER>, ..._BURST_<TIER>, ..._MAX_IN_FLIGHT_<TIER> override a tier's "*".
+# e.g. {"background": {"*": {"rpm": 600, "max_in_flight": 4}, "acme": {"rpm": 6000}}}
+TENANT_LIMITS: dict[str, dict[str, dict[str, float]]] = {}
+
 # A function that adjusts message priorities, "package.module:function" (None: no hook).
 PRIORITY_HOOK: str | None = None

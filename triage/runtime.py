@@ -31,6 +31,7 @@ from dramatiq.results.backends import RedisBackend as RedisResultBackend
 from triage.broker.breaker_state import BreakerSpec, CircuitStore
 from triage.broker.connection import client_from_url
 from triage.broker.encoder import encoder_for
+from triage.broker.limits import Limits
 from triage.broker.redis_broker import TriageBroker
 from triage.middleware import (
     DEFAULT_STACK,
@@ -139,6 +140,11 @@ def build(settings: Settings, stack: Iterable[StackEntry] = DEFAULT_STACK) -> Ru
     def tier_of(queue: str) -> Tier:
         return taxonomy.tier_of_queue(queue) or taxonomy.tiers["default"]
 
+    def tenant_limits(queue: str) -> tuple[Limits, dict[str, Limits]]:
+        tier = tier_of(queue).name
+        own = settings.tenant_overrides(queue, tier)
+        return settings.tenant_defaults(queue, tier).triple(), {t: limit.triple() for t, limit in own.items()}
+
     broker = TriageBroker(
         client=client,
         namespace=settings.namespace,
@@ -146,6 +152,7 @@ def build(settings: Settings, stack: Iterable[StackEntry] = DEFAULT_STACK) -> Ru
         heartbeat_timeout_ms=int(settings.heartbeat_timeout * 1000),
         max_deliveries=lambda queue: tier_of(queue).max_deliveries,
         dead_letter_limits=lambda queue: tier_of(queue).dead_letter_limits(),
+        tenant_limits=tenant_limits,
         queue_label=lambda queue: taxonomy.queues.get(queue, "default"),
         min_replicas=settings.min_replicas,
         replica_timeout_ms=settings.replica_timeout_ms,

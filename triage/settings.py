@@ -88,6 +88,21 @@ class BreakerSettings(BaseModel):
     counts: Annotated[str, Field(pattern=_IMPORT_PATH)] | None = None
 
 
+class TenantLimit(BaseModel):
+    """A tenant's dispatch limits on one queue (0: no limit)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rpm: Annotated[float, Field(ge=0, le=6_000_000)] = 0  # messages per minute, a token bucket...
+    burst: Annotated[float, Field(ge=0, le=1_000_000)] = 0  # ...this deep (0: one second's worth, at least 1)
+    max_in_flight: Annotated[int, Field(ge=0, le=1_000_000)] = 0  # fetched and not settled, at once
+
+    def triple(self) -> tuple[float, float, int]:
+        """(rpm, burst, max_in_flight) as the broker's fetch takes them."""
+        burst = self.burst or (max(1.0, self.rpm / 60) if self.rpm else 0.0)
+        return self.rpm, burst, self.max_in_flight
+
+
 class Settings(BaseSettings):
     """The effective configuration of one Triage process."""
 
@@ -124,6 +139,19 @@ class Settings(BaseSettings):
     priority_hook: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     # Named circuit breakers: {"telegram": {"failure_threshold": 5, "recovery_timeout": 60}}.
     breakers: dict[str, BreakerSettings] = Field(default_factory=dict)
+    # Per-tenant dispatch limits by tier or queue: {"background": {"*": {"rpm": 600}, "acme": {...}}};
+    # "*" is every tenant's default there, another key one tenant's own limits.
+    tenant_limits: dict[str, dict[str, TenantLimit]] = Field(default_factory=dict)
+    # The tiers' defaults, as the operators' variables name them (they win over tenant_limits' "*").
+    tenant_rpm_critical: float | None = Field(default=None, ge=0)
+    tenant_rpm_default: float | None = Field(default=None, ge=0)
+    tenant_rpm_background: float | None = Field(default=None, ge=0)
+    tenant_burst_critical: float | None = Field(default=None, ge=0)
+    tenant_burst_default: float | None = Field(default=None, ge=0)
+    tenant_burst_background: float | None = Field(default=None, ge=0)
+    tenant_max_in_flight_critical: int | None = Field(default=None, ge=0)
+    tenant_max_in_flight_default: int | None = Field(default=None, ge=0)
+    tenant_max_in_flight_background: int | None = Field(default=None, ge=0)
 
     @field_validator("redis_url")
     @classmethod
@@ -150,6 +178,25 @@ class Settings(BaseSettings):
                 raise ValueError(f"breaker name {name!r} must match {BREAKER_NAME} (lower case: env names are)")
         return value
 
+    def tenant_defaults(self, queue: str, tier: TierName) -> TenantLimit:
+        """Every tenant's limits on `queue` (of `tier`): the queue's "*", else the tier's, with the
+        tier's TRIAGE_TENANT_*_<TIER> variables over the tier's."""
+        own = self.tenant_limits.get(queue, {}).get("*")
+        if own is not None and queue != tier:
+            return own
+        base = self.tenant_limits.get(tier, {}).get("*") or TenantLimit()
+        fields = {
+            "rpm": getattr(self, f"tenant_rpm_{tier}"),
+            "burst": getattr(self, f"tenant_burst_{tier}"),
+            "max_in_flight": getattr(self, f"tenant_max_in_flight_{tier}"),
+        }
+        return base.model_copy(update={k: v for k, v in fields.items() if v is not None})
+
+    def tenant_overrides(self, queue: str, tier: TierName) -> dict[str, TenantLimit]:
+        """Tenants with limits of their own on `queue`: the tier's, then the queue's."""
+        merged = {**self.tenant_limits.get(tier, {}), **self.tenant_limits.get(queue, {})}
+        return {tenant: limit for tenant, limit in merged.items() if tenant != "*"}
+
     @property
     def redis_url_redacted(self) -> str:
         return redact_url(self.redis_url)
@@ -172,7 +219,7 @@ def redact_url(url: str) -> str:
 
 
 # The structure a service may declare in its `config` module, as upper-case names.
-CONFIG_NAMES = ("ROUTES", "QUEUES", "TIERS", "PRIORITY_HOOK", "BREAKERS")
+CONFIG_NAMES = ("ROUTES", "QUEUES", "TIERS", "PRIORITY_HOOK", "BREAKERS", "TENANT_LIMITS")
 
 
 def config_values(config: object | Mapping[str, Any] | None) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from .demo import produce
 from .dlq_model import DeadLetter, Filter
 from .ops import Admin, UnknownQueue
 from .run import run_stack
+from .tenants import tenants_command
 
 APP_OPTION = click.option(
     "--app",
@@ -73,6 +74,7 @@ def main() -> None:
 
 
 main.add_command(breakers_group)
+main.add_command(tenants_command)
 
 
 @main.command()

@@ -46,6 +46,7 @@ from .backlog import SettleBacklog
 from .clock import now_ms
 from .errors import CONNECTION_ERRORS, connection_lost
 from .keys import QueueKeys
+from .limits import Limits
 from .outcome import outcome_of
 from .priority import DEFAULT_PRIORITY
 
@@ -93,6 +94,8 @@ class ConsumerHost(Protocol):
 
     def dead_letter_limits(self, queue_name: str) -> tuple[int, int]: ...
 
+    def tenant_defaults(self, queue_name: str) -> Limits: ...
+
     def keys(self, queue_name: str) -> QueueKeys: ...
 
 
@@ -105,6 +108,7 @@ class TriageConsumer(Consumer):
         self.fetch_keys = self.keys.fetch_keys(self.consumer_id)
         self.settle_keys = self.keys.settle_keys(self.consumer_id)
         self.requeue_keys = self.keys.requeue_keys(self.consumer_id)
+        self.limits = broker.tenant_defaults(queue_name)  # every tenant's (rpm, burst, max in flight)
         self.prefetch = max(1, prefetch)
         self.low_water = max(1, self.prefetch // 2)
         # A blocking wait must end before the client's socket timeout (redis-py's default is 5 s).
@@ -143,7 +147,7 @@ class TriageConsumer(Consumer):
 
     def _fetch(self, count: int) -> bool:
         triples, next_eta, suspect = self.broker.scripts["fetch"](
-            keys=self.fetch_keys, args=[now_ms(), count, MAX_DUE_MOVED_PER_FETCH]
+            keys=self.fetch_keys, args=[now_ms(), count, MAX_DUE_MOVED_PER_FETCH, *self.limits]
         )
         self.next_eta = int(next_eta)
         if suspect:

@@ -33,6 +33,9 @@ class QueueKeys:
         self.dead_idx = f"{tag}:dead.idx"
         self.retrying = f"{tag}:retrying"
         self.deliveries = f"{tag}:deliveries"
+        self.tenants = f"{tag}:tenants"
+        self.parked = f"{tag}:parked"
+        self.limits = f"{tag}:limits"
         self.levels = [f"{tag}:rr:{level}" for level in LEVELS]
         self._block = [
             self.msgs,
@@ -60,14 +63,26 @@ class QueueKeys:
         """The dead letters: ids by time, bodies, records, and the lexicographic index."""
         return [self.dead, self.dead_msgs, self.dead_info, self.dead_idx]
 
+    def tenant_keys(self) -> list[str]:
+        """The per-tenant limits' bookkeeping (`lua/_tenants.lua`): in flight and buckets, parked tenants."""
+        return [self.tenants, self.parked]
+
     def fetch_keys(self, consumer_id: str) -> list[str]:
-        return [*self._block, self.acks(consumer_id), self.deliveries, self.retrying]
+        return [*self._block, self.acks(consumer_id), self.deliveries, self.retrying, *self.tenant_keys(), self.limits]
 
     def requeue_keys(self, consumer_id: str) -> list[str]:
-        return [*self._block, self.acks(consumer_id), self.deliveries]
+        return [*self._block, self.acks(consumer_id), self.deliveries, *self.tenant_keys()]
 
     def settle_keys(self, consumer_id: str) -> list[str]:
-        return [self.msgs, self.stats, self.acks(consumer_id), self.deliveries, *self.dead_keys()]
+        return [
+            self.msgs,
+            self.stats,
+            self.acks(consumer_id),
+            self.deliveries,
+            *self.dead_keys(),
+            *self.tenant_keys(),
+            self.wake,
+        ]
 
     def retry_keys(self, source: QueueKeys, consumer_id: str) -> list[str]:
         """Keys of retry.lua: this queue (where the message goes) then the one it was fetched from."""
@@ -79,10 +94,12 @@ class QueueKeys:
             source.stats,
             source.acks(consumer_id),
             source.deliveries,
+            *source.tenant_keys(),
+            source.wake,
         ]
 
     def reclaim_keys(self, dead_worker_id: str) -> list[str]:
-        return [*self._block, self.acks(dead_worker_id), self.deliveries, *self.dead_keys()]
+        return [*self._block, self.acks(dead_worker_id), self.deliveries, *self.dead_keys(), *self.tenant_keys()]
 
     def dead_letter_keys(self) -> list[str]:
         """Keys of the dead-letter operations (dlq.lua): the block, deliveries, the dead letters."""
@@ -90,4 +107,13 @@ class QueueKeys:
 
     def message_keys(self) -> list[str]:
         """Every key that holds messages (what a flush drops)."""
-        return [self.msgs, self.items, self.state, self.delayed, self.retrying, self.deliveries, *self.levels]
+        return [
+            self.msgs,
+            self.items,
+            self.state,
+            self.delayed,
+            self.retrying,
+            self.deliveries,
+            self.parked,
+            *self.levels,
+        ]

@@ -12,7 +12,9 @@ The life of a message, in plain words:
    the due delayed messages to their places, takes the most urgent level that has work,
    serves the tenants of that level in turn (one message each, round-robin) and records
    every message it hands out as in flight for this worker process, with its level and
-   tenant. A paused queue hands out nothing; its messages wait, and enqueues still work.
+   tenant. A tenant over its limits (`tenant_limits`: a token bucket and an in-flight cap)
+   is parked instead, its messages left in place, until its next token is due or one of its
+   messages settles. A paused queue hands out nothing; its messages wait, and enqueues still work.
 3. The worker runs the actor. Success acks: the message is forgotten. A failure that the
    retry policy retries, or a deferral, is stored again (delayed by the backoff, same
    priority and tenant) in the same script call that forgets the failed delivery
@@ -61,6 +63,7 @@ from .encoder import MsgpackEncoder
 from .errors import CONNECTION_ERRORS, ReplicationError, connection_lost, join_timeout
 from .inspection import queue_stats
 from .keys import QueueKeys
+from .limits import NO_LIMITS, Limits, limits_text
 from .outcome import Outcome, Placed, set_outcome
 from .priority import DEFAULT_PRIORITY, check_priority
 from .registry import WorkerRegistry
@@ -85,6 +88,8 @@ class TriageBroker(Broker):
         operator commands can list queues from Redis alone.
       dead_letter_limits: a queue's dead-letter retention, (max entries, max age in ms), 0 for
         no limit; the oldest beyond either are dropped and counted (`dead_trimmed_total`).
+      tenant_limits: a queue's per-tenant dispatch limits: every tenant's (rpm, burst, max in
+        flight; 0: none) and those of tenants with limits of their own (see `lua/_tenants.lua`).
       min_replicas, replica_timeout_ms: durable enqueue: WAIT for that many replicas,
         else raise `ReplicationError` (0: do not wait).
       encoder: how messages are encoded (msgpack by default); the broker reads what it writes
@@ -102,6 +107,7 @@ class TriageBroker(Broker):
         max_deliveries: Callable[[str], int] = lambda queue_name: 3,
         queue_label: Callable[[str], str] = lambda queue_name: "",
         dead_letter_limits: Callable[[str], tuple[int, int]] = lambda queue_name: (100_000, 90 * 86_400_000),
+        tenant_limits: Callable[[str], tuple[Limits, dict[str, Limits]]] = lambda queue_name: (NO_LIMITS, {}),
         min_replicas: int = 0,
         replica_timeout_ms: int = 1000,
         encoder: Encoder | None = None,
@@ -131,6 +137,8 @@ class TriageBroker(Broker):
             dead_letter_limits=dead_letter_limits,
         )
         self.dead_letter_limits = dead_letter_limits
+        self.tenant_limits = tenant_limits
+        self._limits_published: set[str] = set()
         self.queue_label = queue_label
         # When this process last recorded each queue in the registry (monotonic seconds): again
         # after REGISTRY_REFRESH_S, so a Redis restart without persistence does not hide a queue.
@@ -341,7 +349,28 @@ class TriageBroker(Broker):
         return TriageConsumer
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> TriageConsumer:
+        self.publish_tenant_limits(queue_name)
         return TriageConsumer(self, queue_name, prefetch, timeout)
+
+    def tenant_defaults(self, queue_name: str) -> Limits:
+        return self.tenant_limits(queue_name)[0]
+
+    def publish_tenant_limits(self, queue_name: str) -> None:
+        """Write the queue's tenant limits where the fetch reads them (tenants with limits of their
+        own; "*": the defaults, for operators), replacing what an earlier configuration wrote."""
+        if queue_name in self._limits_published:
+            return
+        defaults, own = self.tenant_limits(queue_name)
+        fields = {tenant: limits_text(limits) for tenant, limits in own.items()}
+        if any(defaults):
+            fields["*"] = limits_text(defaults)
+        key = self.keys(queue_name).limits
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(key)
+        if fields:
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+        pipe.execute()
+        self._limits_published.add(queue_name)
 
     # -- operating -----------------------------------------------------------------------
 

@@ -3,8 +3,9 @@
 Guarantees: each script is loaded as one text: a header that defines the constants the
 Lua shares with Python (`BLOCK` = `keys.BLOCK_SIZE`, the keys of a queue's block;
 `TOP_LEVEL` and `BOTTOM_LEVEL` = `priority.MAX_PRIORITY` and `MIN_PRIORITY`, its priority
-levels), then the preludes it uses (`_fifo.lua`, the FIFO / round-robin structure of a
-queue and its helpers; `_dead.lua`, the dead letters), then the script. No Lua file spells
+levels; `SLOT_PARKED` = `limits.SLOT_PARKED`), then the preludes it uses (`_fifo.lua`, the
+FIFO / round-robin structure of a queue and its helpers; `_dead.lua`, the dead letters;
+`_tenants.lua`, the per-tenant limits), then the script. No Lua file spells
 those constants: they are defined once, in Python.
 """
 
@@ -16,19 +17,21 @@ import redis
 from redis.commands.core import Script
 
 from .keys import BLOCK_SIZE
+from .limits import SLOT_PARKED
 from .priority import MAX_PRIORITY, MIN_PRIORITY
 
 LUA_DIR = Path(__file__).parent / "lua"
 PRELUDE = "_fifo"
 DEAD = "_dead"
+TENANTS = "_tenants"
 # Each script and the preludes it includes, in order.
 PRELUDES: dict[str, tuple[str, ...]] = {
     "enqueue": (PRELUDE,),
-    "fetch": (PRELUDE,),
-    "settle": (DEAD,),
-    "requeue": (PRELUDE,),
-    "retry": (PRELUDE,),
-    "reclaim": (PRELUDE, DEAD),
+    "fetch": (PRELUDE, TENANTS),
+    "settle": (PRELUDE, DEAD, TENANTS),
+    "requeue": (PRELUDE, TENANTS),
+    "retry": (PRELUDE, TENANTS),
+    "reclaim": (PRELUDE, DEAD, TENANTS),
     "dlq": (PRELUDE, DEAD),
     "unpause": (),
 }
@@ -44,6 +47,7 @@ def header() -> str:
         f"local BLOCK = {BLOCK_SIZE} -- keys in a queue's block (keys.BLOCK_SIZE)\n"
         f"local TOP_LEVEL = {MAX_PRIORITY} -- the most urgent priority level (priority.MAX_PRIORITY)\n"
         f"local BOTTOM_LEVEL = {MIN_PRIORITY} -- the least urgent priority level (priority.MIN_PRIORITY)\n"
+        f"local SLOT_PARKED = {SLOT_PARKED} -- parked until a slot is released (limits.SLOT_PARKED)\n"
     )
 
 

@@ -85,14 +85,19 @@ local function fifo_push_run(b, level, tenant, ids)
   end
 end
 
--- Take the next message of a level: the oldest of the tenant whose turn it is.
-local function fifo_pop(b, level)
+-- Take the next message of a level: the oldest of the tenant whose turn it is. With `admit`,
+-- a function of the tenant, a tenant it refuses stays off rr:level (parked by `admit`), its
+-- FIFO untouched, and false is returned.
+local function fifo_pop(b, level, admit)
   local items = KEYS[b + ITEMS]
   local state = KEYS[b + STATE]
   local rr = KEYS[b + RR + level]
   local tenant = redis.call("lpop", rr)
   if not tenant then
     return nil
+  end
+  if admit and not admit(tenant) then
+    return false, tenant
   end
   local suffix = level .. "|" .. tenant
   local head = redis.call("hget", state, "h|" .. suffix)
@@ -106,6 +111,15 @@ local function fifo_pop(b, level)
     redis.call("hdel", state, "n|" .. suffix, "h|" .. suffix, "t|" .. suffix)
   end
   return id, tenant
+end
+
+-- A parked tenant back at the end of rr:level, if it still has messages at that level.
+local function fifo_requeue_tenant(b, level, tenant)
+  local state = KEYS[b + STATE]
+  local rr = KEYS[b + RR + level]
+  if tonumber(redis.call("hget", state, "n|" .. level .. "|" .. tenant) or "0") > 0 then
+    redis.call("rpush", rr, tenant)
+  end
 end
 
 -- "id|level|tenant" -> id, level, tenant (the tenant may itself contain "|")

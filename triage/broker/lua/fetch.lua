@@ -2,19 +2,28 @@
 -- priority level first, round-robin across tenants within a level, and record them as in
 -- flight for this consumer.
 --
--- KEYS: the queue's block at b = 0 (KEYS[1] .. KEYS[BLOCK], laid out in _fifo.lua), then three more.
+-- Tenant limits (_tenants.lua): a tenant over its rate or in-flight limit is parked rather than
+-- served; its FIFO stays in place. Due parked tenants go back to their rr:level first.
+--
+-- KEYS: the queue's block at b = 0 (KEYS[1] .. KEYS[BLOCK], laid out in _fifo.lua), then six more.
 --   msgs        KEYS[b + MSGS]     {ns:Q}:msgs, hash id -> encoded message (read)
 --   delayed     KEYS[b + DELAYED]  {ns:Q}:delayed, zset "id|level|tenant" scored by eta
 --   stats       KEYS[b + STATS]    {ns:Q}:stats (running, fetched_total)
 --   paused      KEYS[b + PAUSED]   {ns:Q}:paused (read: nothing is handed out while it exists)
+--   wake        KEYS[b + WAKE]     {ns:Q}:wake (a token when a tenant's slot is given back unused)
 --   acks        KEYS[BLOCK + 1]    {ns:Q}:acks:<consumer id>, hash id -> "fetch seq|level|tenant"
 --   deliveries  KEYS[BLOCK + 2]    {ns:Q}:deliveries, hash id -> deliveries so far (and "id:max" -> its own limit)
 --   retrying    KEYS[BLOCK + 3]    {ns:Q}:retrying, zset id -> eta of the delayed messages that are retries
---   items, state and rr:level are read and written by the _fifo.lua helpers.
--- ARGV: now_ms, max_messages, max_due_moved
+--   tenants     KEYS[BLOCK + 4]    {ns:Q}:tenants, per-tenant in flight, tokens, parked levels (_tenants.lua)
+--   parked      KEYS[BLOCK + 5]    {ns:Q}:parked, zset "level|tenant" -> when it may be served again
+--   limits      KEYS[BLOCK + 6]    {ns:Q}:limits, hash tenant -> its own "rpm|burst|max_in_flight" (read)
+--   state and rr:level are read, and items written, by the _fifo.lua helpers too.
+-- ARGV: now_ms, max_messages, max_due_moved, then the queue's default tenant limits: rpm, burst,
+--   max_in_flight (0: none)
 -- Writes: items, state, delayed, retrying (due ones leave it), stats (running, fetched_total), rr:*,
---   acks, deliveries
--- Returns: { {id1, message1, deliveries1, id2, ...}, eta of the next delayed message or -1,
+--   acks, deliveries, tenants, parked
+-- Returns: { {id1, message1, deliveries1, id2, ...}, when to look again (the next delayed
+--   message's eta or the next parked tenant's time, whichever is first) or -1,
 --   1 if the last message is a suspect else 0 }
 --   A suspect is a message delivered before and never settled: it was in flight on a worker
 --   that died. It is handed out alone, and its consumer fetches nothing more until it is
@@ -26,11 +35,18 @@ local msgs = KEYS[b + MSGS]
 local delayed = KEYS[b + DELAYED]
 local stats = KEYS[b + STATS]
 local paused = KEYS[b + PAUSED]
+local wake = KEYS[b + WAKE]
 local acks = KEYS[BLOCK + 1]
 local deliveries = KEYS[BLOCK + 2]
 local retrying = KEYS[BLOCK + 3]
+local tenants = KEYS[BLOCK + 4]
+local parked = KEYS[BLOCK + 5]
+local limits = KEYS[BLOCK + 6]
 local now = tonumber(ARGV[1])
 local wanted = tonumber(ARGV[2])
+local rpm, burst, max_in_flight = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local limited = rpm > 0 or max_in_flight > 0 or redis.call("exists", limits) == 1
+local PARKS_PER_FETCH = 1000 -- a fetch parks at most this many tenants (the rest wait for the next)
 
 local due = redis.call("zrangebyscore", delayed, "-inf", now, "LIMIT", 0, tonumber(ARGV[3]))
 local moved = {}
@@ -44,21 +60,43 @@ if #due > 0 then
   redis.call("zrem", retrying, unpack(moved))
 end
 
+-- Parked tenants that are due go back to the end of their level's round-robin.
+local unparked = redis.call("zrangebyscore", parked, "-inf", now, "LIMIT", 0, tonumber(ARGV[3]))
+if #unparked > 0 then
+  redis.call("zrem", parked, unpack(unparked))
+  for _, member in ipairs(unparked) do
+    local bar = string.find(member, "|", 1, true)
+    fifo_requeue_tenant(b, tonumber(string.sub(member, 1, bar - 1)), string.sub(member, bar + 1))
+  end
+end
+
 local out = {}
 local suspect = 0
 if redis.call("exists", paused) == 0 then
   local level = TOP_LEVEL
   local taken = 0
-  while taken < wanted and level >= BOTTOM_LEVEL do
-    local id, tenant = fifo_pop(b, level)
-    if id then
+  local parks = 0
+  while taken < wanted and level >= BOTTOM_LEVEL and parks < PARKS_PER_FETCH do
+    local id, tenant = fifo_pop(b, level, function(candidate)
+      if not limited or tenant_admit(tenants, parked, limits, candidate, level, now, rpm, burst, max_in_flight) then
+        return true
+      end
+      parks = parks + 1
+      return false
+    end)
+    if id == false then
+      -- the tenant whose turn it was is parked: try the next one of this level
+    elseif id then
       local payload = redis.call("hget", msgs, id)
-      if payload then
+      if not payload then
+        tenant_release(tenants, parked, wake, tenant)  -- its slot was counted
+      else
         local count = redis.call("hincrby", deliveries, id, 1)
         if count > 1 and taken > 0 then
           -- A suspect (reclaimed from a dead worker) travels alone: leave it for the next fetch.
           redis.call("hincrby", deliveries, id, -1)
           fifo_push(b, level, tenant, id, true)
+          tenant_release(tenants, parked, wake, tenant)
           break
         end
         local seq = redis.call("hincrby", stats, "fetched_total", 1)
@@ -81,5 +119,9 @@ if redis.call("exists", paused) == 0 then
   end
 end
 
-local next_eta = redis.call("zrange", delayed, 0, 0, "WITHSCORES")
-return { out, next_eta[2] or -1, suspect }
+local next_eta = tonumber(redis.call("zrange", delayed, 0, 0, "WITHSCORES")[2] or -1)
+local next_parked = tonumber(redis.call("zrange", parked, 0, 0, "WITHSCORES")[2] or -1)
+if next_parked > 0 and next_parked < SLOT_PARKED and (next_eta < 0 or next_parked < next_eta) then
+  next_eta = next_parked
+end
+return { out, next_eta, suspect }

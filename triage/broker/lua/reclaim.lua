@@ -3,7 +3,7 @@
 -- delivered max_deliveries times: a message that keeps killing its worker is moved to the
 -- dead letters with reason "crash-loop" instead of being delivered again.
 --
--- KEYS: the queue's block at b = 0 (KEYS[1] .. KEYS[BLOCK], laid out in _fifo.lua), then six more.
+-- KEYS: the queue's block at b = 0 (KEYS[1] .. KEYS[BLOCK], laid out in _fifo.lua), then eight more.
 --   msgs        KEYS[b + MSGS]   {ns:Q}:msgs, hash id -> encoded message (quarantined ones leave it)
 --   stats       KEYS[b + STATS]  {ns:Q}:stats (running, dead_total)
 --   acks        KEYS[BLOCK + 1]  {ns:Q}:acks:<dead worker id>, hash id -> "fetch seq|level|tenant"
@@ -12,11 +12,14 @@
 --   dead_msgs   KEYS[BLOCK + 4]  {ns:Q}:dead.msgs, hash id -> message
 --   dead_info   KEYS[BLOCK + 5]  {ns:Q}:dead.info, hash id -> JSON record (see _dead.lua)
 --   dead_idx    KEYS[BLOCK + 6]  {ns:Q}:dead.idx, the lexicographic index of the dead letters
---   items, state, rr:level and wake are written by the _fifo.lua helpers.
+--   tenants     KEYS[BLOCK + 7]  {ns:Q}:tenants (each message's tenant gets its in-flight slot back)
+--   parked      KEYS[BLOCK + 8]  {ns:Q}:parked (levels parked for want of a slot become due)
+--   wake        KEYS[b + WAKE]   {ns:Q}:wake
+--   items, state and rr:level are written by the _fifo.lua helpers.
 -- ARGV: now_ms, the queue's max_deliveries, the dead worker's id, the queue's max dead letters
 --   and their max age in ms (0: no limit)
 -- Writes: items, state, stats (running, dead_total, dead:crash-loop), wake, rr:*, acks (deleted),
---   deliveries, msgs (quarantined ones leave it), dead, dead.msgs, dead.info, dead.idx
+--   deliveries, msgs (quarantined ones leave it), dead, dead.msgs, dead.info, dead.idx, tenants, parked
 -- Returns: { messages put back, messages quarantined }
 
 local b = 0
@@ -28,6 +31,9 @@ local dead = KEYS[BLOCK + 3]
 local dead_msgs = KEYS[BLOCK + 4]
 local dead_info = KEYS[BLOCK + 5]
 local dead_idx = KEYS[BLOCK + 6]
+local tenants = KEYS[BLOCK + 7]
+local parked = KEYS[BLOCK + 8]
+local wake = KEYS[b + WAKE]
 local now = tonumber(ARGV[1])
 local default_max = tonumber(ARGV[2])
 
@@ -42,6 +48,7 @@ table.sort(inflight, function(x, y) return x.seq > y.seq end)
 local back, quarantined = 0, 0
 for _, message in ipairs(inflight) do
   local id, level, tenant = message.id, message.level, message.tenant
+  tenant_release(tenants, parked, wake, tenant)  -- a kill -9 leaks no slot
   local count = tonumber(redis.call("hget", deliveries, id) or "0")
   local max = tonumber(redis.call("hget", deliveries, id .. ":max") or default_max)
   if count >= max then

@@ -19,11 +19,14 @@
 --   src_stats       KEYS[BLOCK + 4]    {ns:Q}:stats (running, retries_total, deferred_total, moved_total)
 --   src_acks        KEYS[BLOCK + 5]    {ns:Q}:acks:<consumer id>, the in-flight record
 --   src_deliveries  KEYS[BLOCK + 6]    {ns:Q}:deliveries, hash id -> deliveries so far
+--   src_tenants     KEYS[BLOCK + 7]    {ns:Q}:tenants (the tenant gets its in-flight slot back, _tenants.lua)
+--   src_parked      KEYS[BLOCK + 8]    {ns:Q}:parked (its levels parked for want of a slot become due)
+--   src_wake        KEYS[BLOCK + 9]    {ns:Q}:wake (a token when they do)
 --   items, state, rr:level and wake (of the target) are written by the _fifo.lua helpers.
 -- ARGV: "retry", "defer" or "move", now_ms, id in flight, new id (retry), encoded message (retry),
 --   level, tenant, eta_ms, max_deliveries of the new message (0: the queue's default)
 -- Writes: msgs, delayed, retrying, items, state, rr:*, wake, deliveries; src_msgs, src_stats,
---   src_acks, src_deliveries
+--   src_acks, src_deliveries, src_tenants, src_parked, src_wake
 -- Returns: 1, or 0 when the message was not in flight for this consumer (already settled, or
 --   reclaimed after this worker was presumed dead): then nothing is written.
 -- Order: the message is placed first and the delivery forgotten last, so that if Redis
@@ -39,10 +42,14 @@ local src_msgs = KEYS[BLOCK + 3]
 local src_stats = KEYS[BLOCK + 4]
 local src_acks = KEYS[BLOCK + 5]
 local src_deliveries = KEYS[BLOCK + 6]
+local src_tenants = KEYS[BLOCK + 7]
+local src_parked = KEYS[BLOCK + 8]
+local src_wake = KEYS[BLOCK + 9]
 local mode, now, old = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local level, tenant, eta = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
 
-if redis.call("hexists", src_acks, old) == 0 then
+local meta = redis.call("hget", src_acks, old)
+if not meta then
   return 0
 end
 local id = old
@@ -64,6 +71,8 @@ if mode ~= "defer" then
   end
 end
 redis.call("hdel", src_acks, old)
+local _, src_tenant = split_meta(meta)
+tenant_release(src_tenants, src_parked, src_wake, src_tenant)
 redis.call("hincrby", src_stats, "running", -1)
 if mode == "defer" then
   redis.call("hincrby", src_deliveries, old, -1)

@@ -10,9 +10,12 @@
 --   dead_msgs   KEYS[6]  {ns:Q}:dead.msgs, hash id -> message
 --   dead_info   KEYS[7]  {ns:Q}:dead.info, hash id -> JSON record (see _dead.lua)
 --   dead_idx    KEYS[8]  {ns:Q}:dead.idx, the lexicographic index of the dead letters
+--   tenants     KEYS[9]  {ns:Q}:tenants (the message's tenant gets its in-flight slot back, _tenants.lua)
+--   parked      KEYS[10] {ns:Q}:parked (its levels parked for want of a slot become due)
+--   wake        KEYS[11] {ns:Q}:wake (a token when they do)
 -- ARGV: "ack" or "nack", now_ms, id; for nack: the JSON description of the failure (reason,
 --   error, queue, actor), the queue's max dead letters and their max age in ms (0: no limit)
--- Writes: msgs, stats, acks, deliveries, dead, dead.msgs, dead.info, dead.idx
+-- Writes: msgs, stats, acks, deliveries, dead, dead.msgs, dead.info, dead.idx, tenants, parked, wake
 -- Returns: 1, or 0 when the message was not in flight for this consumer (already settled,
 --   or reclaimed after this worker was presumed dead).
 
@@ -24,12 +27,19 @@ local dead = KEYS[5]
 local dead_msgs = KEYS[6]
 local dead_info = KEYS[7]
 local dead_idx = KEYS[8]
+local tenants = KEYS[9]
+local parked = KEYS[10]
+local wake = KEYS[11]
 local now = tonumber(ARGV[2])
 local id = ARGV[3]
 
-if redis.call("hdel", acks, id) == 0 then
+local meta = redis.call("hget", acks, id)
+if not meta then
   return 0
 end
+redis.call("hdel", acks, id)
+local _, tenant = split_meta(meta)
+tenant_release(tenants, parked, wake, tenant)
 redis.call("hincrby", stats, "running", -1)
 if ARGV[1] == "nack" then
   dead_letter(msgs, deliveries, dead, dead_msgs, dead_info, dead_idx, stats, id, cjson.decode(ARGV[4]), now)

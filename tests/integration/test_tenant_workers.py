@@ -1,0 +1,80 @@
+"""Tenant limits in real worker processes: the in-flight cap across 2 processes x 8 threads
+(checked against a ledger kept outside Redis), and no CPU spin while every tenant is held back."""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import redis
+
+from bench.run import cpu_seconds
+from tests import tenant_actors as ta
+from tests.helpers import dramatiq_worker, triage, wait_for
+from triage.admin.processes import descendants
+
+
+def ledger_rows(path: Path) -> list[tuple[str, int, float, float]]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        tenant, index, start, end = line.split()
+        rows.append((tenant, int(index), float(start), float(end)))
+    return rows
+
+
+def max_overlap(spans: list[tuple[float, float]]) -> int:
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def test_the_in_flight_cap_holds_across_two_processes_of_eight_threads(r: redis.Redis, tmp_path: Path) -> None:
+    # Given a cap of 3 in flight per tenant on the default tier, and 40 messages each of A and B
+    ledger = tmp_path / "ledger.txt"
+    env = {"TEST_LEDGER": str(ledger), "TRIAGE_TENANT_MAX_IN_FLIGHT_DEFAULT": "3"}
+    for i in range(40):
+        ta.tenant_job.send_with_options(args=("A", i), tenant="A")
+        ta.tenant_job.send_with_options(args=("B", i), tenant="B")
+    # When 2 worker processes of 8 threads run them
+    with ExitStack() as stack:
+        for _ in range(2):
+            stack.enter_context(
+                dramatiq_worker("actors", "tests.tenant_actors", queues=[ta.QUEUE], threads=8, **env)  # type: ignore[arg-type]
+            )
+        wait_for(lambda: len(ledger_rows(ledger)) == 80, timeout=60)
+        listing = triage("tenants", "--json")
+    rows = ledger_rows(ledger)
+    # Then no tenant ever ran more than 3 at once, while the two together ran more than 3
+    for tenant in ("A", "B"):
+        assert max_overlap([(s, e) for t, _, s, e in rows if t == tenant]) <= 3
+    assert max_overlap([(s, e) for _, _, s, e in rows]) > 3
+    # And each tenant's messages ran in their order of sending... as far as 3 at once allow
+    assert sorted(i for t, i, _, _ in rows if t == "A") == list(range(40))
+    # And `triage tenants` reported them (throttled, nothing left)
+    assert listing.returncode == 0, listing.stderr
+    assert '"tenanted"' in listing.stdout
+
+
+def test_no_cpu_spin_while_every_tenant_is_held_back(r: redis.Redis, tmp_path: Path) -> None:
+    # Given tenant A limited to 6 messages a minute (a burst of 1), with 20 queued
+    ledger = tmp_path / "ledger.txt"
+    env = {"TEST_LEDGER": str(ledger), "TRIAGE_TENANT_RPM_DEFAULT": "6", "TRIAGE_TENANT_BURST_DEFAULT": "1"}
+    for i in range(20):
+        ta.tenant_job.send_with_options(args=("A", i), tenant="A")
+    with dramatiq_worker("actors", "tests.tenant_actors", queues=[ta.QUEUE], threads=8, **env) as worker:  # type: ignore[arg-type]
+        # When the first runs and A is parked for 10 s
+        wait_for(lambda: len(ledger_rows(ledger)) == 1, timeout=20)
+        time.sleep(0.5)
+        pids = [worker.process.pid, *descendants(worker.process.pid)]
+        before = cpu_seconds(pids)
+        time.sleep(4)
+        used = cpu_seconds(pids) - before
+        # Then the worker sleeps: under 5 % of a core over 4 s, and no other message ran
+        assert used / 4 < 0.05
+        assert len(ledger_rows(ledger)) == 1

@@ -1,0 +1,19 @@
+"""An actor for worker-process tests of tenant limits: each run appends its tenant, start and
+end times to a ledger file (outside Redis, so the ledger does not share Redis's fate)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from actors import default
+
+QUEUE = "tenanted"
+
+
+@default(queue=QUEUE)
+def tenant_job(tenant: str, index: int) -> None:
+    started = time.time()
+    time.sleep(0.05)
+    with open(os.environ["TEST_LEDGER"], "a") as ledger:
+        ledger.write(f"{tenant} {index} {started:.6f} {time.time():.6f}\n")

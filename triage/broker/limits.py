@@ -1,0 +1,100 @@
+"""Per-tenant dispatch limits of a queue: their form, and what operators read of them.
+
+The limits themselves are applied by the broker's scripts (`lua/_tenants.lua`): a tenant over
+its rate (a token bucket: `rpm` per minute, `burst` deep) or its in-flight cap is parked out of
+the round-robin, its messages left in place, until it may be served again.
+
+Guarantees: `tenant_view` reads a queue's bookkeeping in one transaction (a consistent
+snapshot); it is O(fields of the queue's tenant state), for operators, never on a hot path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+import redis
+
+from .keys import QueueKeys
+
+Limits = tuple[float, float, int]  # a tenant's rpm, burst and max in flight (0: no limit)
+NO_LIMITS: Limits = (0, 0, 0)
+SLOT_PARKED = 10**15  # lua/_tenants.lua's SLOT_PARKED: parked until one of its messages settles
+
+
+def limits_text(limits: Limits) -> str:
+    """(rpm, burst, max in flight) as `lua/_tenants.lua` reads them: "rpm|burst|max_in_flight"."""
+    rpm, burst, max_in_flight = limits
+    return f"{rpm:g}|{burst:g}|{int(max_in_flight)}"
+
+
+def parse_limits(text: str) -> Limits:
+    rpm, burst, max_in_flight = text.split("|")
+    return float(rpm), float(burst), int(max_in_flight)
+
+
+class TenantRow(TypedDict):
+    queued: int
+    in_flight: int
+    throttled_total: int
+    parked: str  # "" (not held back), "slot" (until a message of its settles) or "rate"
+    eligible_in_seconds: float | None  # rate-parked: when it may be served again
+    rpm: float
+    burst: float
+    max_in_flight: int
+    own_limits: bool
+
+
+def tenant_view(client: redis.Redis, keys: QueueKeys, now_ms: int) -> dict[str, TenantRow]:
+    """Every tenant with messages queued, in flight or throttled on the queue, with its limits."""
+    pipe = client.pipeline(transaction=True)
+    pipe.hgetall(keys.state)
+    pipe.hgetall(keys.tenants)
+    pipe.zrange(keys.parked, 0, -1, withscores=True)
+    pipe.hgetall(keys.limits)
+    state, tenants, parked, limits = pipe.execute()
+    text = {_s(k): _s(v) for k, v in limits.items()}
+    defaults = parse_limits(text["*"]) if "*" in text else NO_LIMITS
+    rows: dict[str, TenantRow] = {}
+
+    def row(tenant: str) -> TenantRow:
+        if tenant not in rows:
+            own = text.get(tenant)
+            rpm, burst, max_in_flight = parse_limits(own) if own else defaults
+            rows[tenant] = TenantRow(
+                queued=0,
+                in_flight=0,
+                throttled_total=0,
+                parked="",
+                eligible_in_seconds=None,
+                rpm=rpm,
+                burst=burst,
+                max_in_flight=max_in_flight,
+                own_limits=own is not None,
+            )
+        return rows[tenant]
+
+    for field, value in state.items():
+        name = _s(field)
+        if name.startswith("n|"):
+            tenant = name.split("|", 2)[2]
+            if tenant:
+                row(tenant)["queued"] += int(value)
+    for field, value in tenants.items():
+        kind, _, tenant = _s(field).partition("|")
+        if kind == "f":
+            row(tenant)["in_flight"] = int(value)
+        elif kind == "x":
+            row(tenant)["throttled_total"] = int(value)
+    for member, score in parked:
+        tenant = _s(member).partition("|")[2]
+        entry = row(tenant)
+        if score >= SLOT_PARKED:
+            entry["parked"] = "slot"
+        elif not entry["parked"]:
+            entry["parked"] = "rate"
+            entry["eligible_in_seconds"] = max(0.0, (score - now_ms) / 1000)
+    return dict(sorted(rows.items(), key=lambda item: (-item[1]["queued"], item[0])))
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
