@@ -4,7 +4,7 @@ in-flight cap, overrides, parking without re-enqueueing, slots given back on eve
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -29,10 +29,19 @@ def make_broker(redis_url: str, defaults: Limits = NO_LIMITS, own: dict[str, Lim
     )
 
 
+BrokerFactory = Callable[..., TriageBroker]
+
+
 @pytest.fixture
-def brokers(redis_url: str) -> Iterator[list[TriageBroker]]:
+def new_broker(redis_url: str) -> Iterator[BrokerFactory]:
+    """Brokers on the suite's Redis with the given tenant limits, closed after the test."""
     made: list[TriageBroker] = []
-    yield made
+
+    def factory(defaults: Limits = NO_LIMITS, own: dict[str, Limits] | None = None) -> TriageBroker:
+        made.append(make_broker(redis_url, defaults, own))
+        return made[-1]
+
+    yield factory
     for broker in made:
         broker.close()
 
@@ -56,11 +65,10 @@ def tenants_of(messages: list[Any]) -> list[str]:
 
 
 def test_a_tenant_at_its_in_flight_cap_is_skipped_and_the_others_are_served(
-    r: redis.Redis, redis_url: str, brokers: list[TriageBroker]
+    r: redis.Redis, new_broker: BrokerFactory
 ) -> None:
     # Given tenant A with 10 messages and a cap of 2 in flight, tenant B with 3, and untenanted work
-    broker = make_broker(redis_url, defaults=(0, 0, 2))
-    brokers.append(broker)
+    broker = new_broker(defaults=(0, 0, 2))
     send(broker, "A", 10)
     send(broker, "B", 3)
     send(broker, "", 2)
@@ -80,12 +88,9 @@ def test_a_tenant_at_its_in_flight_cap_is_skipped_and_the_others_are_served(
 
 
 @pytest.mark.parametrize("settle", ["ack", "nack", "defer", "requeue"])
-def test_every_way_a_delivery_ends_gives_its_slot_back(
-    r: redis.Redis, redis_url: str, brokers: list[TriageBroker], settle: str
-) -> None:
+def test_every_way_a_delivery_ends_gives_its_slot_back(r: redis.Redis, new_broker: BrokerFactory, settle: str) -> None:
     # Given tenant A at its cap of 1, with a second message parked behind it
-    broker = make_broker(redis_url, defaults=(0, 0, 1))
-    brokers.append(broker)
+    broker = new_broker(defaults=(0, 0, 1))
     send(broker, "A", 2)
     consumer = broker.consume(Q, prefetch=10)
     (message,) = fetch_all(consumer)
@@ -104,12 +109,9 @@ def test_every_way_a_delivery_ends_gives_its_slot_back(
     assert len(fetch_all(consumer)) == 1
 
 
-def test_a_dead_workers_slots_come_back_through_the_reaper(
-    r: redis.Redis, redis_url: str, brokers: list[TriageBroker]
-) -> None:
+def test_a_dead_workers_slots_come_back_through_the_reaper(r: redis.Redis, new_broker: BrokerFactory) -> None:
     # Given tenant A at its cap of 1 on a worker that then stops heartbeating (kill -9)
-    dead, alive = make_broker(redis_url, defaults=(0, 0, 1)), make_broker(redis_url, defaults=(0, 0, 1))
-    brokers += [dead, alive]
+    dead, alive = new_broker(defaults=(0, 0, 1)), new_broker(defaults=(0, 0, 1))
     send(dead, "A", 3)
     dead.registry.register([Q], {Q: "default"})
     assert len(fetch_all(dead.consume(Q, prefetch=10))) == 1
@@ -125,12 +127,9 @@ def test_a_dead_workers_slots_come_back_through_the_reaper(
     assert view["A"]["in_flight"] == 1
 
 
-def test_the_token_bucket_gives_the_burst_then_the_rate(
-    r: redis.Redis, redis_url: str, brokers: list[TriageBroker]
-) -> None:
+def test_the_token_bucket_gives_the_burst_then_the_rate(r: redis.Redis, new_broker: BrokerFactory) -> None:
     # Given tenant A limited to 600/min (10/s) with a burst of 5, and 100 messages queued
-    broker = make_broker(redis_url, defaults=(600, 5, 0))
-    brokers.append(broker)
+    broker = new_broker(defaults=(600, 5, 0))
     send(broker, "A", 100)
     consumer = broker.consume(Q, prefetch=1000)
     # When a consumer fetches (and acks) as fast as it can for 2 s
@@ -151,10 +150,9 @@ def test_the_token_bucket_gives_the_burst_then_the_rate(
     assert consumer.next_eta > 0
 
 
-def test_a_tenant_of_its_own_gets_its_own_limits(r: redis.Redis, redis_url: str, brokers: list[TriageBroker]) -> None:
+def test_a_tenant_of_its_own_gets_its_own_limits(r: redis.Redis, new_broker: BrokerFactory) -> None:
     # Given a default cap of 1 in flight, and tenant "premium" allowed 4
-    broker = make_broker(redis_url, defaults=(0, 0, 1), own={"premium": (0, 0, 4)})
-    brokers.append(broker)
+    broker = new_broker(defaults=(0, 0, 1), own={"premium": (0, 0, 4)})
     send(broker, "basic", 5)
     send(broker, "premium", 5)
     consumer = broker.consume(Q, prefetch=100)
@@ -166,12 +164,9 @@ def test_a_tenant_of_its_own_gets_its_own_limits(r: redis.Redis, redis_url: str,
     assert view["basic"]["throttled_total"] >= 1
 
 
-def test_ten_thousand_parked_tenants_cost_one_fetch_then_nothing(
-    r: redis.Redis, redis_url: str, brokers: list[TriageBroker]
-) -> None:
+def test_ten_thousand_parked_tenants_cost_one_fetch_then_nothing(r: redis.Redis, new_broker: BrokerFactory) -> None:
     # Given 10,000 tenants with work at their cap, and 10 that are free
-    broker = make_broker(redis_url, defaults=(0, 0, 1))
-    brokers.append(broker)
+    broker = new_broker(defaults=(0, 0, 1))
     for start in range(0, 10_000, 1000):
         broker.enqueue_batch(
             [
