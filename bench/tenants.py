@@ -53,7 +53,7 @@ def flood_run(flood: bool, seconds: float) -> dict[str, float]:
 def parked_fetch_ms(url: str, tenants: int = 10_000, free: int = 10) -> float:
     """Median time of a fetch (and the ack of what it got) with `tenants` held back at their
     in-flight cap and `free` tenants with work."""
-    broker = TriageBroker(url=url, namespace="bench", middleware=[], tenant_limits=lambda q: ((0, 0, 1), {}))
+    broker = TriageBroker(url=url, namespace="bench", middleware=[], tenant_limits=lambda q: ((0, 0, 1, 0), {}))
     queue = "bench"
     for start in range(0, tenants, 1000):
         batch: list[Message[Any]] = [

@@ -25,7 +25,7 @@ from dramatiq.errors import BrokerConnectionError
 from dramatiq.message import Message
 
 from triage.breakers import BreakerGuard, breaker
-from triage.broker.errors import ReplicationError
+from triage.broker.errors import Backpressure, ReplicationError
 from triage.broker.priority import InvalidPriority
 from triage.decorators import TierDecorator, background, critical, default
 from triage.discovery import discover
@@ -52,6 +52,7 @@ def enqueue_batch(messages: Iterable[Message[Any] | tuple[Message[Any], int | No
 
 
 __all__ = [
+    "Backpressure",
     "BreakerGuard",
     "BrokerConnectionError",
     "CircuitOpen",

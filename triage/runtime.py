@@ -143,7 +143,11 @@ def build(settings: Settings, stack: Iterable[StackEntry] = DEFAULT_STACK) -> Ru
     def tenant_limits(queue: str) -> tuple[Limits, dict[str, Limits]]:
         tier = tier_of(queue).name
         own = settings.tenant_overrides(queue, tier)
-        return settings.tenant_defaults(queue, tier).triple(), {t: limit.triple() for t, limit in own.items()}
+        return settings.tenant_defaults(queue, tier).limits(), {t: limit.limits() for t, limit in own.items()}
+
+    def admission_delay_ms(queue: str) -> int:
+        defaults = settings.tenant_defaults(queue, tier_of(queue).name)
+        return 0 if defaults.admission == "deny" else int(defaults.defer_seconds * 1000)
 
     broker = TriageBroker(
         client=client,
@@ -153,6 +157,7 @@ def build(settings: Settings, stack: Iterable[StackEntry] = DEFAULT_STACK) -> Ru
         max_deliveries=lambda queue: tier_of(queue).max_deliveries,
         dead_letter_limits=lambda queue: tier_of(queue).dead_letter_limits(),
         tenant_limits=tenant_limits,
+        admission_delay_ms=admission_delay_ms,
         queue_label=lambda queue: taxonomy.queues.get(queue, "default"),
         min_replicas=settings.min_replicas,
         replica_timeout_ms=settings.replica_timeout_ms,

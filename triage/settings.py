@@ -96,11 +96,16 @@ class TenantLimit(BaseModel):
     rpm: Annotated[float, Field(ge=0, le=6_000_000)] = 0  # messages per minute, a token bucket...
     burst: Annotated[float, Field(ge=0, le=1_000_000)] = 0  # ...this deep (0: one second's worth, at least 1)
     max_in_flight: Annotated[int, Field(ge=0, le=1_000_000)] = 0  # fetched and not settled, at once
+    # Admission at send: at most this many pending (queued, delayed, in flight); over it, the
+    # queue's `admission` policy: "deny" (Backpressure) or "defer" (sent with defer_seconds' delay).
+    max_pending: Annotated[int, Field(ge=0, le=1_000_000_000)] = 0
+    admission: Literal["deny", "defer"] = "deny"
+    defer_seconds: Annotated[float, Field(gt=0, le=86_400)] = 30.0
 
-    def triple(self) -> tuple[float, float, int]:
-        """(rpm, burst, max_in_flight) as the broker's fetch takes them."""
+    def limits(self) -> tuple[float, float, int, int]:
+        """(rpm, burst, max_in_flight, max_pending) as the broker takes them."""
         burst = self.burst or (max(1.0, self.rpm / 60) if self.rpm else 0.0)
-        return self.rpm, burst, self.max_in_flight
+        return self.rpm, burst, self.max_in_flight, self.max_pending
 
 
 class Settings(BaseSettings):
@@ -152,6 +157,12 @@ class Settings(BaseSettings):
     tenant_max_in_flight_critical: int | None = Field(default=None, ge=0)
     tenant_max_in_flight_default: int | None = Field(default=None, ge=0)
     tenant_max_in_flight_background: int | None = Field(default=None, ge=0)
+    tenant_max_pending_critical: int | None = Field(default=None, ge=0)
+    tenant_max_pending_default: int | None = Field(default=None, ge=0)
+    tenant_max_pending_background: int | None = Field(default=None, ge=0)
+    tenant_admission_critical: Literal["deny", "defer"] | None = None
+    tenant_admission_default: Literal["deny", "defer"] | None = None
+    tenant_admission_background: Literal["deny", "defer"] | None = None
 
     @field_validator("redis_url")
     @classmethod
@@ -189,6 +200,8 @@ class Settings(BaseSettings):
             "rpm": getattr(self, f"tenant_rpm_{tier}"),
             "burst": getattr(self, f"tenant_burst_{tier}"),
             "max_in_flight": getattr(self, f"tenant_max_in_flight_{tier}"),
+            "max_pending": getattr(self, f"tenant_max_pending_{tier}"),
+            "admission": getattr(self, f"tenant_admission_{tier}"),
         }
         return base.model_copy(update={k: v for k, v in fields.items() if v is not None})
 

@@ -168,7 +168,9 @@ def test_a_poison_message_is_quarantined_and_the_others_flow(chaos: Chaos) -> No
 def test_garbage_in_a_queue_is_dead_lettered_and_the_worker_stays_up(chaos: Chaos) -> None:
     keys = chaos.broker.keys("chaos")
     garbage = ["junk-1", b"\x00\x01 not a message", 5, "", 0, 0, "junk-2", msgpack.packb({"no": "fields"}), 5, "", 0, 0]
-    chaos.broker.scripts["enqueue"](keys=keys.enqueue_keys(), args=[0, msgpack.packb([garbage], use_bin_type=False)])
+    chaos.broker.scripts["enqueue"](
+        keys=keys.enqueue_keys(), args=[0, msgpack.packb([garbage], use_bin_type=False), msgpack.packb([[0, 0]])]
+    )
     sent = chaos.send_work(20, 20)
     supervisor = chaos.supervisor()
     try:

@@ -13,3 +13,4 @@ def clean_database(r: redis.Redis) -> None:
     from actors import runtime  # here: importing it at the top would build the broker before REDIS_URL is set
 
     runtime.broker._registered.clear()
+    runtime.broker._limits_published.clear()

@@ -294,6 +294,7 @@ def test_undecodable_message_is_dead_lettered_and_the_consumer_goes_on(r: redis.
                 [[*garbage, *not_a_message]],
                 use_bin_type=False,
             ),
+            msgpack.packb([[0, 0]]),  # no admission limit
         ],
     )
     t_job.send(7)

@@ -12,6 +12,7 @@ import redis
 from dramatiq.message import Message
 
 from triage.broker.consumer import TriageConsumer
+from triage.broker.errors import Backpressure
 from triage.broker.limits import NO_LIMITS, Limits, tenant_view
 from triage.broker.redis_broker import TriageBroker
 from triage.settings import load_settings
@@ -19,13 +20,16 @@ from triage.settings import load_settings
 Q = "limited"
 
 
-def make_broker(redis_url: str, defaults: Limits = NO_LIMITS, own: dict[str, Limits] | None = None) -> TriageBroker:
+def make_broker(
+    redis_url: str, defaults: Limits = NO_LIMITS, own: dict[str, Limits] | None = None, defer_ms: int = 0
+) -> TriageBroker:
     return TriageBroker(
         url=redis_url,
         namespace="tl",
         middleware=[],
         heartbeat_timeout_ms=200,
         tenant_limits=lambda queue: (defaults, own or {}),
+        admission_delay_ms=lambda queue: defer_ms,
     )
 
 
@@ -37,8 +41,8 @@ def new_broker(redis_url: str) -> Iterator[BrokerFactory]:
     """Brokers on the suite's Redis with the given tenant limits, closed after the test."""
     made: list[TriageBroker] = []
 
-    def factory(defaults: Limits = NO_LIMITS, own: dict[str, Limits] | None = None) -> TriageBroker:
-        made.append(make_broker(redis_url, defaults, own))
+    def factory(defaults: Limits = NO_LIMITS, own: dict[str, Limits] | None = None, defer_ms: int = 0) -> TriageBroker:
+        made.append(make_broker(redis_url, defaults, own, defer_ms))
         return made[-1]
 
     yield factory
@@ -68,7 +72,7 @@ def test_a_tenant_at_its_in_flight_cap_is_skipped_and_the_others_are_served(
     r: redis.Redis, new_broker: BrokerFactory
 ) -> None:
     # Given tenant A with 10 messages and a cap of 2 in flight, tenant B with 3, and untenanted work
-    broker = new_broker(defaults=(0, 0, 2))
+    broker = new_broker(defaults=(0, 0, 2, 0))
     send(broker, "A", 10)
     send(broker, "B", 3)
     send(broker, "", 2)
@@ -90,7 +94,7 @@ def test_a_tenant_at_its_in_flight_cap_is_skipped_and_the_others_are_served(
 @pytest.mark.parametrize("settle", ["ack", "nack", "defer", "requeue"])
 def test_every_way_a_delivery_ends_gives_its_slot_back(r: redis.Redis, new_broker: BrokerFactory, settle: str) -> None:
     # Given tenant A at its cap of 1, with a second message parked behind it
-    broker = new_broker(defaults=(0, 0, 1))
+    broker = new_broker(defaults=(0, 0, 1, 0))
     send(broker, "A", 2)
     consumer = broker.consume(Q, prefetch=10)
     (message,) = fetch_all(consumer)
@@ -111,7 +115,7 @@ def test_every_way_a_delivery_ends_gives_its_slot_back(r: redis.Redis, new_broke
 
 def test_a_dead_workers_slots_come_back_through_the_reaper(r: redis.Redis, new_broker: BrokerFactory) -> None:
     # Given tenant A at its cap of 1 on a worker that then stops heartbeating (kill -9)
-    dead, alive = new_broker(defaults=(0, 0, 1)), new_broker(defaults=(0, 0, 1))
+    dead, alive = new_broker(defaults=(0, 0, 1, 0)), new_broker(defaults=(0, 0, 1, 0))
     send(dead, "A", 3)
     dead.registry.register([Q], {Q: "default"})
     assert len(fetch_all(dead.consume(Q, prefetch=10))) == 1
@@ -129,7 +133,7 @@ def test_a_dead_workers_slots_come_back_through_the_reaper(r: redis.Redis, new_b
 
 def test_the_token_bucket_gives_the_burst_then_the_rate(r: redis.Redis, new_broker: BrokerFactory) -> None:
     # Given tenant A limited to 600/min (10/s) with a burst of 5, and 100 messages queued
-    broker = new_broker(defaults=(600, 5, 0))
+    broker = new_broker(defaults=(600, 5, 0, 0))
     send(broker, "A", 100)
     consumer = broker.consume(Q, prefetch=1000)
     # When a consumer fetches (and acks) as fast as it can for 2 s
@@ -152,7 +156,7 @@ def test_the_token_bucket_gives_the_burst_then_the_rate(r: redis.Redis, new_brok
 
 def test_a_tenant_of_its_own_gets_its_own_limits(r: redis.Redis, new_broker: BrokerFactory) -> None:
     # Given a default cap of 1 in flight, and tenant "premium" allowed 4
-    broker = new_broker(defaults=(0, 0, 1), own={"premium": (0, 0, 4)})
+    broker = new_broker(defaults=(0, 0, 1, 0), own={"premium": (0, 0, 4, 0)})
     send(broker, "basic", 5)
     send(broker, "premium", 5)
     consumer = broker.consume(Q, prefetch=100)
@@ -166,7 +170,7 @@ def test_a_tenant_of_its_own_gets_its_own_limits(r: redis.Redis, new_broker: Bro
 
 def test_ten_thousand_parked_tenants_cost_one_fetch_then_nothing(r: redis.Redis, new_broker: BrokerFactory) -> None:
     # Given 10,000 tenants with work at their cap, and 10 that are free
-    broker = new_broker(defaults=(0, 0, 1))
+    broker = new_broker(defaults=(0, 0, 1, 0))
     for start in range(0, 10_000, 1000):
         broker.enqueue_batch(
             [
@@ -210,7 +214,55 @@ def test_tenant_limits_come_from_the_tier_variables_and_config() -> None:
         tenant_max_in_flight_background=4,
     )
     # Then the tier's variables win over the tier's "*", a queue's own "*" wins for that queue
-    assert settings.tenant_defaults("background", "background").triple() == (600, 10, 4)
-    assert settings.tenant_defaults("reports", "background").triple() == (6, 1, 0)
-    assert settings.tenant_overrides("reports", "background")["acme"].triple() == (0, 0, 10)
-    assert settings.tenant_defaults("critical", "critical").triple() == (0, 0, 0)
+    assert settings.tenant_defaults("background", "background").limits() == (600, 10, 4, 0)
+    assert settings.tenant_defaults("reports", "background").limits() == (6, 1, 0, 0)
+    assert settings.tenant_overrides("reports", "background")["acme"].limits() == (0, 0, 10, 0)
+    assert settings.tenant_defaults("critical", "critical").limits() == (0, 0, 0, 0)
+
+
+def test_admission_refuses_a_tenant_over_its_pending_and_stores_nothing(
+    r: redis.Redis, new_broker: BrokerFactory
+) -> None:
+    # Given at most 3 pending per tenant (deny), a rate of 60/min, and tenant A with 2 queued
+    broker = new_broker(defaults=(60, 1, 0, 3))
+    send(broker, "A", 2)
+    # When A sends 2 more in a batch with B's message
+    batch: list[Message[Any]] = [
+        Message(Q, "job", (t, i), {}, {"tenant": t}) for t, i in (("A", 2), ("A", 3), ("B", 0))
+    ]
+    with pytest.raises(Backpressure) as refused:
+        broker.enqueue_batch(batch)
+    # Then it is refused, naming the tenant, with when to try again, and nothing of the batch is stored
+    error = refused.value
+    assert (error.tenant, error.queue, error.pending, error.max_pending) == ("A", Q, 2, 3)
+    assert error.retry_after == 1.0  # the one message over the limit, at 60 a minute
+    assert broker.counts(Q)[0] == 2
+    # And B alone is admitted; A's one more is too (3 pending)
+    send(broker, "B", 1)
+    send(broker, "A", 1)
+    with pytest.raises(Backpressure):
+        send(broker, "A", 1)
+    # When one of A's messages is acked, A may send one again
+    consumer = broker.consume(Q, prefetch=1)
+    (message,) = fetch_all(consumer, 1)
+    consumer.ack(message)
+    send(broker, "A", 1)
+    view = tenant_view(r, broker.keys(Q), int(time.time() * 1000))
+    assert (view["A"]["pending"], view["A"]["admission_denied_total"]) == (3, 3)
+
+
+def test_admission_defers_a_tenant_over_its_pending_under_the_defer_policy(
+    r: redis.Redis, new_broker: BrokerFactory
+) -> None:
+    # Given at most 2 pending per tenant, deferred by 5 s over it, and a premium tenant allowed 10
+    broker = new_broker(defaults=(0, 0, 0, 2), own={"premium": (0, 0, 0, 10)}, defer_ms=5000)
+    # When A sends 5 and premium 5
+    send(broker, "A", 2)
+    send(broker, "A", 3)
+    send(broker, "premium", 5)
+    # Then A's 3 over its limit wait 5 s (delayed, all stored), premium's are all queued
+    queued, delayed, _ = broker.counts(Q)
+    assert (queued, delayed) == (7, 3)
+    view = tenant_view(r, broker.keys(Q), int(time.time() * 1000))
+    assert (view["A"]["pending"], view["A"]["admission_deferred_total"]) == (5, 3)
+    assert view["premium"]["admission_deferred_total"] == 0

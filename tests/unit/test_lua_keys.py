@@ -301,9 +301,12 @@ def test_scripts_index_KEYS_only_in_named_locals_at_the_top(name: str) -> None:
             assert not local or re.fullmatch(r"b \+ [A-Z]+(?: \+ level)?", local.group(2)), line
             continue
         # ...declared before the script's body (only other locals and loop headers come first)
+        # (or at the top of a loop over queues: a loop header starts a new block of names)
         if local:
             assert not body_started, f"{name}.lua, line {number}: {line!r} comes after the body started"
-        elif not line.startswith(("local ", "for ")):
+        elif line.startswith("for "):
+            body_started = False
+        elif not line.startswith("local "):
             body_started = True
 
 

@@ -108,7 +108,7 @@ class TriageConsumer(Consumer):
         self.fetch_keys = self.keys.fetch_keys(self.consumer_id)
         self.settle_keys = self.keys.settle_keys(self.consumer_id)
         self.requeue_keys = self.keys.requeue_keys(self.consumer_id)
-        self.limits = broker.tenant_defaults(queue_name)  # every tenant's (rpm, burst, max in flight)
+        self.limits = broker.tenant_defaults(queue_name)[:3]  # every tenant's (rpm, burst, max in flight)
         self.prefetch = max(1, prefetch)
         self.low_water = max(1, self.prefetch // 2)
         # A blocking wait must end before the client's socket timeout (redis-py's default is 5 s).

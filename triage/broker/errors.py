@@ -18,6 +18,20 @@ def join_timeout(queue_name: str) -> QueueJoinTimeout:
     return QueueJoinTimeout(queue_name)  # type: ignore[no-untyped-call]
 
 
+class Backpressure(BrokerError):
+    """A send refused by admission: the tenant has `max_pending` messages pending on the queue
+    already. Nothing of the send (nor of its batch) was stored; try again after `retry_after`
+    seconds (an HTTP app answers 429 with Retry-After)."""
+
+    def __init__(self, tenant: str, queue: str, pending: int, max_pending: int, retry_after: float) -> None:
+        super().__init__(  # type: ignore[no-untyped-call]
+            f"tenant {tenant!r} has {pending} message(s) pending on queue {queue!r} (max_pending {max_pending}): "
+            f"send refused, nothing stored; retry after {retry_after:.0f} s"
+        )
+        self.tenant, self.queue, self.pending, self.max_pending = tenant, queue, pending, max_pending
+        self.retry_after = retry_after
+
+
 class ReplicationError(BrokerError):
     """An enqueue reached the primary but fewer replicas than required confirmed it in time."""
 

@@ -37,6 +37,8 @@ class QueueCounters(TypedDict):
     retries_total: int
     deferred_total: int
     moved_total: int
+    admission_denied_total: int
+    admission_deferred_total: int
     dead_letters_by_reason: dict[str, int]
     dead_letters_trimmed_total: int
     requeued_total: int
@@ -74,6 +76,8 @@ def queue_stats(
             retries_total=counters.get("retries_total", 0),
             deferred_total=counters.get("deferred_total", 0),
             moved_total=counters.get("moved_total", 0),
+            admission_denied_total=counters.get("admission_denied_total", 0),
+            admission_deferred_total=counters.get("admission_deferred_total", 0),
             dead_letters_by_reason={k[5:]: v for k, v in sorted(counters.items()) if k.startswith("dead:")},
             dead_letters_trimmed_total=counters.get("dead_trimmed_total", 0),
             requeued_total=counters.get("requeued_total", 0),

@@ -57,7 +57,7 @@ class QueueKeys:
         return list(self._block)
 
     def enqueue_keys(self) -> list[str]:
-        return [*self._block, self.deliveries]
+        return [*self._block, self.deliveries, self.tenants, self.limits]
 
     def dead_keys(self) -> list[str]:
         """The dead letters: ids by time, bodies, records, and the lexicographic index."""
@@ -96,14 +96,15 @@ class QueueKeys:
             source.deliveries,
             *source.tenant_keys(),
             source.wake,
+            self.tenants,
         ]
 
     def reclaim_keys(self, dead_worker_id: str) -> list[str]:
         return [*self._block, self.acks(dead_worker_id), self.deliveries, *self.dead_keys(), *self.tenant_keys()]
 
     def dead_letter_keys(self) -> list[str]:
-        """Keys of the dead-letter operations (dlq.lua): the block, deliveries, the dead letters."""
-        return [*self._block, self.deliveries, *self.dead_keys()]
+        """Keys of the dead-letter operations (dlq.lua): the block, deliveries, the dead letters, tenants."""
+        return [*self._block, self.deliveries, *self.dead_keys(), self.tenants]
 
     def message_keys(self) -> list[str]:
         """Every key that holds messages (what a flush drops)."""
@@ -115,5 +116,6 @@ class QueueKeys:
             self.retrying,
             self.deliveries,
             self.parked,
+            self.tenants,
             *self.levels,
         ]

@@ -16,31 +16,35 @@ import redis
 
 from .keys import QueueKeys
 
-Limits = tuple[float, float, int]  # a tenant's rpm, burst and max in flight (0: no limit)
-NO_LIMITS: Limits = (0, 0, 0)
+Limits = tuple[float, float, int, int]  # a tenant's rpm, burst, max in flight, max pending (0: no limit)
+NO_LIMITS: Limits = (0, 0, 0, 0)
 SLOT_PARKED = 10**15  # lua/_tenants.lua's SLOT_PARKED: parked until one of its messages settles
 
 
 def limits_text(limits: Limits) -> str:
-    """(rpm, burst, max in flight) as `lua/_tenants.lua` reads them: "rpm|burst|max_in_flight"."""
-    rpm, burst, max_in_flight = limits
-    return f"{rpm:g}|{burst:g}|{int(max_in_flight)}"
+    """Limits as `lua/_tenants.lua` reads them: "rpm|burst|max_in_flight|max_pending"."""
+    rpm, burst, max_in_flight, max_pending = limits
+    return f"{rpm:g}|{burst:g}|{int(max_in_flight)}|{int(max_pending)}"
 
 
 def parse_limits(text: str) -> Limits:
-    rpm, burst, max_in_flight = text.split("|")
-    return float(rpm), float(burst), int(max_in_flight)
+    rpm, burst, max_in_flight, max_pending = text.split("|")
+    return float(rpm), float(burst), int(max_in_flight), int(max_pending)
 
 
 class TenantRow(TypedDict):
     queued: int
     in_flight: int
+    pending: int  # queued, delayed or in flight: what admission counts
     throttled_total: int
+    admission_denied_total: int
+    admission_deferred_total: int
     parked: str  # "" (not held back), "slot" (until a message of its settles) or "rate"
     eligible_in_seconds: float | None  # rate-parked: when it may be served again
     rpm: float
     burst: float
     max_in_flight: int
+    max_pending: int
     own_limits: bool
 
 
@@ -59,16 +63,20 @@ def tenant_view(client: redis.Redis, keys: QueueKeys, now_ms: int) -> dict[str, 
     def row(tenant: str) -> TenantRow:
         if tenant not in rows:
             own = text.get(tenant)
-            rpm, burst, max_in_flight = parse_limits(own) if own else defaults
+            rpm, burst, max_in_flight, max_pending = parse_limits(own) if own else defaults
             rows[tenant] = TenantRow(
                 queued=0,
                 in_flight=0,
+                pending=0,
                 throttled_total=0,
+                admission_denied_total=0,
+                admission_deferred_total=0,
                 parked="",
                 eligible_in_seconds=None,
                 rpm=rpm,
                 burst=burst,
                 max_in_flight=max_in_flight,
+                max_pending=max_pending,
                 own_limits=own is not None,
             )
         return rows[tenant]
@@ -85,6 +93,12 @@ def tenant_view(client: redis.Redis, keys: QueueKeys, now_ms: int) -> dict[str, 
             row(tenant)["in_flight"] = int(value)
         elif kind == "x":
             row(tenant)["throttled_total"] = int(value)
+        elif kind == "p":
+            row(tenant)["pending"] = int(value)
+        elif kind == "d":
+            row(tenant)["admission_denied_total"] = int(value)
+        elif kind == "a":
+            row(tenant)["admission_deferred_total"] = int(value)
     for member, score in parked:
         tenant = _s(member).partition("|")[2]
         entry = row(tenant)

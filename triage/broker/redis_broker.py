@@ -60,7 +60,7 @@ from .clock import now_ms
 from .connection import client_from_url
 from .consumer import DELIVERIES_OPTION, TriageConsumer
 from .encoder import MsgpackEncoder
-from .errors import CONNECTION_ERRORS, ReplicationError, connection_lost, join_timeout
+from .errors import CONNECTION_ERRORS, Backpressure, ReplicationError, connection_lost, join_timeout
 from .inspection import queue_stats
 from .keys import QueueKeys
 from .limits import NO_LIMITS, Limits, limits_text
@@ -70,6 +70,13 @@ from .registry import WorkerRegistry
 from .scripts import register
 
 SHARED_TENANT = ""
+ADMISSION_RETRY_AFTER_S = 5.0  # a refused tenant without a rate limit is told to come back after this
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 REGISTRY_REFRESH_S = 60.0
 
 
@@ -88,8 +95,10 @@ class TriageBroker(Broker):
         operator commands can list queues from Redis alone.
       dead_letter_limits: a queue's dead-letter retention, (max entries, max age in ms), 0 for
         no limit; the oldest beyond either are dropped and counted (`dead_trimmed_total`).
-      tenant_limits: a queue's per-tenant dispatch limits: every tenant's (rpm, burst, max in
-        flight; 0: none) and those of tenants with limits of their own (see `lua/_tenants.lua`).
+      tenant_limits: a queue's per-tenant limits: every tenant's (rpm, burst, max in flight, max
+        pending; 0: none) and those of tenants with limits of their own (see `lua/_tenants.lua`).
+      admission_delay_ms: a queue's admission policy for a tenant over its max pending: 0
+        refuses the send (`Backpressure`), more sends it with that delay.
       min_replicas, replica_timeout_ms: durable enqueue: WAIT for that many replicas,
         else raise `ReplicationError` (0: do not wait).
       encoder: how messages are encoded (msgpack by default); the broker reads what it writes
@@ -108,6 +117,7 @@ class TriageBroker(Broker):
         queue_label: Callable[[str], str] = lambda queue_name: "",
         dead_letter_limits: Callable[[str], tuple[int, int]] = lambda queue_name: (100_000, 90 * 86_400_000),
         tenant_limits: Callable[[str], tuple[Limits, dict[str, Limits]]] = lambda queue_name: (NO_LIMITS, {}),
+        admission_delay_ms: Callable[[str], int] = lambda queue_name: 0,
         min_replicas: int = 0,
         replica_timeout_ms: int = 1000,
         encoder: Encoder | None = None,
@@ -138,6 +148,7 @@ class TriageBroker(Broker):
         )
         self.dead_letter_limits = dead_letter_limits
         self.tenant_limits = tenant_limits
+        self.admission_delay_ms = admission_delay_ms
         self._limits_published: set[str] = set()
         self.queue_label = queue_label
         # When this process last recorded each queue in the registry (monotonic seconds): again
@@ -311,12 +322,15 @@ class TriageBroker(Broker):
         for queue_name in groups:
             keys += self.keys(queue_name).enqueue_keys()
         # Lua's cmsgpack reads byte strings as msgpack "raw": no bin type.
-        args = [now_ms(), msgpack.packb(list(groups.values()), use_bin_type=False)]
+        admission = [[self.tenant_defaults(q)[3], self.admission_delay_ms(q)] for q in groups]
+        args = [now_ms(), msgpack.packb(list(groups.values()), use_bin_type=False), msgpack.packb(admission)]
         stale = time.monotonic() - REGISTRY_REFRESH_S
         unregistered = [q for q in groups if self._registered.get(q, stale) <= stale]
         try:
+            for queue_name in groups:  # once per process and queue: tenants' own limits, for admission
+                self.publish_tenant_limits(queue_name)
             if not self.min_replicas and not unregistered:
-                self.scripts["enqueue"](keys=keys, args=args)
+                self._admitted(self.scripts["enqueue"](keys=keys, args=args), list(groups), groups)
                 return
             # The same round trip records a queue's first enqueue in the registry, and waits
             # for replicas (durable enqueue: WAIT on the same connection, right after the script).
@@ -329,8 +343,22 @@ class TriageBroker(Broker):
         except CONNECTION_ERRORS as exc:
             raise connection_lost(exc) from None
         self._registered.update(dict.fromkeys(unregistered, time.monotonic()))
+        self._admitted(replies[-2] if self.min_replicas else replies[-1], list(groups), groups)
         if self.min_replicas and replies[-1] < self.min_replicas:
             raise ReplicationError(len(placed), int(replies[-1]), self.min_replicas, self.replica_timeout_ms)
+
+    def _admitted(self, reply: Any, queues: list[str], groups: dict[str, list[Any]]) -> None:
+        """Raise `Backpressure` if the enqueue script refused a tenant (it then stored nothing)."""
+        if not isinstance(reply, list):
+            return
+        tenant, position, pending, cap = _text(reply[0]), int(reply[1]), int(reply[2]), int(reply[3])
+        queue = queues[position - 1]
+        defaults, own = self.tenant_limits(queue)
+        rpm = own.get(tenant, defaults)[0]
+        adding = sum(1 for i in range(3, len(groups[queue]), 6) if groups[queue][i] == tenant)
+        # At the tenant's rate, the time for the excess to drain; without a rate, a few seconds.
+        retry_after = max(1.0, (pending + adding - cap) * 60 / rpm) if rpm else ADMISSION_RETRY_AFTER_S
+        raise Backpressure(tenant, queue, pending, cap, retry_after)
 
     def trim_dead_letters(self, queue_name: str) -> int:
         """Apply the queue's dead-letter retention now (an idle queue is trimmed too); entries dropped."""

@@ -26,13 +26,13 @@ DEAD = "_dead"
 TENANTS = "_tenants"
 # Each script and the preludes it includes, in order.
 PRELUDES: dict[str, tuple[str, ...]] = {
-    "enqueue": (PRELUDE,),
+    "enqueue": (PRELUDE, TENANTS),
     "fetch": (PRELUDE, TENANTS),
     "settle": (PRELUDE, DEAD, TENANTS),
     "requeue": (PRELUDE, TENANTS),
     "retry": (PRELUDE, TENANTS),
     "reclaim": (PRELUDE, DEAD, TENANTS),
-    "dlq": (PRELUDE, DEAD),
+    "dlq": (PRELUDE, DEAD, TENANTS),
     "unpause": (),
 }
 SCRIPT_NAMES = tuple(PRELUDES)  # the scripts over a queue's keys, loaded by the broker

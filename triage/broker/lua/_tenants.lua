@@ -4,11 +4,13 @@
 --   tenants  {ns:Q}:tenants  hash  "f|t" messages of tenant t in flight (fetched, not settled);
 --                                  "k|t", "u|t" its bucket's tokens and last refill (ms);
 --                                  "s|t" the levels parked for want of an in-flight slot (",5,7,");
---                                  "x|t" how many times it was held back (throttled_total)
+--                                  "x|t" how many times it was held back (throttled_total);
+--                                  "p|t" its messages pending: queued, delayed or in flight (admission);
+--                                  "d|t", "a|t" its sends refused, and deferred, by admission
 --   parked   {ns:Q}:parked   zset  "level|t" -> when the tenant may be served again at that level
 --                                  (SLOT_PARKED: when one of its messages in flight settles)
---   limits   {ns:Q}:limits   hash  t -> "rpm|burst|max_in_flight", a tenant's own limits; "*" the
---                                  queue's defaults (written by workers, read by operators)
+--   limits   {ns:Q}:limits   hash  t -> "rpm|burst|max_in_flight|max_pending", a tenant's own limits;
+--                                  "*" the queue's defaults (written by workers, read by operators)
 -- A parked tenant is out of rr:level and its FIFO stays as it is: nothing is re-enqueued, no
 -- retry is used, and a fetch does not look at it again until it is due. The shared tenant ""
 -- (messages sent without one) is never limited. SLOT_PARKED comes from the generated header.
@@ -33,14 +35,25 @@ local function tenant_release(tenants, parked, wake, tenant)
   end
 end
 
--- The limits of `tenant`: its own, else the queue's defaults (rpm, burst, max_in_flight; 0: none).
-local function tenant_limits(limits, tenant, rpm, burst, max_in_flight)
+-- The limits of `tenant`: its own, else the queue's defaults (rpm, burst, max_in_flight,
+-- max_pending; 0: none).
+local function tenant_limits(limits, tenant, rpm, burst, max_in_flight, max_pending)
   local own = redis.call("hget", limits, tenant)
   if own then
-    local r, b, m = string.match(own, "^([%d.]+)|([%d.]+)|(%d+)$")
-    return tonumber(r), tonumber(b), tonumber(m)
+    local r, b, m, p = string.match(own, "^([%d.]+)|([%d.]+)|(%d+)|(%d+)$")
+    return tonumber(r), tonumber(b), tonumber(m), tonumber(p)
   end
-  return rpm, burst, max_in_flight
+  return rpm, burst, max_in_flight, max_pending
+end
+
+-- Count `delta` messages of `tenant` into (or out of) the queue's pending ones.
+local function tenant_pending(tenants, tenant, delta)
+  if tenant == "" then
+    return
+  end
+  if redis.call("hincrby", tenants, "p|" .. tenant, delta) <= 0 then
+    redis.call("hdel", tenants, "p|" .. tenant)
+  end
 end
 
 -- May `tenant` have one more message of `level` now? If not, park it (it was just popped off
@@ -50,7 +63,7 @@ local function tenant_admit(tenants, parked, limits, tenant, level, now, rpm, bu
   if tenant == "" then
     return true
   end
-  rpm, burst, max_in_flight = tenant_limits(limits, tenant, rpm, burst, max_in_flight)
+  rpm, burst, max_in_flight = tenant_limits(limits, tenant, rpm, burst, max_in_flight, 0)
   if max_in_flight > 0 and tonumber(redis.call("hget", tenants, "f|" .. tenant) or "0") >= max_in_flight then
     local levels = redis.call("hget", tenants, "s|" .. tenant) or ","
     if not string.find(levels, "," .. level .. ",", 1, true) then

@@ -7,7 +7,7 @@
 --              from the message first); indexing twice changes nothing;
 --   "trim"     apply the retention now (workers call it, so that an idle queue is trimmed too).
 --
--- KEYS: the queue's block at b = 0 (KEYS[1] .. KEYS[BLOCK], laid out in _fifo.lua), then five more.
+-- KEYS: the queue's block at b = 0 (KEYS[1] .. KEYS[BLOCK], laid out in _fifo.lua), then six more.
 --   msgs        KEYS[b + MSGS]   {ns:Q}:msgs, hash id -> encoded message
 --   stats       KEYS[b + STATS]  {ns:Q}:stats (enqueued_total, requeued_total, purged_total, dead_trimmed_total)
 --   deliveries  KEYS[BLOCK + 1]  {ns:Q}:deliveries ("id:max": a message's own limit)
@@ -15,11 +15,12 @@
 --   dead_msgs   KEYS[BLOCK + 3]  {ns:Q}:dead.msgs, hash id -> message
 --   dead_info   KEYS[BLOCK + 4]  {ns:Q}:dead.info, hash id -> JSON record
 --   dead_idx    KEYS[BLOCK + 5]  {ns:Q}:dead.idx, the lexicographic index of the dead letters
+--   tenants     KEYS[BLOCK + 6]  {ns:Q}:tenants (a requeued message counts as its tenant's pending again)
 --   items, state, rr:level and wake are written by the _fifo.lua helpers (requeue).
 -- ARGV: "requeue", dead letter id, new id, encoded message, level, tenant, max_deliveries (0: the
 --   queue's default); "purge", dead letter id; "index", dead letter ids...; "trim", now_ms,
 --   max entries, max age in ms (0: no limit)
--- Writes: dead, dead.msgs, dead.info, dead.idx, stats; for requeue also msgs, deliveries, items,
+-- Writes: dead, dead.msgs, dead.info, dead.idx, stats; for requeue also msgs, deliveries, tenants, items,
 --   state, rr:*, wake
 -- Returns: requeue and purge: 1 if the entry was there (and is gone now), 0 if it was not (taken
 --   already); index: entries indexed; trim: entries dropped.
@@ -32,6 +33,7 @@ local dead = KEYS[BLOCK + 2]
 local dead_msgs = KEYS[BLOCK + 3]
 local dead_info = KEYS[BLOCK + 4]
 local dead_idx = KEYS[BLOCK + 5]
+local tenants = KEYS[BLOCK + 6]
 local mode = ARGV[1]
 
 if mode == "trim" then
@@ -72,6 +74,7 @@ if tonumber(ARGV[7]) > 0 then
   redis.call("hset", deliveries, id .. ":max", ARGV[7])
 end
 fifo_push(b, tonumber(ARGV[5]), ARGV[6], id, false)
+tenant_pending(tenants, ARGV[6], 1)
 redis.call("hincrby", stats, "enqueued_total", 1)
 redis.call("hincrby", stats, "requeued_total", 1)
 wake_up(b, 1)

@@ -1,29 +1,70 @@
 -- enqueue: store messages and place them by priority and tenant, or in the delayed set,
--- for one or more queues, all or nothing (one script call is atomic).
+-- for one or more queues, all or nothing (one script call is atomic). Admission first: a
+-- tenant whose pending messages (queued, delayed, in flight) would exceed its queue's
+-- max_pending is refused (nothing at all is stored), or, under the "defer" policy, its new
+-- messages are delayed by the queue's defer time.
 --
--- KEYS: one block of BLOCK + 1 keys per queue, queue g (1, 2, ...) at offset b = (BLOCK + 1) * (g - 1):
---   the queue's block (laid out in _fifo.lua), then its deliveries key. Named here:
+-- KEYS: one block of BLOCK + 3 keys per queue, queue g (1, 2, ...) at offset b = (BLOCK + 3) * (g - 1):
+--   the queue's block (laid out in _fifo.lua), then three more. Named here:
 --   msgs        KEYS[b + MSGS]       {ns:Q}:msgs, hash id -> encoded message
 --   delayed     KEYS[b + DELAYED]    {ns:Q}:delayed, zset "id|level|tenant" scored by eta
 --   stats       KEYS[b + STATS]      {ns:Q}:stats (enqueued_total)
 --   deliveries  KEYS[b + BLOCK + 1]  {ns:Q}:deliveries ("id:max" -> the message's own max_deliveries)
+--   tenants     KEYS[b + BLOCK + 2]  {ns:Q}:tenants ("p|t" pending per tenant; "d|t", "a|t" refused, deferred)
+--   limits      KEYS[b + BLOCK + 3]  {ns:Q}:limits (read: a tenant's own max_pending)
 --   items, state, rr:level and wake are written by the _fifo.lua helpers.
 -- ARGV: 1 now_ms, 2 a msgpack array with one entry per queue, in KEYS order, each a flat array
 --   of id, encoded message, level (1-10), tenant ("" for the shared tenant), eta_ms (0: now),
 --   max_deliveries (0: the queue's default), repeated for each message (one argument for the
---   whole batch keeps the call cheap)
--- Writes: msgs, items, state, delayed, stats (enqueued_total), wake, rr:*, deliveries
--- Returns: the number of messages stored.
+--   whole batch keeps the call cheap); 3 a msgpack array, per queue in KEYS order, of
+--   {max_pending (0: none), defer_ms (0: refuse over it)}
+-- Writes: msgs, items, state, delayed, stats (enqueued_total, admission_denied_total,
+--   admission_deferred_total), wake, rr:*, deliveries, tenants
+-- Returns: the number of messages stored, or, when a tenant is refused, { tenant, the queue's
+--   position g, its pending messages, its max_pending } (and nothing was stored).
 
 local now = tonumber(ARGV[1])
 local groups = cmsgpack.unpack(ARGV[2])
+local admission = cmsgpack.unpack(ARGV[3])
+
+-- Admission, before anything is written: the tenants over their max_pending, per queue.
+local over = {}
+for g, fields in ipairs(groups) do
+  local b = (BLOCK + 3) * (g - 1)
+  local stats = KEYS[b + STATS]
+  local tenants = KEYS[b + BLOCK + 2]
+  local limits = KEYS[b + BLOCK + 3]
+  local max_pending, defer_ms = admission[g][1], admission[g][2]
+  local adding = {}
+  for i = 4, #fields, 6 do
+    if fields[i] ~= "" then
+      adding[fields[i]] = (adding[fields[i]] or 0) + 1
+    end
+  end
+  for tenant, n in pairs(adding) do
+    local _, _, _, cap = tenant_limits(limits, tenant, 0, 0, 0, max_pending)
+    local pending = tonumber(redis.call("hget", tenants, "p|" .. tenant) or "0")
+    if cap > 0 and pending + n > cap then
+      if defer_ms == 0 then
+        redis.call("hincrby", tenants, "d|" .. tenant, n)
+        redis.call("hincrby", stats, "admission_denied_total", n)
+        return { tenant, g, pending, cap }
+      end
+      over[g .. "|" .. tenant] = now + defer_ms
+      redis.call("hincrby", tenants, "a|" .. tenant, n)
+      redis.call("hincrby", stats, "admission_deferred_total", n)
+    end
+  end
+end
+
 local stored = 0
 for g, fields in ipairs(groups) do
-  local b = (BLOCK + 1) * (g - 1)
+  local b = (BLOCK + 3) * (g - 1)
   local msgs = KEYS[b + MSGS]
   local delayed = KEYS[b + DELAYED]
   local stats = KEYS[b + STATS]
   local deliveries = KEYS[b + BLOCK + 1]
+  local tenants = KEYS[b + BLOCK + 2]
   local ready = 0
   local count = #fields / 6
   -- Messages go in with as few calls as possible: bodies in chunks of HSET pairs, and the
@@ -31,6 +72,8 @@ for g, fields in ipairs(groups) do
   local bodies, runs, run_order = {}, {}, {}
   for i = 1, #fields, 6 do
     local id, payload, level, tenant, eta = fields[i], fields[i + 1], fields[i + 2], fields[i + 3], fields[i + 4]
+    eta = math.max(eta, over[g .. "|" .. tenant] or 0)
+    tenant_pending(tenants, tenant, 1)
     bodies[#bodies + 1] = id
     bodies[#bodies + 1] = payload
     if fields[i + 5] > 0 then

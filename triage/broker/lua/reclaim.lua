@@ -12,7 +12,7 @@
 --   dead_msgs   KEYS[BLOCK + 4]  {ns:Q}:dead.msgs, hash id -> message
 --   dead_info   KEYS[BLOCK + 5]  {ns:Q}:dead.info, hash id -> JSON record (see _dead.lua)
 --   dead_idx    KEYS[BLOCK + 6]  {ns:Q}:dead.idx, the lexicographic index of the dead letters
---   tenants     KEYS[BLOCK + 7]  {ns:Q}:tenants (each message's tenant gets its in-flight slot back)
+--   tenants     KEYS[BLOCK + 7]  {ns:Q}:tenants (in-flight slots back; a quarantined message is not pending)
 --   parked      KEYS[BLOCK + 8]  {ns:Q}:parked (levels parked for want of a slot become due)
 --   wake        KEYS[b + WAKE]   {ns:Q}:wake
 --   items, state and rr:level are written by the _fifo.lua helpers.
@@ -52,6 +52,7 @@ for _, message in ipairs(inflight) do
   local count = tonumber(redis.call("hget", deliveries, id) or "0")
   local max = tonumber(redis.call("hget", deliveries, id .. ":max") or default_max)
   if count >= max then
+    tenant_pending(tenants, tenant, -1)
     dead_letter(msgs, deliveries, dead, dead_msgs, dead_info, dead_idx, stats, id, {
       reason = "crash-loop",
       error = {

@@ -22,11 +22,12 @@
 --   src_tenants     KEYS[BLOCK + 7]    {ns:Q}:tenants (the tenant gets its in-flight slot back, _tenants.lua)
 --   src_parked      KEYS[BLOCK + 8]    {ns:Q}:parked (its levels parked for want of a slot become due)
 --   src_wake        KEYS[BLOCK + 9]    {ns:Q}:wake (a token when they do)
+--   tenants         KEYS[BLOCK + 10]   {ns:T}:tenants (a message moved to another queue is pending there)
 --   items, state, rr:level and wake (of the target) are written by the _fifo.lua helpers.
 -- ARGV: "retry", "defer" or "move", now_ms, id in flight, new id (retry), encoded message (retry),
 --   level, tenant, eta_ms, max_deliveries of the new message (0: the queue's default)
 -- Writes: msgs, delayed, retrying, items, state, rr:*, wake, deliveries; src_msgs, src_stats,
---   src_acks, src_deliveries, src_tenants, src_parked, src_wake
+--   src_acks, src_deliveries, src_tenants, src_parked, src_wake, tenants
 -- Returns: 1, or 0 when the message was not in flight for this consumer (already settled, or
 --   reclaimed after this worker was presumed dead): then nothing is written.
 -- Order: the message is placed first and the delivery forgotten last, so that if Redis
@@ -45,6 +46,7 @@ local src_deliveries = KEYS[BLOCK + 6]
 local src_tenants = KEYS[BLOCK + 7]
 local src_parked = KEYS[BLOCK + 8]
 local src_wake = KEYS[BLOCK + 9]
+local tenants = KEYS[BLOCK + 10]
 local mode, now, old = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local level, tenant, eta = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
 
@@ -73,6 +75,10 @@ end
 redis.call("hdel", src_acks, old)
 local _, src_tenant = split_meta(meta)
 tenant_release(src_tenants, src_parked, src_wake, src_tenant)
+if src_msgs ~= msgs then  -- to another queue (retry_queue, a demotion): pending there, not here
+  tenant_pending(src_tenants, src_tenant, -1)
+  tenant_pending(tenants, tenant, 1)
+end
 redis.call("hincrby", src_stats, "running", -1)
 if mode == "defer" then
   redis.call("hincrby", src_deliveries, old, -1)

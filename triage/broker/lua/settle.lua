@@ -10,7 +10,7 @@
 --   dead_msgs   KEYS[6]  {ns:Q}:dead.msgs, hash id -> message
 --   dead_info   KEYS[7]  {ns:Q}:dead.info, hash id -> JSON record (see _dead.lua)
 --   dead_idx    KEYS[8]  {ns:Q}:dead.idx, the lexicographic index of the dead letters
---   tenants     KEYS[9]  {ns:Q}:tenants (the message's tenant gets its in-flight slot back, _tenants.lua)
+--   tenants     KEYS[9]  {ns:Q}:tenants (the tenant gets its in-flight slot back and one pending less)
 --   parked      KEYS[10] {ns:Q}:parked (its levels parked for want of a slot become due)
 --   wake        KEYS[11] {ns:Q}:wake (a token when they do)
 -- ARGV: "ack" or "nack", now_ms, id; for nack: the JSON description of the failure (reason,
@@ -40,6 +40,7 @@ end
 redis.call("hdel", acks, id)
 local _, tenant = split_meta(meta)
 tenant_release(tenants, parked, wake, tenant)
+tenant_pending(tenants, tenant, -1)  -- acked or dead-lettered: no longer pending
 redis.call("hincrby", stats, "running", -1)
 if ARGV[1] == "nack" then
   dead_letter(msgs, deliveries, dead, dead_msgs, dead_info, dead_idx, stats, id, cjson.decode(ARGV[4]), now)
