@@ -5,6 +5,7 @@ Prints one JSON object. Commands:
   batch N           batches of 1000 (Triage's enqueue_batch; stock sends one by one)
   prefill_noop N    N no-op messages on `bench`
   prefill_noop_breaker N   N no-op messages behind a closed circuit breaker (Triage only)
+  prefill_noop_rate_limited N   N no-op messages of an actor with a (never binding) rate limit (Triage only)
   prefill_bg N MS   N background messages of MS ms each
   prefill_tenant N MS   N messages of tenant A (MS ms each) on `bench`
   probes COUNT RATE     COUNT critical probes at RATE per second
@@ -35,6 +36,8 @@ def main(argv: list[str]) -> dict[str, Any]:
         app.send_many(app.noop, [() for _ in range(int(args[0]))])
     elif command == "prefill_noop_breaker":
         app.send_many(app.noop_breaker, [() for _ in range(int(args[0]))])
+    elif command == "prefill_noop_rate_limited":
+        app.send_many(app.noop_rate_limited, [() for _ in range(int(args[0]))])
     elif command == "prefill_bg":
         app.send_many(app.background_work, [(args[1],) for _ in range(int(args[0]))])
     elif command == "prefill_tenant":

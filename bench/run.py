@@ -232,6 +232,7 @@ def run(quick: bool) -> str:
         res["drain_2x8"] = drain_rate(app, n_drain, 2)
         if app == "triage":
             res["drain_breaker_1x8"] = drain_rate(app, n_drain, 1, "prefill_noop_breaker")
+            res["drain_rate_limited_1x8"] = drain_rate(app, n_drain, 1, "prefill_noop_rate_limited")
         res["retry"] = retry_rate(app, n_retry)
         res["flood_one"] = flood_latency(app, False, n_background, n_probes, 20)
         res["flood_separate"] = flood_latency(app, True, n_background, n_probes, 20)
@@ -298,6 +299,14 @@ def report(
             t["drain_breaker_1x8"] / t["drain_1x8"],
             "×",
             "≥ 0.9× (cost ≤ 10 %)",
+            None,
+        ),
+        row(
+            "… drain of an actor with a rate limit (never binding) / plain drain (Triage, 1 × 8)",
+            None,
+            t["drain_rate_limited_1x8"] / t["drain_1x8"],
+            "×",
+            "",
             None,
         ),
         row(

@@ -20,6 +20,12 @@ def noop_breaker() -> None:
     _probes.noop()
 
 
+@default(queue="bench", rate_limit="1000000/s", rate_burst=1000000)
+def noop_rate_limited() -> None:
+    """The no-op behind a fleet-wide rate limit that never binds: what the limit's check costs."""
+    _probes.noop()
+
+
 @default(queue="bench", min_backoff=1, max_backoff=10)
 def fails_once(token: int) -> None:
     _probes.fail_once(token)

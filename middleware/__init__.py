@@ -19,6 +19,7 @@ from dramatiq.middleware import (
 from dramatiq.results import Results
 
 from triage.middleware import (
+    ActorLimits,
     Callbacks,
     CircuitBreakers,
     GracefulShutdown,
@@ -44,6 +45,7 @@ STACK: list[StackEntry] = [
     ShutdownNotifications,
     Callbacks,  # on_success / on_failure (a deferral is not a failure)
     Pipelines,
+    ActorLimits,  # rate_limit="600/m", concurrency=2: fleet-wide, deferred (no retry) when at the limit
     RetryPolicy,  # the tier's retry policy and dead letters with a reason
     CircuitBreakers,  # circuit="name": an open breaker defers (or demotes) the message, no retry used
     Results,  # opt-in: store_results=True

@@ -17,3 +17,15 @@ def tenant_job(tenant: str, index: int) -> None:
     time.sleep(0.05)
     with open(os.environ["TEST_LEDGER"], "a") as ledger:
         ledger.write(f"{tenant} {index} {started:.6f} {time.time():.6f}\n")
+
+
+@default(queue=QUEUE, rate_limit="10/s")
+def paced_job(tenant: str, index: int) -> None:
+    """At most 10 runs a second across every worker (a burst of 1: evenly spaced)."""
+    tenant_job.fn(tenant, index)
+
+
+@default(queue=QUEUE, concurrency=2)
+def exclusive_job(tenant: str, index: int) -> None:
+    """At most 2 running at once across every worker."""
+    tenant_job.fn(tenant, index)

@@ -35,6 +35,7 @@ from triage.broker.limits import Limits
 from triage.broker.redis_broker import TriageBroker
 from triage.middleware import (
     DEFAULT_STACK,
+    ActorLimits,
     CircuitBreakers,
     PayloadGuard,
     Placement,
@@ -200,6 +201,7 @@ def _policy(entry: StackEntry, parts: _Parts) -> Middleware:
     )
     factories: dict[type[Middleware], Callable[[], Middleware]] = {
         CircuitBreakers: lambda: CircuitBreakers(board=parts.breakers, demote_to=parts.demote_to),
+        ActorLimits: lambda: ActorLimits(client=client, namespace=settings.namespace),
         PayloadGuard: lambda: PayloadGuard(max_bytes=settings.max_payload_bytes, encoder=encoder),
         Routing: lambda: routing,
         Placement: lambda: Placement(taxonomy=taxonomy, hook=load_hook(settings.priority_hook)),

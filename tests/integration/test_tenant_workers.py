@@ -7,8 +7,10 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+import pytest
 import redis
 
+from actors import default, runtime
 from bench.run import cpu_seconds
 from tests import tenant_actors as ta
 from tests.helpers import dramatiq_worker, triage, wait_for
@@ -78,3 +80,49 @@ def test_no_cpu_spin_while_every_tenant_is_held_back(r: redis.Redis, tmp_path: P
         # Then the worker sleeps: under 5 % of a core over 4 s, and no other message ran
         assert used / 4 < 0.05
         assert len(ledger_rows(ledger)) == 1
+
+
+def _two_workers(stack: ExitStack, ledger: Path) -> None:
+    for _ in range(2):
+        stack.enter_context(
+            dramatiq_worker("actors", "tests.tenant_actors", queues=[ta.QUEUE], threads=8, TEST_LEDGER=str(ledger))
+        )
+
+
+def test_an_actor_rate_limit_holds_across_two_processes_without_retries(r: redis.Redis, tmp_path: Path) -> None:
+    # Given an actor limited to 10 runs a second, and 25 of its messages
+    ledger = tmp_path / "ledger.txt"
+    for i in range(25):
+        ta.paced_job.send("paced", i)
+    # When 2 worker processes of 8 threads run them
+    with ExitStack() as stack:
+        _two_workers(stack, ledger)
+        wait_for(lambda: len(ledger_rows(ledger)) == 25, timeout=60)
+    starts = sorted(s for _, _, s, _ in ledger_rows(ledger))
+    # Then no second saw more than 10 starts (+1: the bucket's one token at the window's edge)
+    for t in starts:
+        assert sum(1 for u in starts if t <= u < t + 1) <= 11
+    assert starts[-1] - starts[0] >= 2.0
+    # And the messages held back were deferred, not retried
+    stats = runtime.queue_stats()[ta.QUEUE]
+    assert stats["retries_total"] == 0
+    assert stats["deferred_total"] > 0
+
+
+def test_an_actor_concurrency_limit_holds_across_two_processes(r: redis.Redis, tmp_path: Path) -> None:
+    # Given an actor allowed 2 runs at once, and 12 of its messages
+    ledger = tmp_path / "ledger.txt"
+    for i in range(12):
+        ta.exclusive_job.send("exclusive", i)
+    # When 2 worker processes of 8 threads run them
+    with ExitStack() as stack:
+        _two_workers(stack, ledger)
+        wait_for(lambda: len(ledger_rows(ledger)) == 12, timeout=60)
+    # Then never more than 2 ran at once
+    assert max_overlap([(s, e) for _, _, s, e in ledger_rows(ledger)]) <= 2
+    assert runtime.queue_stats()[ta.QUEUE]["retries_total"] == 0
+
+
+def test_a_bad_rate_limit_is_refused_at_declaration() -> None:
+    with pytest.raises(ValueError, match=r"actor 'bad_rate': rate_limit must look like '10/s'"):
+        default(actor_name="bad_rate", rate_limit="fast")(lambda: None)

@@ -21,6 +21,7 @@ from dramatiq.results import Results
 
 from triage.broker.priority import InvalidPriority
 
+from .actor_limits import ActorLimits, RateLimited
 from .breakers import CircuitBreakers
 from .callbacks import Callbacks
 from .circuit import CircuitOpen, UnknownBreaker
@@ -48,6 +49,7 @@ DEFAULT_STACK: tuple[StackEntry, ...] = (
     ShutdownNotifications,
     Callbacks,
     Pipelines,
+    ActorLimits,  # rate_limit= / concurrency=: fleet-wide, deferring (before the breaker's gate)
     RetryPolicy,
     CircuitBreakers,  # `circuit=`: after RetryPolicy, so it settles first (its after hook runs first)
     # Opt-in per actor or message (`store_results=True`, `group(...).run()` with a callback).
@@ -57,6 +59,7 @@ DEFAULT_STACK: tuple[StackEntry, ...] = (
 
 __all__ = [
     "DEFAULT_STACK",
+    "ActorLimits",
     "Callbacks",
     "CircuitBreakers",
     "CircuitOpen",
@@ -70,6 +73,7 @@ __all__ = [
     "PayloadTooLarge",
     "PayloadTypeError",
     "Placement",
+    "RateLimited",
     "RetryPolicy",
     "Routing",
     "RoutingError",
