@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -82,23 +83,23 @@ def test_no_cpu_spin_while_every_tenant_is_held_back(r: redis.Redis, tmp_path: P
         assert len(ledger_rows(ledger)) == 1
 
 
-def _two_workers(stack: ExitStack, ledger: Path) -> None:
-    for _ in range(2):
-        stack.enter_context(
-            dramatiq_worker("actors", "tests.tenant_actors", queues=[ta.QUEUE], threads=8, TEST_LEDGER=str(ledger))
-        )
+def run_on_two_workers(actor: Any, count: int, ledger: Path) -> list[tuple[str, int, float, float]]:
+    """Send `count` messages to `actor`, run them on 2 worker processes of 8 threads, return the ledger."""
+    for i in range(count):
+        actor.send(actor.actor_name, i)
+    with ExitStack() as stack:
+        for _ in range(2):
+            stack.enter_context(
+                dramatiq_worker("actors", "tests.tenant_actors", queues=[ta.QUEUE], threads=8, TEST_LEDGER=str(ledger))
+            )
+        wait_for(lambda: len(ledger_rows(ledger)) == count, timeout=60)
+    return ledger_rows(ledger)
 
 
 def test_an_actor_rate_limit_holds_across_two_processes_without_retries(r: redis.Redis, tmp_path: Path) -> None:
-    # Given an actor limited to 10 runs a second, and 25 of its messages
-    ledger = tmp_path / "ledger.txt"
-    for i in range(25):
-        ta.paced_job.send("paced", i)
-    # When 2 worker processes of 8 threads run them
-    with ExitStack() as stack:
-        _two_workers(stack, ledger)
-        wait_for(lambda: len(ledger_rows(ledger)) == 25, timeout=60)
-    starts = sorted(s for _, _, s, _ in ledger_rows(ledger))
+    # Given an actor limited to 10 runs a second
+    # When 25 of its messages run on 2 worker processes of 8 threads
+    starts = sorted(s for _, _, s, _ in run_on_two_workers(ta.paced_job, 25, tmp_path / "ledger.txt"))
     # Then no second saw more than 10 starts (+1: the bucket's one token at the window's edge)
     for t in starts:
         assert sum(1 for u in starts if t <= u < t + 1) <= 11
@@ -110,16 +111,11 @@ def test_an_actor_rate_limit_holds_across_two_processes_without_retries(r: redis
 
 
 def test_an_actor_concurrency_limit_holds_across_two_processes(r: redis.Redis, tmp_path: Path) -> None:
-    # Given an actor allowed 2 runs at once, and 12 of its messages
-    ledger = tmp_path / "ledger.txt"
-    for i in range(12):
-        ta.exclusive_job.send("exclusive", i)
-    # When 2 worker processes of 8 threads run them
-    with ExitStack() as stack:
-        _two_workers(stack, ledger)
-        wait_for(lambda: len(ledger_rows(ledger)) == 12, timeout=60)
+    # Given an actor allowed 2 runs at once
+    # When 12 of its messages run on 2 worker processes of 8 threads
+    rows = run_on_two_workers(ta.exclusive_job, 12, tmp_path / "ledger.txt")
     # Then never more than 2 ran at once
-    assert max_overlap([(s, e) for _, _, s, e in ledger_rows(ledger)]) <= 2
+    assert max_overlap([(s, e) for _, _, s, e in rows]) <= 2
     assert runtime.queue_stats()[ta.QUEUE]["retries_total"] == 0
 
 
