@@ -29,3 +29,10 @@ def paced_job(tenant: str, index: int) -> None:
 def exclusive_job(tenant: str, index: int) -> None:
     """At most 2 running at once across every worker."""
     tenant_job.fn(tenant, index)
+
+
+@default(queue=QUEUE)
+def slow_tenant_job(tenant: str, index: int, seconds: float) -> None:
+    """Long enough for a test to kill its worker mid-run."""
+    time.sleep(seconds)
+    tenant_job.fn(tenant, index)

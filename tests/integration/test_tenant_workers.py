@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -16,6 +18,8 @@ from bench.run import cpu_seconds
 from tests import tenant_actors as ta
 from tests.helpers import dramatiq_worker, triage, wait_for
 from triage.admin.processes import descendants
+from triage.broker.clock import now_ms
+from triage.broker.limits import tenant_view
 
 
 def ledger_rows(path: Path) -> list[tuple[str, int, float, float]]:
@@ -122,3 +126,35 @@ def test_an_actor_concurrency_limit_holds_across_two_processes(r: redis.Redis, t
 def test_a_bad_rate_limit_is_refused_at_declaration() -> None:
     with pytest.raises(ValueError, match=r"actor 'bad_rate': rate_limit must look like '10/s'"):
         default(actor_name="bad_rate", rate_limit="fast")(lambda: None)
+
+
+def test_a_kill_9_leaks_no_tenant_slot(r: redis.Redis, tmp_path: Path) -> None:
+    # Given tenant A capped at 1 in flight, its first message running (10 s) on a worker, 3 more queued
+    ledger = tmp_path / "ledger.txt"
+    env = {"TEST_LEDGER": str(ledger), "TRIAGE_TENANT_MAX_IN_FLIGHT_DEFAULT": "1", "TRIAGE_HEARTBEAT_TIMEOUT": "2"}
+    ta.slow_tenant_job.send_with_options(args=("A", 0, 10.0), tenant="A")
+    for i in range(1, 4):
+        ta.tenant_job.send_with_options(args=("A", i), tenant="A")
+    view = runtime.broker.keys(ta.QUEUE)
+    with dramatiq_worker(
+        "actors",
+        "tests.tenant_actors",
+        queues=[ta.QUEUE],
+        threads=4,
+        new_session=True,
+        **env,
+    ) as doomed:
+        wait_for(lambda: _parked(r, view) == "slot", timeout=20)
+        # When the worker is killed with SIGKILL mid-run (no chance to give anything back)
+        os.killpg(doomed.process.pid, signal.SIGKILL)
+        doomed.process.wait(10)
+    assert tenant_view(r, view, now_ms())["A"]["in_flight"] == 1
+    # Then another worker's reaper takes the message back, and its slot with it: all 4 run
+    with dramatiq_worker("actors", "tests.tenant_actors", queues=[ta.QUEUE], threads=4, **env):  # type: ignore[arg-type]
+        wait_for(lambda: len(ledger_rows(ledger)) == 4, timeout=60)
+    assert sorted(i for _, i, _, _ in ledger_rows(ledger)) == [0, 1, 2, 3]
+
+
+def _parked(r: redis.Redis, keys: Any) -> str:
+    row = tenant_view(r, keys, now_ms()).get("A")
+    return row["parked"] if row else ""
