@@ -23,7 +23,7 @@ from collections.abc import Mapping, Set
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from triage.broker.priority import MAX_PRIORITY, MIN_PRIORITY
@@ -101,6 +101,12 @@ class TenantLimit(BaseModel):
     max_pending: Annotated[int, Field(ge=0, le=1_000_000_000)] = 0
     admission: Literal["deny", "defer"] = "deny"
     defer_seconds: Annotated[float, Field(gt=0, le=86_400)] = 30.0
+
+    @model_validator(mode="after")
+    def _check_burst(self) -> TenantLimit:
+        if 0 < self.burst < 1:
+            raise ValueError(f"burst must be 0 (one second's worth) or at least 1, got {self.burst}")
+        return self
 
     def limits(self) -> tuple[float, float, int, int]:
         """(rpm, burst, max_in_flight, max_pending) as the broker takes them."""
@@ -208,7 +214,13 @@ class Settings(BaseSettings):
     def tenant_overrides(self, queue: str, tier: TierName) -> dict[str, TenantLimit]:
         """Tenants with limits of their own on `queue`: the tier's, then the queue's."""
         merged = {**self.tenant_limits.get(tier, {}), **self.tenant_limits.get(queue, {})}
-        return {tenant: limit for tenant, limit in merged.items() if tenant != "*"}
+        defaults = self.tenant_defaults(queue, tier)
+        # A tenant's own fields over the queue's defaults: an own max_pending keeps the default rate.
+        return {
+            tenant: defaults.model_copy(update=limit.model_dump(exclude_unset=True))
+            for tenant, limit in merged.items()
+            if tenant != "*"
+        }
 
     @property
     def redis_url_redacted(self) -> str:

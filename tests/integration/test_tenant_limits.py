@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 import redis
 from dramatiq.message import Message
+from dramatiq.middleware import CurrentMessage
 
 from triage.broker.consumer import TriageConsumer
 from triage.broker.errors import Backpressure
 from triage.broker.limits import NO_LIMITS, Limits, tenant_view
 from triage.broker.redis_broker import TriageBroker
-from triage.settings import load_settings
+from triage.settings import ConfigError, load_settings
 
 Q = "limited"
 
@@ -216,7 +217,7 @@ def test_tenant_limits_come_from_the_tier_variables_and_config() -> None:
     # Then the tier's variables win over the tier's "*", a queue's own "*" wins for that queue
     assert settings.tenant_defaults("background", "background").limits() == (600, 10, 4, 0)
     assert settings.tenant_defaults("reports", "background").limits() == (6, 1, 0, 0)
-    assert settings.tenant_overrides("reports", "background")["acme"].limits() == (0, 0, 10, 0)
+    assert settings.tenant_overrides("reports", "background")["acme"].limits() == (6, 1, 10, 0)
     assert settings.tenant_defaults("critical", "critical").limits() == (0, 0, 0, 0)
 
 
@@ -266,3 +267,63 @@ def test_admission_defers_a_tenant_over_its_pending_under_the_defer_policy(
     view = tenant_view(r, broker.keys(Q), int(time.time() * 1000))
     assert (view["A"]["pending"], view["A"]["admission_deferred_total"]) == (5, 3)
     assert view["premium"]["admission_deferred_total"] == 0
+
+
+def test_own_limits_of_any_size_are_read_by_the_scripts(r: redis.Redis, new_broker: BrokerFactory) -> None:
+    # Given a tenant whose own rate is a million a minute (written "1e+06" by a naive format)
+    broker = new_broker(defaults=(0, 0, 1, 0), own={"big": (1_000_000, 1_000_000, 0, 0)})
+    send(broker, "big", 3)
+    # When a worker fetches
+    consumer = broker.consume(Q, prefetch=10)
+    # Then the tenant is served under its own limits (no script error, nothing stranded)
+    assert tenants_of(fetch_all(consumer)) == ["big"] * 3
+
+
+def test_a_producer_does_not_erase_the_limits_workers_published(r: redis.Redis, new_broker: BrokerFactory) -> None:
+    # Given a worker that published a tenant's own limits
+    worker = new_broker(defaults=(0, 0, 1, 0), own={"premium": (0, 0, 4, 0)})
+    worker.consume(Q)
+    # When a producer built without them sends
+    producer = new_broker()
+    send(producer, "premium", 1)
+    # Then the tenant keeps its own limits
+    assert r.hget(worker.keys(Q).limits, "premium") is not None
+
+
+def test_a_running_message_may_send_over_admission(r: redis.Redis, new_broker: BrokerFactory) -> None:
+    # Given a tenant at its max_pending of 1 (deny)
+    broker = new_broker(defaults=(0, 0, 0, 1))
+    send(broker, "A", 1)
+    with pytest.raises(Backpressure):
+        send(broker, "A", 1)
+    # When a running message of A sends its next step (a pipeline, a callback, a fan-out)
+    token = CurrentMessage._MESSAGE.set(Message(Q, "job", ("A", 0), {}, {"tenant": "A"}))
+    try:
+        send(broker, "A", 1)
+    finally:
+        CurrentMessage._MESSAGE.reset(token)
+    # Then it is stored: the work was admitted with the message that sends it
+    assert broker.counts(Q)[0] == 2
+
+
+def test_released_slots_do_not_pile_up_wake_tokens(r: redis.Redis, new_broker: BrokerFactory) -> None:
+    # Given a tenant at its cap of 1 whose messages settle 200 times while it has more queued
+    broker = new_broker(defaults=(0, 0, 1, 0))
+    send(broker, "A", 201)
+    consumer = broker.consume(Q, prefetch=10)
+    for _ in range(200):
+        (message,) = fetch_all(consumer)
+        fetch_all(consumer)  # A is parked for want of a slot
+        consumer.ack(message)
+    # Then the wake list stays bounded (idle consumers do not make a fetch per token)
+    assert r.llen(broker.keys(Q).wake) <= 64
+
+
+def test_a_burst_under_one_is_refused() -> None:
+    with pytest.raises(ConfigError, match="burst must be 0"):
+        load_settings({"TENANT_LIMITS": {"background": {"*": {"rpm": 60, "burst": 0.5}}}})
+
+
+def test_a_tenant_of_its_own_keeps_the_defaults_it_does_not_set() -> None:
+    settings = load_settings({"TENANT_LIMITS": {"background": {"*": {"rpm": 600}, "acme": {"max_pending": 10}}}})
+    assert settings.tenant_overrides("background", "background")["acme"].limits() == (600, 10, 0, 10)

@@ -24,7 +24,12 @@ SLOT_PARKED = 10**15  # lua/_tenants.lua's SLOT_PARKED: parked until one of its 
 def limits_text(limits: Limits) -> str:
     """Limits as `lua/_tenants.lua` reads them: "rpm|burst|max_in_flight|max_pending"."""
     rpm, burst, max_in_flight, max_pending = limits
-    return f"{rpm:g}|{burst:g}|{int(max_in_flight)}|{int(max_pending)}"
+    return f"{_decimal(rpm)}|{_decimal(burst)}|{int(max_in_flight)}|{int(max_pending)}"
+
+
+def _decimal(value: float) -> str:
+    """A number in plain decimals (never `1e+06`)."""
+    return f"{value:.6f}".rstrip("0").rstrip(".") or "0"
 
 
 def parse_limits(text: str) -> Limits:

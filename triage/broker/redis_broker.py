@@ -53,7 +53,7 @@ import redis
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.encoder import Encoder
 from dramatiq.message import Message
-from dramatiq.middleware import Middleware, MiddlewareError
+from dramatiq.middleware import CurrentMessage, Middleware, MiddlewareError
 
 from .backlog import SettleBacklog
 from .clock import now_ms
@@ -322,13 +322,17 @@ class TriageBroker(Broker):
         for queue_name in groups:
             keys += self.keys(queue_name).enqueue_keys()
         # Lua's cmsgpack reads byte strings as msgpack "raw": no bin type.
-        admission = [[self.tenant_defaults(q)[3], self.admission_delay_ms(q)] for q in groups]
+        # Admission is for new work from outside: what a running message sends (fan-out, a
+        # pipeline's next step, a callback) was admitted with it, and an after-hook could not
+        # give a refusal back to anyone.
+        inside = CurrentMessage.get_current_message() is not None
+        admission = [[0 if inside else self.tenant_defaults(q)[3], self.admission_delay_ms(q)] for q in groups]
         args = [now_ms(), msgpack.packb(list(groups.values()), use_bin_type=False), msgpack.packb(admission)]
         stale = time.monotonic() - REGISTRY_REFRESH_S
         unregistered = [q for q in groups if self._registered.get(q, stale) <= stale]
         try:
             for queue_name in groups:  # once per process and queue: tenants' own limits, for admission
-                self.publish_tenant_limits(queue_name)
+                self.publish_tenant_limits(queue_name, replace=False)
             if not self.min_replicas and not unregistered:
                 self._admitted(self.scripts["enqueue"](keys=keys, args=args), list(groups), groups)
                 return
@@ -383,9 +387,10 @@ class TriageBroker(Broker):
     def tenant_defaults(self, queue_name: str) -> Limits:
         return self.tenant_limits(queue_name)[0]
 
-    def publish_tenant_limits(self, queue_name: str) -> None:
+    def publish_tenant_limits(self, queue_name: str, *, replace: bool = True) -> None:
         """Write the queue's tenant limits where the fetch reads them (tenants with limits of their
-        own; "*": the defaults, for operators), replacing what an earlier configuration wrote."""
+        own; "*": the defaults, for operators). A worker (`replace`) replaces what an earlier
+        configuration wrote; a producer only adds its own, never erasing the workers'."""
         if queue_name in self._limits_published:
             return
         defaults, own = self.tenant_limits(queue_name)
@@ -394,7 +399,8 @@ class TriageBroker(Broker):
             fields["*"] = limits_text(defaults)
         key = self.keys(queue_name).limits
         pipe = self.client.pipeline(transaction=True)
-        pipe.delete(key)
+        if replace:
+            pipe.delete(key)
         if fields:
             pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
         pipe.execute()

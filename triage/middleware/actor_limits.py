@@ -9,11 +9,12 @@ keys `{ns:actor:NAME}:*`, a hash tag of their own) takes a token from the actor'
 spaced runs) and a lease (`concurrency`). Refused, the message is deferred (`RateLimited`, a
 `triage.Defer`) by the time until the next token (or, for concurrency, until the earliest
 lease may end, at most a second): its retries are not used and it is not fetched before then.
-A lease lasts the actor's `time_limit` (10 minutes without one) plus a minute: a worker that
-dies holding one frees its place when it expires. When Redis cannot be reached the message
-is deferred too (and, the deferral unwritable, stays in flight until Redis answers), never run
-unlimited. Unlike Dramatiq's `ConcurrentRateLimiter`, nothing raises into the actor and no
-retry is burned; unlike Celery's `rate_limit`, the limit holds across processes.
+A lease lasts the message's or actor's `time_limit` (10 minutes without one) plus a minute:
+a worker that dies holding one frees its place when it expires. When Redis cannot be reached
+(or refuses the call: read-only, out of memory) the message is deferred too (and, the
+deferral unwritable, stays in flight until Redis answers), never run unlimited. Unlike
+Dramatiq's `ConcurrentRateLimiter`, nothing raises into the actor and no retry is burned;
+unlike Celery's `rate_limit`, the limit holds across processes.
 """
 
 from __future__ import annotations
@@ -106,11 +107,14 @@ class ActorLimits(Middleware):
         if limits is None:
             return
         rate, burst, concurrency, lease_ms = limits
+        if message.options.get("time_limit"):  # a message's own time limit: the lease lasts as long
+            lease_ms = max(lease_ms, int(message.options["time_limit"]) + LEASE_MARGIN_MS)
         lease = f"{os.getpid()}:{message.message_id}:{os.urandom(4).hex()}"
         args: list[str | int | float] = ["take", now_ms(), rate, burst, concurrency, lease, lease_ms]
         try:
             wait = int(self.script(keys=self._keys(message.actor_name), args=args))
-        except CONNECTION_ERRORS:
+        except redis.RedisError as exc:  # unreachable, read-only after a failover, out of memory, ...
+            logger.warning("Limits of %s not checked (%s): deferred.", message, type(exc).__name__)
             raise RateLimited(message.actor_name, UNREACHABLE_WAIT_MS) from None
         if wait > 0:
             raise RateLimited(message.actor_name, wait)

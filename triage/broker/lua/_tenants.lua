@@ -31,7 +31,9 @@ local function tenant_release(tenants, parked, wake, tenant)
     for level in string.gmatch(levels, "%d+") do
       redis.call("zadd", parked, "XX", 0, level .. "|" .. tenant)  -- due at once
     end
-    redis.call("rpush", wake, "1")
+    if redis.call("llen", wake) < WAKE_TOKENS_MAX then
+      redis.call("rpush", wake, "1")
+    end
   end
 end
 
@@ -40,8 +42,13 @@ end
 local function tenant_limits(limits, tenant, rpm, burst, max_in_flight, max_pending)
   local own = redis.call("hget", limits, tenant)
   if own then
-    local r, b, m, p = string.match(own, "^([%d.]+)|([%d.]+)|(%d+)|(%d+)$")
-    return tonumber(r), tonumber(b), tonumber(m), tonumber(p)
+    local values = {}
+    for value in string.gmatch(own, "[^|]+") do
+      values[#values + 1] = tonumber(value)
+    end
+    if #values == 4 and values[1] and values[2] and values[3] and values[4] then
+      return values[1], values[2], values[3], values[4]
+    end -- malformed: the queue's defaults rather than an error that would strand the tenant
   end
   return rpm, burst, max_in_flight, max_pending
 end
@@ -74,9 +81,11 @@ local function tenant_admit(tenants, parked, limits, tenant, level, now, rpm, bu
     return false
   end
   if rpm > 0 then
+    burst = math.max(1, burst)
     local tokens = tonumber(redis.call("hget", tenants, "k|" .. tenant) or burst)
     local last = tonumber(redis.call("hget", tenants, "u|" .. tenant) or now)
     tokens = math.min(burst, tokens + math.max(0, now - last) * rpm / 60000)
+    now = math.max(now, last) -- a worker whose clock is behind must not refill the bucket twice
     if tokens < 1 then
       redis.call("hset", tenants, "k|" .. tenant, tokens, "u|" .. tenant, now)
       redis.call("zadd", parked, now + math.ceil((1 - tokens) * 60000 / rpm), level .. "|" .. tenant)

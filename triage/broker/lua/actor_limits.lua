@@ -34,6 +34,7 @@ if rate > 0 then
   local tokens = tonumber(redis.call("hget", bucket, "tokens") or burst)
   local last = tonumber(redis.call("hget", bucket, "updated_at") or now)
   tokens = math.min(burst, tokens + math.max(0, now - last) * rate)
+  now = math.max(now, last) -- a worker whose clock is behind must not refill the bucket twice
   if tokens < 1 then
     redis.call("hset", bucket, "tokens", tokens, "updated_at", now)
     return math.max(1, math.ceil((1 - tokens) / rate))

@@ -47,6 +47,7 @@ local wanted = tonumber(ARGV[2])
 local rpm, burst, max_in_flight = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local limited = rpm > 0 or max_in_flight > 0 or redis.call("exists", limits) == 1
 local PARKS_PER_FETCH = 1000 -- a fetch parks at most this many tenants (the rest wait for the next)
+local parks = 0
 
 local due = redis.call("zrangebyscore", delayed, "-inf", now, "LIMIT", 0, tonumber(ARGV[3]))
 local moved = {}
@@ -75,7 +76,6 @@ local suspect = 0
 if redis.call("exists", paused) == 0 then
   local level = TOP_LEVEL
   local taken = 0
-  local parks = 0
   while taken < wanted and level >= BOTTOM_LEVEL and parks < PARKS_PER_FETCH do
     local id, tenant = fifo_pop(b, level, function(candidate)
       if not limited or tenant_admit(tenants, parked, limits, candidate, level, now, rpm, burst, max_in_flight) then
@@ -88,8 +88,9 @@ if redis.call("exists", paused) == 0 then
       -- the tenant whose turn it was is parked: try the next one of this level
     elseif id then
       local payload = redis.call("hget", msgs, id)
-      if not payload then
-        tenant_release(tenants, parked, wake, tenant)  -- its slot was counted
+      if not payload then  -- its body is gone: give back the slot it took, and its pending count
+        tenant_release(tenants, parked, wake, tenant)
+        tenant_pending(tenants, tenant, -1)
       else
         local count = redis.call("hincrby", deliveries, id, 1)
         if count > 1 and taken > 0 then
@@ -121,7 +122,9 @@ end
 
 local next_eta = tonumber(redis.call("zrange", delayed, 0, 0, "WITHSCORES")[2] or -1)
 local next_parked = tonumber(redis.call("zrange", parked, 0, 0, "WITHSCORES")[2] or -1)
-if next_parked > 0 and next_parked < SLOT_PARKED and (next_eta < 0 or next_parked < next_eta) then
+if parks >= PARKS_PER_FETCH or (next_parked >= 0 and next_parked <= now) then
+  next_eta = now -- more tenants to look at, or released ones due: look again at once
+elseif next_parked > 0 and next_parked < SLOT_PARKED and (next_eta < 0 or next_parked < next_eta) then
   next_eta = next_parked
 end
 return { out, next_eta, suspect }
