@@ -10,15 +10,18 @@ snapshot); it is O(fields of the queue's tenant state), for operators, never on 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypedDict
 
 import redis
 
+from .errors import Backpressure
 from .keys import QueueKeys
 
 Limits = tuple[float, float, int, int]  # a tenant's rpm, burst, max in flight, max pending (0: no limit)
 NO_LIMITS: Limits = (0, 0, 0, 0)
 SLOT_PARKED = 10**15  # lua/_tenants.lua's SLOT_PARKED: parked until one of its messages settles
+ADMISSION_RETRY_AFTER_S = 5.0  # a refused tenant without a rate limit is told to come back after this
 
 
 def limits_text(limits: Limits) -> str:
@@ -35,6 +38,39 @@ def _decimal(value: float) -> str:
 def parse_limits(text: str) -> Limits:
     rpm, burst, max_in_flight, max_pending = text.split("|")
     return float(rpm), float(burst), int(max_in_flight), int(max_pending)
+
+
+def write_limits(client: redis.Redis, key: str, defaults: Limits, own: dict[str, Limits], *, replace: bool) -> None:
+    """Write a queue's limits where the scripts read them: tenants' own, and "*" the defaults (for
+    operators). `replace` (a worker) drops what an earlier configuration wrote; otherwise (a
+    producer) fields are only added, never erasing what the workers wrote."""
+    fields = {tenant: limits_text(limits) for tenant, limits in own.items()}
+    if any(defaults):
+        fields["*"] = limits_text(defaults)
+    pipe = client.pipeline(transaction=True)
+    if replace:
+        pipe.delete(key)
+    if fields:
+        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+    pipe.execute()
+
+
+def refusal(
+    reply: list[Any],
+    queues: list[str],
+    groups: dict[str, list[Any]],
+    tenant_limits: Callable[[str], tuple[Limits, dict[str, Limits]]],
+) -> Backpressure:
+    """The `Backpressure` for the enqueue script's refusal `{tenant, queue position, pending, cap}`;
+    `groups` are the script's message fields per queue (the tenant is every sixth from the fourth)."""
+    tenant, position, pending, cap = _s(reply[0]), int(reply[1]), int(reply[2]), int(reply[3])
+    queue = queues[position - 1]
+    defaults, own = tenant_limits(queue)
+    rpm = own.get(tenant, defaults)[0]
+    adding = sum(1 for i in range(3, len(groups[queue]), 6) if groups[queue][i] == tenant)
+    # At the tenant's rate, the time for the excess to drain; without a rate, a few seconds.
+    retry_after = max(1.0, (pending + adding - cap) * 60 / rpm) if rpm else ADMISSION_RETRY_AFTER_S
+    return Backpressure(tenant, queue, pending, cap, retry_after)
 
 
 class TenantRow(TypedDict):

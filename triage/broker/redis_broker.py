@@ -53,34 +53,30 @@ import redis
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.encoder import Encoder
 from dramatiq.message import Message
-from dramatiq.middleware import CurrentMessage, Middleware, MiddlewareError
+from dramatiq.middleware import CurrentMessage, Middleware
 
 from .backlog import SettleBacklog
 from .clock import now_ms
 from .connection import client_from_url
 from .consumer import DELIVERIES_OPTION, TriageConsumer
+from .dispatch import FastDispatch
 from .encoder import MsgpackEncoder
-from .errors import CONNECTION_ERRORS, Backpressure, ReplicationError, connection_lost, join_timeout
+from .errors import CONNECTION_ERRORS, ReplicationError, connection_lost, join_timeout
 from .inspection import queue_stats
 from .keys import QueueKeys
-from .limits import NO_LIMITS, Limits, limits_text
+from .limits import NO_LIMITS, Limits, refusal, write_limits
 from .outcome import Outcome, Placed, set_outcome
 from .priority import DEFAULT_PRIORITY, check_priority
 from .registry import WorkerRegistry
 from .scripts import register
 
 SHARED_TENANT = ""
-ADMISSION_RETRY_AFTER_S = 5.0  # a refused tenant without a rate limit is told to come back after this
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 REGISTRY_REFRESH_S = 60.0
 
 
-class TriageBroker(Broker):
+class TriageBroker(FastDispatch):
     """A Dramatiq broker on Redis with priority levels, tenant round-robin and liveness.
 
     Parameters:
@@ -122,7 +118,6 @@ class TriageBroker(Broker):
         replica_timeout_ms: int = 1000,
         encoder: Encoder | None = None,
     ) -> None:
-        self._hooks: dict[str, list[Any]] = {}
         super().__init__(middleware=middleware)
         if client is None and url is None:
             raise ValueError("TriageBroker needs a Redis url or client")
@@ -156,39 +151,6 @@ class TriageBroker(Broker):
         self._registered: dict[str, float] = {}
         self.draining = False  # set when the worker shuts down: consumers stop fetching
         self.backlog = SettleBacklog(self.scripts)
-
-    # -- middleware dispatch -------------------------------------------------------------
-
-    def add_middleware(self, middleware: Middleware, *, before: Any = None, after: Any = None) -> None:
-        super().add_middleware(middleware, before=before, after=after)
-        self._hooks = {}
-
-    def _hooks_for(self, signal: str) -> list[Any]:
-        """The middleware methods that implement `signal` (the base class's are no-ops)."""
-        hooks = self._hooks.get(signal)
-        if hooks is None:
-            base = getattr(Middleware, signal)
-            hooks = self._hooks[signal] = [
-                getattr(m, signal) for m in self.middleware if getattr(type(m), signal) is not base
-            ]
-        return hooks
-
-    def emit_before(self, signal: str, *args: Any, **kwargs: Any) -> None:
-        """Dramatiq's dispatch, minus the calls to hooks that do nothing (enqueue is a hot path)."""
-        for hook in self._hooks_for("before_" + signal):
-            try:
-                hook(self, *args, **kwargs)
-            except MiddlewareError:
-                raise
-            except Exception:
-                self.logger.critical("Unexpected failure in before_%s of %r.", signal, hook.__self__, exc_info=True)
-
-    def emit_after(self, signal: str, *args: Any, **kwargs: Any) -> None:
-        for hook in reversed(self._hooks_for("after_" + signal)):
-            try:
-                hook(self, *args, **kwargs)
-            except Exception:
-                self.logger.critical("Unexpected failure in after_%s of %r.", signal, hook.__self__, exc_info=True)
 
     # -- declaration ---------------------------------------------------------------------
 
@@ -353,16 +315,8 @@ class TriageBroker(Broker):
 
     def _admitted(self, reply: Any, queues: list[str], groups: dict[str, list[Any]]) -> None:
         """Raise `Backpressure` if the enqueue script refused a tenant (it then stored nothing)."""
-        if not isinstance(reply, list):
-            return
-        tenant, position, pending, cap = _text(reply[0]), int(reply[1]), int(reply[2]), int(reply[3])
-        queue = queues[position - 1]
-        defaults, own = self.tenant_limits(queue)
-        rpm = own.get(tenant, defaults)[0]
-        adding = sum(1 for i in range(3, len(groups[queue]), 6) if groups[queue][i] == tenant)
-        # At the tenant's rate, the time for the excess to drain; without a rate, a few seconds.
-        retry_after = max(1.0, (pending + adding - cap) * 60 / rpm) if rpm else ADMISSION_RETRY_AFTER_S
-        raise Backpressure(tenant, queue, pending, cap, retry_after)
+        if isinstance(reply, list):
+            raise refusal(reply, queues, groups, self.tenant_limits)
 
     def trim_dead_letters(self, queue_name: str) -> int:
         """Apply the queue's dead-letter retention now (an idle queue is trimmed too); entries dropped."""
@@ -393,17 +347,7 @@ class TriageBroker(Broker):
         configuration wrote; a producer only adds its own, never erasing the workers'."""
         if queue_name in self._limits_published:
             return
-        defaults, own = self.tenant_limits(queue_name)
-        fields = {tenant: limits_text(limits) for tenant, limits in own.items()}
-        if any(defaults):
-            fields["*"] = limits_text(defaults)
-        key = self.keys(queue_name).limits
-        pipe = self.client.pipeline(transaction=True)
-        if replace:
-            pipe.delete(key)
-        if fields:
-            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-        pipe.execute()
+        write_limits(self.client, self.keys(queue_name).limits, *self.tenant_limits(queue_name), replace=replace)
         self._limits_published.add(queue_name)
 
     # -- operating -----------------------------------------------------------------------
