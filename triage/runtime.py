@@ -15,6 +15,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -141,11 +142,14 @@ def build(settings: Settings, stack: Iterable[StackEntry] = DEFAULT_STACK) -> Ru
     def tier_of(queue: str) -> Tier:
         return taxonomy.tier_of_queue(queue) or taxonomy.tiers["default"]
 
+    # Settings and tiers are frozen: each queue's limits are worked out once, not at every send.
+    @functools.cache
     def tenant_limits(queue: str) -> tuple[Limits, dict[str, Limits]]:
         tier = tier_of(queue).name
         own = settings.tenant_overrides(queue, tier)
         return settings.tenant_defaults(queue, tier).limits(), {t: limit.limits() for t, limit in own.items()}
 
+    @functools.cache
     def admission_delay_ms(queue: str) -> int:
         defaults = settings.tenant_defaults(queue, tier_of(queue).name)
         return 0 if defaults.admission == "deny" else int(defaults.defer_seconds * 1000)
