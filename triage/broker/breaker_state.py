@@ -39,6 +39,7 @@ import redis
 from .clock import now_ms
 from .errors import CONNECTION_ERRORS
 from .scripts import load
+from .text import as_text
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ class CircuitStore:
 
     def names(self) -> list[str]:
         """Every breaker some process used or an operator touched, from Redis."""
-        return sorted(n.decode() if isinstance(n, bytes) else str(n) for n in self.client.smembers(self.names_key))
+        return sorted(as_text(n) for n in self.client.smembers(self.names_key))
 
     def status(self, names: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Each breaker's state as operators read it (plain data; times in seconds)."""
@@ -252,7 +253,13 @@ class CircuitStore:
         self._unreachable = False
         allowed, probe, state, generation, wait_ms, failures, transition = reply
         verdict = Verdict(
-            bool(allowed), bool(probe), _text(state), int(generation), int(wait_ms), int(failures), _text(transition)
+            bool(allowed),
+            bool(probe),
+            as_text(state),
+            int(generation),
+            int(wait_ms),
+            int(failures),
+            as_text(transition),
         )
         listener = self._listener
         with self._lock:
@@ -315,7 +322,7 @@ class _Listener(threading.Thread):
                         self.drop(None)  # what was read before the subscription may have missed a transition
                         self.live = True
                     elif message["type"] == "message":
-                        self.drop(_text(message["data"]))
+                        self.drop(as_text(message["data"]))
             except Exception:  # the connection dropped (or Redis restarted): trust nothing cached
                 self.live = False
                 self.drop(None)
@@ -328,13 +335,9 @@ class _Listener(threading.Thread):
                     logger.debug("closing the breakers subscription failed", exc_info=True)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def describe(raw: dict[Any, Any], now: int) -> dict[str, Any]:
     """A breaker's hash as plain data for operators."""
-    fields = {_text(k): _text(v) for k, v in raw.items()}
+    fields = {as_text(k): as_text(v) for k, v in raw.items()}
 
     def number(name: str) -> int:
         try:

@@ -17,6 +17,7 @@ import redis
 
 from .errors import Backpressure
 from .keys import QueueKeys
+from .text import as_text
 
 Limits = tuple[float, float, int, int]  # a tenant's rpm, burst, max in flight, max pending (0: no limit)
 NO_LIMITS: Limits = (0, 0, 0, 0)
@@ -63,7 +64,7 @@ def refusal(
 ) -> Backpressure:
     """The `Backpressure` for the enqueue script's refusal `{tenant, queue position, pending, cap}`;
     `groups` are the script's message fields per queue (the tenant is every sixth from the fourth)."""
-    tenant, position, pending, cap = _s(reply[0]), int(reply[1]), int(reply[2]), int(reply[3])
+    tenant, position, pending, cap = as_text(reply[0]), int(reply[1]), int(reply[2]), int(reply[3])
     queue = queues[position - 1]
     defaults, own = tenant_limits(queue)
     rpm = own.get(tenant, defaults)[0]
@@ -97,7 +98,7 @@ def tenant_view(client: redis.Redis, keys: QueueKeys, now_ms: int) -> dict[str, 
     pipe.zrange(keys.parked, 0, -1, withscores=True)
     pipe.hgetall(keys.limits)
     state, tenants, parked, limits = pipe.execute()
-    text = {_s(k): _s(v) for k, v in limits.items()}
+    text = {as_text(k): as_text(v) for k, v in limits.items()}
     defaults = parse_limits(text["*"]) if "*" in text else NO_LIMITS
     rows: dict[str, TenantRow] = {}
 
@@ -123,13 +124,13 @@ def tenant_view(client: redis.Redis, keys: QueueKeys, now_ms: int) -> dict[str, 
         return rows[tenant]
 
     for field, value in state.items():
-        name = _s(field)
+        name = as_text(field)
         if name.startswith("n|"):
             tenant = name.split("|", 2)[2]
             if tenant:
                 row(tenant)["queued"] += int(value)
     for field, value in tenants.items():
-        kind, _, tenant = _s(field).partition("|")
+        kind, _, tenant = as_text(field).partition("|")
         if kind == "f":
             row(tenant)["in_flight"] = int(value)
         elif kind == "x":
@@ -141,7 +142,7 @@ def tenant_view(client: redis.Redis, keys: QueueKeys, now_ms: int) -> dict[str, 
         elif kind == "a":
             row(tenant)["admission_deferred_total"] = int(value)
     for member, score in parked:
-        tenant = _s(member).partition("|")[2]
+        tenant = as_text(member).partition("|")[2]
         entry = row(tenant)
         if score >= SLOT_PARKED:
             entry["parked"] = "slot"
@@ -149,7 +150,3 @@ def tenant_view(client: redis.Redis, keys: QueueKeys, now_ms: int) -> dict[str, 
             entry["parked"] = "rate"
             entry["eligible_in_seconds"] = max(0.0, (score - now_ms) / 1000)
     return dict(sorted(rows.items(), key=lambda item: (-item[1]["queued"], item[0])))
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

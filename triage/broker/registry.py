@@ -31,6 +31,7 @@ from redis.commands.core import Script
 
 from .clock import now_ms
 from .keys import QueueKeys
+from .text import as_text
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ class WorkerRegistry:
         dead: list[Any] = self.client.zrangebyscore(self.heartbeats, "-inf", now - self.heartbeat_timeout_ms)
         back = quarantined = 0
         for raw in dead:
-            worker_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+            worker_id = as_text(raw)
             if worker_id == self.worker_id:
                 continue  # this process is alive: it is running this code
             info = self.client.hget(self.workers, worker_id)
