@@ -2,6 +2,7 @@
 
 Prints one JSON object. Commands:
   enqueue N         single sends of no-op messages; rate in msg/s
+  enqueue_bg N      single sends of background messages (each asks load shedding); rate in msg/s
   batch N           batches of 1000 (Triage's enqueue_batch; stock sends one by one)
   prefill_noop N    N no-op messages on `bench`
   prefill_noop_breaker N   N no-op messages behind a closed circuit breaker (Triage only)
@@ -32,6 +33,9 @@ def main(argv: list[str]) -> dict[str, Any]:
     if command == "enqueue":
         for _ in range(int(args[0])):
             app.send(app.noop)
+    elif command == "enqueue_bg":
+        for _ in range(int(args[0])):
+            app.send(app.background_work, 0.0)
     elif command == "batch" or command == "prefill_noop":
         app.send_many(app.noop, [() for _ in range(int(args[0]))])
     elif command == "prefill_noop_breaker":

@@ -34,6 +34,7 @@ from triage.broker.connection import client_from_url
 from triage.broker.encoder import encoder_for
 from triage.broker.limits import Limits
 from triage.broker.redis_broker import TriageBroker
+from triage.broker.shedding import Shedding
 from triage.middleware import (
     DEFAULT_STACK,
     ActorLimits,
@@ -154,6 +155,17 @@ def build(settings: Settings, stack: Iterable[StackEntry] = DEFAULT_STACK) -> Ru
         defaults = settings.tenant_defaults(queue, tier_of(queue).name)
         return 0 if defaults.admission == "deny" else int(defaults.defer_seconds * 1000)
 
+    shedding = None
+    if settings.load_shedding:
+        shed_tiers = frozenset(settings.load_shedding_tiers)
+        late_after = settings.load_shedding_after_seconds or taxonomy.tiers["critical"].sla_seconds
+        shedding = Shedding(
+            watched=lambda: taxonomy.queues_of("critical"),
+            sheds=lambda queue: tier_of(queue).name in shed_tiers,
+            late_after_ms=int(late_after * 1000),
+            hold_ms=int(settings.load_shedding_defer_seconds * 1000),
+        )
+
     broker = TriageBroker(
         client=client,
         namespace=settings.namespace,
@@ -163,6 +175,7 @@ def build(settings: Settings, stack: Iterable[StackEntry] = DEFAULT_STACK) -> Ru
         dead_letter_limits=lambda queue: tier_of(queue).dead_letter_limits(),
         tenant_limits=tenant_limits,
         admission_delay_ms=admission_delay_ms,
+        shedding=shedding,
         queue_label=lambda queue: taxonomy.queues.get(queue, "default"),
         min_replicas=settings.min_replicas,
         replica_timeout_ms=settings.replica_timeout_ms,

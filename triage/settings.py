@@ -169,6 +169,13 @@ class Settings(BaseSettings):
     tenant_admission_critical: Literal["deny", "defer"] | None = None
     tenant_admission_default: Literal["deny", "defer"] | None = None
     tenant_admission_background: Literal["deny", "defer"] | None = None
+    # Load shedding: while a critical queue's oldest waiting message has waited longer than
+    # load_shedding_after_seconds (default: the critical tier's SLA), new messages for the
+    # load_shedding_tiers are delayed load_shedding_defer_seconds (never refused or dropped).
+    load_shedding: bool = True
+    load_shedding_tiers: tuple[TierName, ...] = ("background",)
+    load_shedding_after_seconds: float | None = Field(default=None, gt=0, le=86_400)
+    load_shedding_defer_seconds: float = Field(default=30.0, gt=0, le=86_400)
 
     @field_validator("redis_url")
     @classmethod
@@ -185,6 +192,13 @@ class Settings(BaseSettings):
         for name in value:
             if not _QUEUE_NAME.fullmatch(name) or name.endswith((".DQ", ".XQ")):
                 raise ValueError(f"queue name {name!r} must match [a-zA-Z_][a-zA-Z0-9._-]* and not end in .DQ/.XQ")
+        return value
+
+    @field_validator("load_shedding_tiers")
+    @classmethod
+    def _check_shed_tiers(cls, value: tuple[TierName, ...]) -> tuple[TierName, ...]:
+        if "critical" in value:
+            raise ValueError("the critical tier is the one load shedding protects; it cannot be shed")
         return value
 
     @field_validator("breakers")

@@ -80,26 +80,28 @@ main.add_command(tenants_command)
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def stats(as_json: bool) -> None:
-    """Per-queue counters: queued, delayed, running, dead letters, paused."""
+    """Per-queue counters: queued (and the oldest one's wait), delayed, running, dead letters, paused."""
     admin = admin_or_exit()
     with reporting_redis_errors(admin.settings):
         data = admin.stats()
     if as_json:
         click.echo(json.dumps({"queues": data}, indent=2))
         return
-    columns = (
-        "queued",
-        "delayed",
-        "retrying",
-        "running",
-        "dead_letters_total",
-        "paused",
-        "enqueued_total",
-        "acked_total",
-    )
+    columns = {  # header -> field (--json has every field, by its own name)
+        "queued": "queued",
+        "oldest_wait_s": "oldest_waiting_seconds",
+        "delayed": "delayed",
+        "retrying": "retrying",
+        "running": "running",
+        "dead_letters_total": "dead_letters_total",
+        "paused": "paused",
+        "enqueued_total": "enqueued_total",
+        "acked_total": "acked_total",
+        "shed_total": "shed_total",
+    }
     click.echo(f"{'queue':<18}{'tier':<12}" + "".join(f"{c:>19}" for c in columns))
     for name, row in data.items():
-        click.echo(f"{name:<18}{row['tier']:<12}" + "".join(f"{row[c]!s:>19}" for c in columns))  # type: ignore[literal-required]
+        click.echo(f"{name:<18}{row['tier']:<12}" + "".join(f"{row[f]!s:>19}" for f in columns.values()))  # type: ignore[literal-required]
 
 
 @main.command()

@@ -9,6 +9,9 @@ Guarantees:
   (waiting for their eta), `retrying` (waiting for their retry backoff), `running`
   (fetched by a worker and not settled yet, prefetched ones included), and
   `dead_letters_total` (in the dead letters now).
+- `oldest_waiting_seconds`: how long the oldest message that a consumer could take now has
+  waited (0.0 when there is none), by Redis's clock; delayed messages and those of tenants held
+  back by their limits are not waiting for a worker and do not count.
 - The `*_total` fields and `dead_letters_by_reason` are counters since the queue's first
   use (they only grow): enqueued, acked, retries, deferrals, dead letters by reason, dead
   letters dropped by retention (`dead_letters_trimmed_total`), requeued and purged by operators.
@@ -39,6 +42,8 @@ class QueueCounters(TypedDict):
     moved_total: int
     admission_denied_total: int
     admission_deferred_total: int
+    shed_total: int
+    oldest_waiting_seconds: float
     dead_letters_by_reason: dict[str, int]
     dead_letters_trimmed_total: int
     requeued_total: int
@@ -51,6 +56,7 @@ def queue_stats(
     """Counters of each queue in `queues`, in the order given."""
     names = list(queues)
     pipe = client.pipeline(transaction=True)  # one snapshot: delayed - retrying is never negative
+    pipe.time()
     for queue in names:
         keys = keys_of(queue)
         pipe.hlen(keys.items)
@@ -59,10 +65,13 @@ def queue_stats(
         pipe.hgetall(keys.stats)
         pipe.zcard(keys.dead)
         pipe.exists(keys.paused)
+        pipe.zrange(keys.heads, 0, 0, withscores=True)
     replies = iter(pipe.execute())
+    seconds, micros = next(replies)
+    now = seconds * 1000 + micros // 1000
     stats: dict[str, QueueCounters] = {}
     for queue in names:
-        queued, delayed, retrying, raw, dead, paused = (next(replies) for _ in range(6))
+        queued, delayed, retrying, raw, dead, paused, oldest = (next(replies) for _ in range(7))
         counters = {k.decode(): int(v) for k, v in raw.items()}
         stats[queue] = QueueCounters(
             queued=queued,
@@ -78,6 +87,8 @@ def queue_stats(
             moved_total=counters.get("moved_total", 0),
             admission_denied_total=counters.get("admission_denied_total", 0),
             admission_deferred_total=counters.get("admission_deferred_total", 0),
+            shed_total=counters.get("shed_total", 0),
+            oldest_waiting_seconds=max(0, now - int(oldest[0][1])) / 1000 if oldest else 0.0,
             dead_letters_by_reason={k[5:]: v for k, v in sorted(counters.items()) if k.startswith("dead:")},
             dead_letters_trimmed_total=counters.get("dead_trimmed_total", 0),
             requeued_total=counters.get("requeued_total", 0),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from .priority import MAX_PRIORITY, MIN_PRIORITY
 
 LEVELS = range(MIN_PRIORITY, MAX_PRIORITY + 1)  # one FIFO/round-robin level per message priority
-BLOCK_SIZE = 7 + len(LEVELS)  # msgs .. wake, then one rr key per level (`lua/_fifo.lua`)
+BLOCK_SIZE = 8 + len(LEVELS)  # msgs .. wake, heads, then one rr key per level (`lua/_fifo.lua`)
 
 
 class QueueKeys:
@@ -27,6 +27,7 @@ class QueueKeys:
         self.stats = f"{tag}:stats"
         self.paused = f"{tag}:paused"
         self.wake = f"{tag}:wake"
+        self.heads = f"{tag}:heads"
         self.dead = f"{tag}:dead"
         self.dead_msgs = f"{tag}:dead.msgs"
         self.dead_info = f"{tag}:dead.info"
@@ -45,6 +46,7 @@ class QueueKeys:
             self.stats,
             self.paused,
             self.wake,
+            self.heads,
             *self.levels,
         ]
         assert len(self._block) == BLOCK_SIZE
@@ -117,5 +119,6 @@ class QueueKeys:
             self.deliveries,
             self.parked,
             self.tenants,
+            self.heads,
             *self.levels,
         ]

@@ -28,6 +28,7 @@ class Placed(NamedTuple):
     tenant: str
     eta: int
     max_deliveries: int  # 0: the queue's default
+    shed: bool = False  # held back by load shedding (its eta is the hold's)
 
 
 @dataclass(frozen=True)

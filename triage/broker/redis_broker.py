@@ -45,6 +45,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -62,13 +63,14 @@ from .consumer import DELIVERIES_OPTION, TriageConsumer
 from .dispatch import FastDispatch
 from .encoder import MsgpackEncoder
 from .errors import CONNECTION_ERRORS, ReplicationError, connection_lost, join_timeout
-from .inspection import queue_stats
 from .keys import QueueKeys
 from .limits import NO_LIMITS, Limits, refusal, write_limits
+from .operations import QueueOperations
 from .outcome import Outcome, Placed, set_outcome
 from .priority import DEFAULT_PRIORITY, check_priority
 from .registry import WorkerRegistry
 from .scripts import register
+from .shedding import LoadShedder, Shedding
 
 SHARED_TENANT = ""
 
@@ -76,7 +78,7 @@ SHARED_TENANT = ""
 REGISTRY_REFRESH_S = 60.0
 
 
-class TriageBroker(FastDispatch):
+class TriageBroker(QueueOperations, FastDispatch):
     """A Dramatiq broker on Redis with priority levels, tenant round-robin and liveness.
 
     Parameters:
@@ -95,6 +97,8 @@ class TriageBroker(FastDispatch):
         pending; 0: none) and those of tenants with limits of their own (see `lua/_tenants.lua`).
       admission_delay_ms: a queue's admission policy for a tenant over its max pending: 0
         refuses the send (`Backpressure`), more sends it with that delay.
+      shedding: which queues' new messages are held back while which queues' work waits too
+        long (`shedding.py`); None: never.
       min_replicas, replica_timeout_ms: durable enqueue: WAIT for that many replicas,
         else raise `ReplicationError` (0: do not wait).
       encoder: how messages are encoded (msgpack by default); the broker reads what it writes
@@ -114,6 +118,7 @@ class TriageBroker(FastDispatch):
         dead_letter_limits: Callable[[str], tuple[int, int]] = lambda queue_name: (100_000, 90 * 86_400_000),
         tenant_limits: Callable[[str], tuple[Limits, dict[str, Limits]]] = lambda queue_name: (NO_LIMITS, {}),
         admission_delay_ms: Callable[[str], int] = lambda queue_name: 0,
+        shedding: Shedding | None = None,
         min_replicas: int = 0,
         replica_timeout_ms: int = 1000,
         encoder: Encoder | None = None,
@@ -144,6 +149,7 @@ class TriageBroker(FastDispatch):
         self.dead_letter_limits = dead_letter_limits
         self.tenant_limits = tenant_limits
         self.admission_delay_ms = admission_delay_ms
+        self.shedder = LoadShedder(self.client, self.keys, shedding)
         self._limits_published: set[str] = set()
         self.queue_label = queue_label
         # When this process last recorded each queue in the registry (monotonic seconds): again
@@ -210,17 +216,6 @@ class TriageBroker(FastDispatch):
         does, but as a move, not a retry: counted as `moved_total`, not among the retries."""
         set_outcome(message, Outcome("move", placed=self._place(moved, delay_ms, hooks=False)))
 
-    def pause_for(self, queue_name: str, *, ms: int, owner: str) -> bool:
-        """Pause the queue for `ms` on behalf of `owner` (a breaker), unless it is paused already
-        (an operator's pause is never shortened). The pause ends by itself after `ms`."""
-        return bool(self.client.set(self.keys(queue_name).paused, owner, px=max(1, int(ms)), nx=True))
-
-    def resume_if_paused_by(self, queue_name: str, owner: str) -> bool:
-        """Resume the queue if `owner` paused it (an operator's pause stays)."""
-        keys = self.keys(queue_name)
-        resumed: int = self.scripts["unpause"](keys=[keys.paused, keys.wake], args=[owner])
-        return bool(resumed)
-
     def defer(self, message: MessageProxy, *, delay_ms: int) -> None:
         """Settle `message` by putting it back on its queue after `delay_ms`, the same message:
         its retries and its delivery count are not used."""
@@ -253,11 +248,14 @@ class TriageBroker(FastDispatch):
             message_id=message.message_id,
             message_timestamp=message.message_timestamp,
         )
-        if hooks:
+        hold = 0
+        if hooks:  # new work: through the producer hooks, and held back while shedding load
             self.emit_before("enqueue", message, delay)
+            hold = self.shedder.hold_ms(message.queue_name)
         level = check_priority(message.options.get("priority", DEFAULT_PRIORITY), actor_name=message.actor_name)
         tenant = message.options.get("tenant") or SHARED_TENANT
-        eta = now_ms() + delay if delay else 0
+        wait = max(delay or 0, hold)
+        eta = now_ms() + wait if wait else 0
         max_deliveries = message.options.get("max_deliveries")
         if max_deliveries is None:
             actor = self.actors.get(message.actor_name)
@@ -273,7 +271,7 @@ class TriageBroker(FastDispatch):
                 "message_timestamp": message.message_timestamp,
             }
         )  # Message.asdict(), without its per-field reflection
-        return Placed(message, delay, payload, level, str(tenant), eta, int(max_deliveries))
+        return Placed(message, delay, payload, level, str(tenant), eta, int(max_deliveries), hold > (delay or 0))
 
     def _store(self, placed: Sequence[Placed]) -> None:
         groups: dict[str, list[Any]] = {}
@@ -288,7 +286,8 @@ class TriageBroker(FastDispatch):
         # pipeline's next step, a callback) was admitted with it, and an after-hook could not
         # give a refusal back to anyone.
         inside = CurrentMessage.get_current_message() is not None
-        admission = [[0 if inside else self.tenant_defaults(q)[3], self.admission_delay_ms(q)] for q in groups]
+        shed = Counter(p.message.queue_name for p in placed if p.shed)
+        admission = [[0 if inside else self.tenant_defaults(q)[3], self.admission_delay_ms(q), shed[q]] for q in groups]
         args = [now_ms(), msgpack.packb(list(groups.values()), use_bin_type=False), msgpack.packb(admission)]
         stale = time.monotonic() - REGISTRY_REFRESH_S
         unregistered = [q for q in groups if self._registered.get(q, stale) <= stale]
@@ -318,12 +317,6 @@ class TriageBroker(FastDispatch):
         if isinstance(reply, list):
             raise refusal(reply, queues, groups, self.tenant_limits)
 
-    def trim_dead_letters(self, queue_name: str) -> int:
-        """Apply the queue's dead-letter retention now (an idle queue is trimmed too); entries dropped."""
-        args: list[Any] = ["trim", now_ms(), *self.dead_letter_limits(queue_name)]
-        dropped: int = self.scripts["dlq"](keys=self.keys(queue_name).dead_letter_keys(), args=args)
-        return dropped
-
     def queue_labels(self) -> dict[str, str]:
         """Every declared queue and its label, for the registry."""
         return {queue_name: self.queue_label(queue_name) for queue_name in sorted(self.queues)}
@@ -349,36 +342,6 @@ class TriageBroker(FastDispatch):
             return
         write_limits(self.client, self.keys(queue_name).limits, *self.tenant_limits(queue_name), replace=replace)
         self._limits_published.add(queue_name)
-
-    # -- operating -----------------------------------------------------------------------
-
-    def pause(self, queue_name: str) -> None:
-        """Stop handing out messages of the queue (persisted in Redis); enqueues still work."""
-        self.client.set(self.keys(queue_name).paused, str(now_ms()))
-
-    def resume(self, queue_name: str) -> None:
-        """Hand out messages again and wake the queue's idle consumers at once."""
-        keys = self.keys(queue_name)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.delete(keys.paused)
-        pipe.rpush(keys.wake, *(["1"] * 8))
-        pipe.execute()
-
-    def is_paused(self, queue_name: str) -> bool:
-        return bool(self.client.exists(self.keys(queue_name).paused))
-
-    def counts(self, queue_name: str) -> tuple[int, int, int]:
-        """(queued, delayed, running) of a queue; delayed includes the retries waiting for their backoff."""
-        stats = queue_stats(self.client, self.keys, [queue_name])[queue_name]
-        return stats["queued"], stats["delayed"] + stats["retrying"], stats["running"]
-
-    def flush(self, queue_name: str) -> None:
-        """Drop every queued and delayed message of the queue (in-flight ones finish)."""
-        self.client.delete(*self.keys(queue_name).message_keys())
-
-    def flush_all(self) -> None:
-        for queue_name in self.queues:
-            self.flush(queue_name)
 
     def join(self, queue_name: str, *, interval: int = 100, timeout: int | None = None) -> None:
         """Wait until the queue has nothing queued, delayed or running (for tests)."""

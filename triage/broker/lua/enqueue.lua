@@ -17,9 +17,10 @@
 --   of id, encoded message, level (1-10), tenant ("" for the shared tenant), eta_ms (0: now),
 --   max_deliveries (0: the queue's default), repeated for each message (one argument for the
 --   whole batch keeps the call cheap); 3 a msgpack array, per queue in KEYS order, of
---   {max_pending (0: none), defer_ms (0: refuse over it)}
+--   {max_pending (0: none), defer_ms (0: refuse over it), how many of its messages load
+--   shedding holds back (their eta says for how long; counted only)}
 -- Writes: msgs, items, state, delayed, stats (enqueued_total, admission_denied_total,
---   admission_deferred_total), wake, rr:*, deliveries, tenants
+--   admission_deferred_total, shed_total), wake, rr:*, deliveries, tenants, heads
 -- Returns: the number of messages stored, or, when a tenant is refused, { tenant, the queue's
 --   position g, its pending messages, its max_pending } (and nothing was stored).
 
@@ -99,6 +100,9 @@ for g, fields in ipairs(groups) do
     fifo_push_run(b, run.level, run.tenant, run.ids)
   end
   redis.call("hincrby", stats, "enqueued_total", count)
+  if (admission[g][3] or 0) > 0 then
+    redis.call("hincrby", stats, "shed_total", admission[g][3])
+  end
   stored = stored + count
   -- Idle consumers wake for ready messages, and for a new delayed one so that they
   -- recompute how long to block.
