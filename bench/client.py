@@ -2,6 +2,7 @@
 
 Prints one JSON object. Commands:
   enqueue N         single sends of no-op messages; rate in msg/s
+  enqueue_dedup N   single sends of no-op messages, each with a dedup key of its own (Triage only)
   enqueue_bg N      single sends of background messages (each asks load shedding); rate in msg/s
   batch N           batches of 1000 (Triage's enqueue_batch; stock sends one by one)
   prefill_noop N    N no-op messages on `bench`
@@ -33,6 +34,10 @@ def main(argv: list[str]) -> dict[str, Any]:
     if command == "enqueue":
         for _ in range(int(args[0])):
             app.send(app.noop)
+    elif command == "enqueue_dedup":
+        run = time.time_ns()  # keys of this run only: every send is stored, none is a duplicate
+        for i in range(int(args[0])):
+            app.noop.send_with_options(dedup_key=f"bench:{run}:{i}", dedup_ttl=600)
     elif command == "enqueue_bg":
         for _ in range(int(args[0])):
             app.send(app.background_work, 0.0)

@@ -139,6 +139,11 @@ def enqueue_rate(app: str, n: int) -> dict[str, float]:
     if app == "triage":
         with fresh_redis() as (env, _):
             result["enqueue_batch"] = client(app, env, "batch", n * 4)["rate"]
+        with fresh_redis() as (env, _):  # without a dedup key, with (twice), without: ABBA
+            rates = [
+                client(app, env, cmd, n)["rate"] for cmd in ("enqueue", "enqueue_dedup", "enqueue_dedup", "enqueue")
+            ]
+            result["enqueue_plain"], result["enqueue_dedup"] = (rates[0] + rates[3]) / 2, (rates[1] + rates[2]) / 2
         with fresh_redis() as (env, _):  # background sends, with load shedding watching critical, and without
             result["enqueue_bg"] = client(app, env, "enqueue_bg", n)["rate"]
             result["enqueue_bg_unshed"] = client(app, {**env, "TRIAGE_LOAD_SHEDDING": "false"}, "enqueue_bg", n)["rate"]
@@ -277,6 +282,14 @@ def report(
         row("enqueue, single sends", s["enqueue_single"], t["enqueue_single"], "msg/s", "≥ 0.8×", True),
         row("enqueue, batches of 1000", None, t["enqueue_batch"], "msg/s", "≥ 10× single", None),
         row("… batch rate / single-send rate", None, t["enqueue_batch"] / t["enqueue_single"], "×", "≥ 10×", None),
+        row(
+            "… single sends with a dedup key / without (Triage, same Redis, alternating)",
+            None,
+            t["enqueue_dedup"] / t["enqueue_plain"],
+            "×",
+            "≥ 0.9× (within 10 %)",
+            None,
+        ),
         row(
             "… background single sends, load shedding on / off (Triage)",
             None,

@@ -22,6 +22,7 @@ from triage.middleware import (
     ActorLimits,
     Callbacks,
     CircuitBreakers,
+    Deduplication,
     GracefulShutdown,
     Heartbeats,
     PayloadGuard,
@@ -48,6 +49,7 @@ STACK: list[StackEntry] = [
     ActorLimits,  # rate_limit="600/m", concurrency=2: fleet-wide, deferred (no retry) when at the limit
     RetryPolicy,  # the tier's retry policy and dead letters with a reason
     CircuitBreakers,  # circuit="name": an open breaker defers (or demotes) the message, no retry used
+    Deduplication,  # dedup="report:{org_id}", dedup_ttl=3600: one message per key, atomic with the enqueue
     Results,  # opt-in: store_results=True
     GroupCallbacks,  # group(...).run() with a completion callback
 ]

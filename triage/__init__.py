@@ -25,6 +25,7 @@ from dramatiq.errors import BrokerConnectionError
 from dramatiq.message import Message
 
 from triage.breakers import BreakerGuard, breaker
+from triage.broker.dedup import DuplicateMessage
 from triage.broker.errors import Backpressure, ReplicationError
 from triage.broker.priority import InvalidPriority
 from triage.decorators import TierDecorator, background, critical, default
@@ -58,6 +59,7 @@ __all__ = [
     "CircuitOpen",
     "ConfigError",
     "Defer",
+    "DuplicateMessage",
     "InvalidPriority",
     "InvalidTenant",
     "PayloadTooLarge",

@@ -167,7 +167,11 @@ def test_a_poison_message_is_quarantined_and_the_others_flow(chaos: Chaos) -> No
 @pytest.mark.fast
 def test_garbage_in_a_queue_is_dead_lettered_and_the_worker_stays_up(chaos: Chaos) -> None:
     keys = chaos.broker.keys("chaos")
-    garbage = ["junk-1", b"\x00\x01 not a message", 5, "", 0, 0, "junk-2", msgpack.packb({"no": "fields"}), 5, "", 0, 0]
+    # two messages of the enqueue script's ENQUEUE_FIELDS each (no dedup key)
+    garbage = [
+        *("junk-1", b"\x00\x01 not a message", 5, "", 0, 0, "junk-1", "", "", 0),
+        *("junk-2", msgpack.packb({"no": "fields"}), 5, "", 0, 0, "junk-2", "", "", 0),
+    ]
     chaos.broker.scripts["enqueue"](
         keys=keys.enqueue_keys(), args=[0, msgpack.packb([garbage], use_bin_type=False), msgpack.packb([[0, 0]])]
     )

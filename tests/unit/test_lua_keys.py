@@ -13,7 +13,18 @@ from redis.crc import key_slot
 
 from triage.broker.keys import BLOCK_SIZE, LEVELS, QueueKeys
 from triage.broker.priority import MAX_PRIORITY, MIN_PRIORITY
-from triage.broker.scripts import DEAD, LUA_DIR, PRELUDE, PRELUDES, SCRIPT_NAMES, STANDALONE, TENANTS, header, source
+from triage.broker.scripts import (
+    DEAD,
+    DEDUP,
+    LUA_DIR,
+    PRELUDE,
+    PRELUDES,
+    SCRIPT_NAMES,
+    STANDALONE,
+    TENANTS,
+    header,
+    source,
+)
 
 CALL = re.compile(r'redis\.call\("(\w+)",\s*([^,)]+)')
 LOCAL_FROM_KEYS = re.compile(r"local (\w+) = KEYS\[")
@@ -37,6 +48,7 @@ PASSED: dict[str, tuple[Callable[[QueueKeys], list[str]], str]] = {
     "retry": (lambda keys: keys.retry_keys(SOURCE, "c"), "c"),
     "reclaim": (lambda keys: keys.reclaim_keys("w"), "w"),
     "dlq": (lambda keys: keys.dead_letter_keys(), ""),
+    "dedup": (lambda keys: keys.dedup_script_keys(), ""),
 }
 
 
@@ -128,7 +140,7 @@ def expected_key(key: str, keys: QueueKeys, consumer: str, level: int) -> str:
     return value
 
 
-@pytest.mark.parametrize("name", [*SCRIPT_NAMES, *STANDALONE, PRELUDE, DEAD, TENANTS])
+@pytest.mark.parametrize("name", [*SCRIPT_NAMES, *STANDALONE, PRELUDE, DEAD, TENANTS, DEDUP])
 def test_every_script_starts_with_the_keys_it_touches(name: str) -> None:
     # Given the Lua file as written
     header_lines = []
@@ -217,6 +229,7 @@ def test_every_key_a_script_touches_comes_from_KEYS(name: str) -> None:
         ("retry", 1),
         ("reclaim", 1),
         ("dlq", 1),
+        ("dedup", 1),
     ],
 )
 def test_the_keys_python_passes_are_the_keys_the_script_names(name: str, groups: int) -> None:
@@ -287,7 +300,7 @@ def test_the_loaded_script_takes_its_constants_from_python(name: str) -> None:
             assert not re.search(rf"(?<![\w.]){value}(?![\w.])", code), f"{file}.lua spells {value}"
 
 
-@pytest.mark.parametrize("name", [*SCRIPT_NAMES, *STANDALONE, PRELUDE, DEAD, TENANTS])
+@pytest.mark.parametrize("name", [*SCRIPT_NAMES, *STANDALONE, PRELUDE, DEAD, TENANTS, DEDUP])
 def test_scripts_index_KEYS_only_in_named_locals_at_the_top(name: str) -> None:
     # Given the code of the Lua file, without comments
     lines = [line.strip() for line in without_comments(lua_file(name)).splitlines() if line.strip()]

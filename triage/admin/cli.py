@@ -31,6 +31,7 @@ from triage.settings import ConfigError, TierName
 from . import dlq_model
 from .breakers import breakers_group
 from .cli_common import NOT_FOUND, admin_or_exit, fail, reporting_redis_errors, settings_or_exit
+from .dedup import dedup_group
 from .demo import produce
 from .dlq_model import DeadLetter, Filter
 from .ops import Admin, UnknownQueue
@@ -75,6 +76,7 @@ def main() -> None:
 
 main.add_command(breakers_group)
 main.add_command(tenants_command)
+main.add_command(dedup_group)
 
 
 @main.command()

@@ -43,6 +43,7 @@ class QueueCounters(TypedDict):
     admission_denied_total: int
     admission_deferred_total: int
     shed_total: int
+    duplicates_total: int
     oldest_waiting_seconds: float
     dead_letters_by_reason: dict[str, int]
     dead_letters_trimmed_total: int
@@ -88,6 +89,7 @@ def queue_stats(
             admission_denied_total=counters.get("admission_denied_total", 0),
             admission_deferred_total=counters.get("admission_deferred_total", 0),
             shed_total=counters.get("shed_total", 0),
+            duplicates_total=counters.get("duplicates_total", 0),
             oldest_waiting_seconds=max(0, now - int(oldest[0][1])) / 1000 if oldest else 0.0,
             dead_letters_by_reason={k[5:]: v for k, v in sorted(counters.items()) if k.startswith("dead:")},
             dead_letters_trimmed_total=counters.get("dead_trimmed_total", 0),

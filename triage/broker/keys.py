@@ -37,6 +37,8 @@ class QueueKeys:
         self.tenants = f"{tag}:tenants"
         self.parked = f"{tag}:parked"
         self.limits = f"{tag}:limits"
+        self.dedup = f"{tag}:dedup"
+        self.dedup_exp = f"{tag}:dedup.exp"
         self.levels = [f"{tag}:rr:{level}" for level in LEVELS]
         self._block = [
             self.msgs,
@@ -59,7 +61,11 @@ class QueueKeys:
         return list(self._block)
 
     def enqueue_keys(self) -> list[str]:
-        return [*self._block, self.deliveries, self.tenants, self.limits]
+        return [*self._block, self.deliveries, self.tenants, self.limits, *self.dedup_keys()]
+
+    def dedup_keys(self) -> list[str]:
+        """The deduplication keys held and their expiry (`lua/_dedup.lua`)."""
+        return [self.dedup, self.dedup_exp]
 
     def dead_keys(self) -> list[str]:
         """The dead letters: ids by time, bodies, records, and the lexicographic index."""
@@ -84,6 +90,7 @@ class QueueKeys:
             *self.dead_keys(),
             *self.tenant_keys(),
             self.wake,
+            *self.dedup_keys(),
         ]
 
     def retry_keys(self, source: QueueKeys, consumer_id: str) -> list[str]:
@@ -102,7 +109,18 @@ class QueueKeys:
         ]
 
     def reclaim_keys(self, dead_worker_id: str) -> list[str]:
-        return [*self._block, self.acks(dead_worker_id), self.deliveries, *self.dead_keys(), *self.tenant_keys()]
+        return [
+            *self._block,
+            self.acks(dead_worker_id),
+            self.deliveries,
+            *self.dead_keys(),
+            *self.tenant_keys(),
+            *self.dedup_keys(),
+        ]
+
+    def dedup_script_keys(self) -> list[str]:
+        """Keys of dedup.lua: the stored messages' references to their keys, and the keys."""
+        return [self.deliveries, *self.dedup_keys()]
 
     def dead_letter_keys(self) -> list[str]:
         """Keys of the dead-letter operations (dlq.lua): the block, deliveries, the dead letters, tenants."""
@@ -120,5 +138,6 @@ class QueueKeys:
             self.parked,
             self.tenants,
             self.heads,
+            *self.dedup_keys(),
             *self.levels,
         ]

@@ -17,6 +17,7 @@ import redis
 
 from .errors import Backpressure
 from .keys import QueueKeys
+from .outcome import ENQUEUE_FIELDS
 from .text import as_text
 
 Limits = tuple[float, float, int, int]  # a tenant's rpm, burst, max in flight, max pending (0: no limit)
@@ -63,12 +64,12 @@ def refusal(
     tenant_limits: Callable[[str], tuple[Limits, dict[str, Limits]]],
 ) -> Backpressure:
     """The `Backpressure` for the enqueue script's refusal `{tenant, queue position, pending, cap}`;
-    `groups` are the script's message fields per queue (the tenant is every sixth from the fourth)."""
+    `groups` are the script's message fields per queue (ENQUEUE_FIELDS each, the tenant fourth)."""
     tenant, position, pending, cap = as_text(reply[0]), int(reply[1]), int(reply[2]), int(reply[3])
     queue = queues[position - 1]
     defaults, own = tenant_limits(queue)
     rpm = own.get(tenant, defaults)[0]
-    adding = sum(1 for i in range(3, len(groups[queue]), 6) if groups[queue][i] == tenant)
+    adding = sum(1 for i in range(3, len(groups[queue]), ENQUEUE_FIELDS) if groups[queue][i] == tenant)
     # At the tenant's rate, the time for the excess to drain; without a rate, a few seconds.
     retry_after = max(1.0, (pending + adding - cap) * 60 / rpm) if rpm else ADMISSION_RETRY_AFTER_S
     return Backpressure(tenant, queue, pending, cap, retry_after)

@@ -17,6 +17,8 @@ from typing import Any, Literal, NamedTuple
 from dramatiq.broker import MessageProxy
 from dramatiq.message import Message
 
+ENQUEUE_FIELDS = 10  # values per message in the enqueue script's call (`Placed.fields`)
+
 
 class Placed(NamedTuple):
     """A message ready to be stored: its encoding and where it goes."""
@@ -29,6 +31,25 @@ class Placed(NamedTuple):
     eta: int
     max_deliveries: int  # 0: the queue's default
     shed: bool = False  # held back by load shedding (its eta is the hold's)
+    dedup_key: str = ""  # "": not deduplicated
+    dedup_mode: str = ""  # "d" until_done, "s" until_start, "w" window
+    dedup_ttl_ms: int = 0
+
+    def fields(self) -> tuple[Any, ...]:
+        """Its ENQUEUE_FIELDS values, in the enqueue script's order."""
+        m = self.message
+        return (
+            m.options["redis_message_id"],
+            self.payload,
+            self.level,
+            self.tenant,
+            self.eta,
+            self.max_deliveries,
+            m.message_id,
+            self.dedup_key,
+            self.dedup_mode,
+            self.dedup_ttl_ms,
+        )
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ them on one node (any single Redis or Sentinel setup).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
@@ -60,6 +61,7 @@ from .backlog import SettleBacklog
 from .clock import now_ms
 from .connection import client_from_url
 from .consumer import DELIVERIES_OPTION, TriageConsumer
+from .dedup import DuplicateMessage, as_duplicate, dedup_of
 from .dispatch import FastDispatch
 from .encoder import MsgpackEncoder
 from .errors import CONNECTION_ERRORS, ReplicationError, connection_lost, join_timeout
@@ -71,8 +73,10 @@ from .priority import DEFAULT_PRIORITY, check_priority
 from .registry import WorkerRegistry
 from .scripts import register
 from .shedding import LoadShedder, Shedding
+from .text import as_text
 
 SHARED_TENANT = ""
+logger = logging.getLogger(__name__)
 
 
 REGISTRY_REFRESH_S = 60.0
@@ -185,7 +189,12 @@ class TriageBroker(QueueOperations, FastDispatch):
         """Enqueue one message, optionally delayed by `delay` ms; priority and tenant come
         from its options (`priority`, `tenant`), set by the placement middleware."""
         placed = self._place(message, delay)
-        self._store([placed])
+        duplicates = self._store([placed])
+        if duplicates:
+            if placed.message.options.get("dedup_on_duplicate") == "raise":
+                raise DuplicateMessage(placed.dedup_key, message.queue_name, duplicates[0])
+            logger.debug("Duplicate of %s not stored (dedup key %r).", duplicates[0], placed.dedup_key)
+            return as_duplicate(placed.message, duplicates[0])
         self.emit_after("enqueue", placed.message, delay)
         return placed.message
 
@@ -196,11 +205,16 @@ class TriageBroker(QueueOperations, FastDispatch):
         for item in messages:
             message, delay = item if isinstance(item, tuple) else (item, None)
             placed.append(self._place(message, delay))
-        if placed:
-            self._store(placed)
-        for p in placed:
-            self.emit_after("enqueue", p.message, p.delay)
-        return [p.message for p in placed]
+        duplicates = self._store(placed) if placed else {}
+        sent = []
+        for i, p in enumerate(placed):
+            if i in duplicates:
+                logger.debug("Duplicate of %s not stored (dedup key %r).", duplicates[i], p.dedup_key)
+                sent.append(as_duplicate(p.message, duplicates[i]))
+            else:
+                self.emit_after("enqueue", p.message, p.delay)
+                sent.append(p.message)
+        return sent
 
     # -- settling a delivery otherwise (policies decide; the consumer applies, atomically) ---
 
@@ -271,13 +285,29 @@ class TriageBroker(QueueOperations, FastDispatch):
                 "message_timestamp": message.message_timestamp,
             }
         )  # Message.asdict(), without its per-field reflection
-        return Placed(message, delay, payload, level, str(tenant), eta, int(max_deliveries), hold > (delay or 0))
+        key, mode, ttl_ms = dedup_of(message) if hooks else ("", "", 0)
+        return Placed(
+            message,
+            delay,
+            payload,
+            level,
+            str(tenant),
+            eta,
+            int(max_deliveries),
+            hold > (delay or 0),
+            key,
+            mode,
+            ttl_ms,
+        )
 
-    def _store(self, placed: Sequence[Placed]) -> None:
+    def _store(self, placed: Sequence[Placed]) -> dict[int, str]:
+        """Store the messages in one script call; the duplicates (their index in `placed`, the
+        holder's message_id), which were not stored."""
         groups: dict[str, list[Any]] = {}
-        for p in placed:
-            fields = groups.setdefault(p.message.queue_name, [])
-            fields += (p.message.options["redis_message_id"], p.payload, p.level, p.tenant, p.eta, p.max_deliveries)
+        members: dict[str, list[int]] = {}  # per queue, the index in `placed` of each of its messages
+        for i, p in enumerate(placed):
+            groups.setdefault(p.message.queue_name, []).extend(p.fields())
+            members.setdefault(p.message.queue_name, []).append(i)
         keys: list[str] = []
         for queue_name in groups:
             keys += self.keys(queue_name).enqueue_keys()
@@ -295,8 +325,7 @@ class TriageBroker(QueueOperations, FastDispatch):
             for queue_name in groups:  # once per process and queue: tenants' own limits, for admission
                 self.publish_tenant_limits(queue_name, replace=False)
             if not self.min_replicas and not unregistered:
-                self._admitted(self.scripts["enqueue"](keys=keys, args=args), list(groups), groups)
-                return
+                return self._stored(self.scripts["enqueue"](keys=keys, args=args), groups, members)
             # The same round trip records a queue's first enqueue in the registry, and waits
             # for replicas (durable enqueue: WAIT on the same connection, right after the script).
             pipe = self.client.pipeline(transaction=False)
@@ -308,14 +337,21 @@ class TriageBroker(QueueOperations, FastDispatch):
         except CONNECTION_ERRORS as exc:
             raise connection_lost(exc) from None
         self._registered.update(dict.fromkeys(unregistered, time.monotonic()))
-        self._admitted(replies[-2] if self.min_replicas else replies[-1], list(groups), groups)
+        duplicates = self._stored(replies[-2] if self.min_replicas else replies[-1], groups, members)
         if self.min_replicas and replies[-1] < self.min_replicas:
             raise ReplicationError(len(placed), int(replies[-1]), self.min_replicas, self.replica_timeout_ms)
+        return duplicates
 
-    def _admitted(self, reply: Any, queues: list[str], groups: dict[str, list[Any]]) -> None:
-        """Raise `Backpressure` if the enqueue script refused a tenant (it then stored nothing)."""
-        if isinstance(reply, list):
-            raise refusal(reply, queues, groups, self.tenant_limits)
+    def _stored(self, reply: list[Any], groups: dict[str, list[Any]], members: dict[str, list[int]]) -> dict[int, str]:
+        """The duplicates of the enqueue script's reply; `Backpressure` if it refused a tenant (it
+        then stored nothing)."""
+        if as_text(reply[0]) == "refused":
+            raise refusal(reply[1:], list(groups), groups, self.tenant_limits)
+        queues = list(members)
+        return {
+            members[queues[int(reply[at]) - 1]][int(reply[at + 1]) - 1]: as_text(reply[at + 2])
+            for at in range(2, len(reply), 3)
+        }
 
     def queue_labels(self) -> dict[str, str]:
         """Every declared queue and its label, for the registry."""

@@ -3,9 +3,10 @@
 Guarantees: each script is loaded as one text: a header that defines the constants the
 Lua shares with Python (`BLOCK` = `keys.BLOCK_SIZE`, the keys of a queue's block;
 `TOP_LEVEL` and `BOTTOM_LEVEL` = `priority.MAX_PRIORITY` and `MIN_PRIORITY`, its priority
-levels; `SLOT_PARKED` = `limits.SLOT_PARKED`), then the preludes it uses (`_fifo.lua`, the
+levels; `SLOT_PARKED` = `limits.SLOT_PARKED`; `ENQUEUE_FIELDS` = `outcome.ENQUEUE_FIELDS`, the
+values per message in the enqueue call), then the preludes it uses (`_fifo.lua`, the
 FIFO / round-robin structure of a queue and its helpers; `_dead.lua`, the dead letters;
-`_tenants.lua`, the per-tenant limits), then the script. No Lua file spells
+`_tenants.lua`, the per-tenant limits; `_dedup.lua`, the deduplication keys), then the script. No Lua file spells
 those constants: they are defined once, in Python.
 """
 
@@ -18,21 +19,24 @@ from redis.commands.core import Script
 
 from .keys import BLOCK_SIZE
 from .limits import SLOT_PARKED
+from .outcome import ENQUEUE_FIELDS
 from .priority import MAX_PRIORITY, MIN_PRIORITY
 
 LUA_DIR = Path(__file__).parent / "lua"
 PRELUDE = "_fifo"
 DEAD = "_dead"
 TENANTS = "_tenants"
+DEDUP = "_dedup"
 # Each script and the preludes it includes, in order.
 PRELUDES: dict[str, tuple[str, ...]] = {
-    "enqueue": (PRELUDE, TENANTS),
+    "enqueue": (PRELUDE, TENANTS, DEDUP),
     "fetch": (PRELUDE, TENANTS),
-    "settle": (PRELUDE, DEAD, TENANTS),
+    "settle": (PRELUDE, DEAD, TENANTS, DEDUP),
     "requeue": (PRELUDE, TENANTS),
     "retry": (PRELUDE, TENANTS),
-    "reclaim": (PRELUDE, DEAD, TENANTS),
+    "reclaim": (PRELUDE, DEAD, TENANTS, DEDUP),
     "dlq": (PRELUDE, DEAD, TENANTS),
+    "dedup": (PRELUDE, DEDUP),
     "unpause": (),
 }
 SCRIPT_NAMES = tuple(PRELUDES)  # the scripts over a queue's keys, loaded by the broker
@@ -48,6 +52,7 @@ def header() -> str:
         f"local TOP_LEVEL = {MAX_PRIORITY} -- the most urgent priority level (priority.MAX_PRIORITY)\n"
         f"local BOTTOM_LEVEL = {MIN_PRIORITY} -- the least urgent priority level (priority.MIN_PRIORITY)\n"
         f"local SLOT_PARKED = {SLOT_PARKED} -- parked until a slot is released (limits.SLOT_PARKED)\n"
+        f"local ENQUEUE_FIELDS = {ENQUEUE_FIELDS} -- values per message in enqueue's ARGV (outcome.ENQUEUE_FIELDS)\n"
     )
 
 

@@ -26,6 +26,7 @@ from .breakers import CircuitBreakers
 from .callbacks import Callbacks
 from .circuit import CircuitOpen, UnknownBreaker
 from .declaration import InvalidActorOption
+from .dedup import DedupKeyError, Deduplication
 from .heartbeat import Heartbeats
 from .payload_guard import PayloadGuard, PayloadTooLarge, PayloadTypeError
 from .placement import InvalidTenant, Placement
@@ -52,6 +53,7 @@ DEFAULT_STACK: tuple[StackEntry, ...] = (
     ActorLimits,  # rate_limit= / concurrency=: fleet-wide, deferring (before the breaker's gate)
     RetryPolicy,
     CircuitBreakers,  # `circuit=`: after RetryPolicy, so it settles first (its after hook runs first)
+    Deduplication,  # dedup keys at send; an until_start key is released once nothing above held the message back
     # Opt-in per actor or message (`store_results=True`, `group(...).run()` with a callback).
     Results,
     GroupCallbacks,
@@ -63,6 +65,8 @@ __all__ = [
     "Callbacks",
     "CircuitBreakers",
     "CircuitOpen",
+    "DedupKeyError",
+    "Deduplication",
     "Defer",
     "GracefulShutdown",
     "Heartbeats",

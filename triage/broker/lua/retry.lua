@@ -7,6 +7,9 @@
 --   "move"   as "retry", but no retry is used (the caller keeps `retries`): a demotion to
 --            another queue (an open circuit breaker's `background` policy), counted as moved.
 -- Either way it keeps its priority and tenant, and goes to the tail of its level and tenant.
+-- A dedup key the message holds stays held: on the same queue the new id takes over the
+-- reference ("id:dedup" in deliveries, _dedup.lua); on another queue the key, which lives under
+-- the first queue's hash tag, stays held there until its ttl.
 --
 -- KEYS: the block of the queue it goes to, at b = 0 (KEYS[1] .. KEYS[BLOCK], laid out in
 --   _fifo.lua), then six more; the last four are the queue it was fetched from (the same queue
@@ -18,7 +21,7 @@
 --   src_msgs        KEYS[BLOCK + 3]    {ns:Q}:msgs (the failed delivery's message leaves it)
 --   src_stats       KEYS[BLOCK + 4]    {ns:Q}:stats (running, retries_total, deferred_total, moved_total)
 --   src_acks        KEYS[BLOCK + 5]    {ns:Q}:acks:<consumer id>, the in-flight record
---   src_deliveries  KEYS[BLOCK + 6]    {ns:Q}:deliveries, hash id -> deliveries so far
+--   src_deliveries  KEYS[BLOCK + 6]    {ns:Q}:deliveries, hash id -> deliveries so far ("id:dedup": its key)
 --   src_tenants     KEYS[BLOCK + 7]    {ns:Q}:tenants (the tenant gets its in-flight slot back, _tenants.lua)
 --   src_parked      KEYS[BLOCK + 8]    {ns:Q}:parked (its levels parked for want of a slot become due)
 --   src_wake        KEYS[BLOCK + 9]    {ns:Q}:wake (a token when they do)
@@ -84,8 +87,12 @@ if mode == "defer" then
   redis.call("hincrby", src_deliveries, old, -1)
   redis.call("hincrby", src_stats, "deferred_total", 1)
 else
+  local ref = redis.call("hget", src_deliveries, old .. ":dedup")
+  if ref and src_msgs == msgs then
+    redis.call("hset", deliveries, id .. ":dedup", ref)
+  end
   redis.call("hdel", src_msgs, old)
-  redis.call("hdel", src_deliveries, old, old .. ":max")
+  redis.call("hdel", src_deliveries, old, old .. ":max", old .. ":dedup")
   if mode == "retry" then
     redis.call("hincrby", src_stats, "retries_total", 1)
   else

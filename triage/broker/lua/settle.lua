@@ -13,9 +13,12 @@
 --   tenants     KEYS[9]  {ns:Q}:tenants (the tenant gets its in-flight slot back and one pending less)
 --   parked      KEYS[10] {ns:Q}:parked (its levels parked for want of a slot become due)
 --   wake        KEYS[11] {ns:Q}:wake (a token when they do)
+--   dedup       KEYS[12] {ns:Q}:dedup (the dedup key the message holds is released, _dedup.lua)
+--   dedup_exp   KEYS[13] {ns:Q}:dedup.exp
 -- ARGV: "ack" or "nack", now_ms, id; for nack: the JSON description of the failure (reason,
 --   error, queue, actor), the queue's max dead letters and their max age in ms (0: no limit)
--- Writes: msgs, stats, acks, deliveries, dead, dead.msgs, dead.info, dead.idx, tenants, parked, wake
+-- Writes: msgs, stats, acks, deliveries, dead, dead.msgs, dead.info, dead.idx, tenants, parked, wake,
+--   dedup, dedup.exp
 -- Returns: 1, or 0 when the message was not in flight for this consumer (already settled,
 --   or reclaimed after this worker was presumed dead).
 
@@ -30,6 +33,8 @@ local dead_idx = KEYS[8]
 local tenants = KEYS[9]
 local parked = KEYS[10]
 local wake = KEYS[11]
+local dedup = KEYS[12]
+local dedup_exp = KEYS[13]
 local now = tonumber(ARGV[2])
 local id = ARGV[3]
 
@@ -42,6 +47,7 @@ local _, tenant = split_meta(meta)
 tenant_release(tenants, parked, wake, tenant)
 tenant_pending(tenants, tenant, -1)  -- acked or dead-lettered: no longer pending
 redis.call("hincrby", stats, "running", -1)
+dedup_release(dedup, dedup_exp, deliveries, id)  -- acked or dead-lettered: done, for its dedup key
 if ARGV[1] == "nack" then
   dead_letter(msgs, deliveries, dead, dead_msgs, dead_info, dead_idx, stats, id, cjson.decode(ARGV[4]), now)
   dead_trim(dead, dead_msgs, dead_info, dead_idx, stats, now, tonumber(ARGV[5]), tonumber(ARGV[6]))
