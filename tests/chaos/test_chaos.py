@@ -169,8 +169,8 @@ def test_garbage_in_a_queue_is_dead_lettered_and_the_worker_stays_up(chaos: Chao
     keys = chaos.broker.keys("chaos")
     # two messages of the enqueue script's ENQUEUE_FIELDS each (no dedup key)
     garbage = [
-        *("junk-1", b"\x00\x01 not a message", 5, "", 0, 0, "junk-1", "", "", 0),
-        *("junk-2", msgpack.packb({"no": "fields"}), 5, "", 0, 0, "junk-2", "", "", 0),
+        *("junk-1", b"\x00\x01 not a message", 5, "", 0, 0, "junk-1", "", "", 0, 0),
+        *("junk-2", msgpack.packb({"no": "fields"}), 5, "", 0, 0, "junk-2", "", "", 0, 0),
     ]
     chaos.broker.scripts["enqueue"](
         keys=keys.enqueue_keys(), args=[0, msgpack.packb([garbage], use_bin_type=False), msgpack.packb([[0, 0]])]

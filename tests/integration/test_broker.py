@@ -284,9 +284,9 @@ def test_close_puts_fetched_messages_back_at_the_head_in_order(r: redis.Redis) -
 def test_undecodable_message_is_dead_lettered_and_the_consumer_goes_on(r: redis.Redis) -> None:
     # Given raw garbage and a valid msgpack value that is not a message, ahead of a good message
     keys = broker.keys("t_q")
-    # (the enqueue script's ENQUEUE_FIELDS: id, body, level, tenant, eta, max_deliveries, message_id, no dedup key)
-    garbage = ["garbage-id", b"\xc1\xff not msgpack", 5, "", 0, 0, "garbage-id", "", "", 0]
-    not_a_message = ["number-id", msgpack.packb(42), 5, "", 0, 0, "number-id", "", "", 0]
+    # (ENQUEUE_FIELDS: id, body, level, tenant, eta, max_deliveries, message_id; no dedup key, not shed)
+    garbage = ["garbage-id", b"\xc1\xff not msgpack", 5, "", 0, 0, "garbage-id", "", "", 0, 0]
+    not_a_message = ["number-id", msgpack.packb(42), 5, "", 0, 0, "number-id", "", "", 0, 0]
     broker.scripts["enqueue"](
         keys=keys.enqueue_keys(),
         args=[

@@ -14,9 +14,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import dramatiq
 import pytest
 import redis
 from dramatiq.broker import MessageProxy
+from dramatiq.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +29,8 @@ from tests.helpers import ROOT, dramatiq_worker, env_with, wait_for
 from tests.helpers import triage as triage_cli
 from triage.broker.dedup import MAX_KEY_BYTES, holder
 from triage.middleware import Deduplication, InvalidActorOption
+from triage.runtime import build
+from triage.settings import load_settings
 
 broker = runtime.broker
 
@@ -327,3 +331,39 @@ def test_operators_see_who_holds_a_key_and_release_it(r: redis.Redis) -> None:
     assert released.returncode == 0, released.stderr
     assert "duplicate_of" not in t_report.send("acme", 11).options
     assert triage_cli("dedup", "show", "nobody:holds:this").returncode == 3
+
+
+def test_a_send_repeated_after_a_lost_reply_is_not_a_duplicate_of_itself(r: redis.Redis) -> None:
+    # Given a message stored, whose producer did not get the reply (it sends the same message again)
+    message = t_strict.message({"id": 77})
+    broker.enqueue(message)
+    # When it is sent again, then it is neither refused nor stored twice nor counted as a duplicate
+    again = broker.enqueue(message)
+    assert "duplicate_of" not in again.options
+    assert (stats()["queued"], stats()["duplicates_total"]) == (1, 0)
+
+
+def test_dedup_ttl_beyond_a_year_is_an_error_at_declaration() -> None:
+    with pytest.raises(InvalidActorOption, match="one year"):
+
+        @background(dedup="x:{n}", dedup_ttl=400 * 86_400)
+        def t_too_long(n: int) -> None: ...
+
+
+def test_shedding_counts_only_what_it_stored(r: redis.Redis) -> None:
+    # Given a background actor with a dedup key, while the critical queue is late (load shedding on)
+    shedding = build(load_settings(namespace="shed2", tiers={"critical": {"sla_seconds": 0.2}}))
+    dedup_rt = shedding.broker
+    dramatiq.actor(actor_name="t_crit", queue_name="critical", broker=dedup_rt)(lambda: None)
+    keyed = dramatiq.actor(actor_name="t_bg", queue_name="background", broker=dedup_rt, dedup="bg:{n}", dedup_ttl=60)(
+        lambda n: None
+    )
+    dedup_rt.enqueue(Message("critical", "t_crit", (), {}, {}))
+    time.sleep(0.3)
+    # When the same background message is sent twice
+    keyed.send(1)
+    keyed.send(1)
+    # Then one was held back and stored, one refused: shed_total counts one
+    row = shedding.queue_stats()["background"]
+    assert (row["delayed"], row["duplicates_total"], row["shed_total"]) == (1, 1, 1)
+    dedup_rt.close()

@@ -134,9 +134,10 @@ def heads_as_lua_keeps_them(r: redis.Redis, broker: TriageBroker) -> dict[str, f
         tenants: Any = r.lrange(rr, 0, -1)
         for tenant in (t.decode() for t in tenants):
             head = r.hget(keys.state, f"h|{level}|{tenant}")
-            item: Any = r.hget(keys.items, f"{level}|{int(head or 0)}|{tenant}")
-            assert item is not None
-            expected[f"{level}|{tenant}"] = float(item.decode().split("|")[1])
+            item = f"{level}|{int(head or 0)}|{tenant}"
+            assert r.hget(keys.items, item) is not None
+            since: Any = r.hget(keys.since, item)
+            expected[f"{level}|{tenant}"] = float(since)
     return expected
 
 
@@ -155,10 +156,35 @@ def test_the_heads_follow_every_fifo_operation(r: redis.Redis, broker: TriageBro
         elif consumer.cache:
             consumer.requeue(list(consumer.cache))
             consumer.cache.clear()
-        # Then the heads are exactly the FIFOs in a round-robin, each at its head's ready time
+        # Then the heads are exactly the FIFOs in a round-robin, each at its head's ready time,
+        # every queued item has its ready time and no other item has one
         rows: Any = r.zrange(broker.keys(Q).heads, 0, -1, withscores=True)
         heads = {member.decode(): score for member, score in rows}
         assert heads == heads_as_lua_keeps_them(r, broker)
+        assert set(r.hkeys(broker.keys(Q).since)) == set(r.hkeys(broker.keys(Q).items))
+
+
+def test_items_hold_the_bare_id_that_workers_of_an_earlier_version_read(r: redis.Redis, broker: TriageBroker) -> None:
+    # Given a message queued by this version
+    sent = send(broker, "acme")
+    # Then its item holds its id alone (a worker still running the earlier version fetches it as before)
+    assert r.hget(broker.keys(Q).items, "5|0|acme") == sent.options["redis_message_id"].encode()
+
+
+def test_a_stale_head_left_by_an_earlier_version_does_not_count(r: redis.Redis, broker: TriageBroker) -> None:
+    # Given a heads entry for a FIFO that a worker of an earlier version emptied (it keeps no heads)
+    r.zadd(broker.keys(Q).heads, {"5|gone": 1})
+    # Then nothing is waiting, and the stale entry is dropped when met
+    assert oldest_wait(broker) == 0.0
+    assert r.zcard(broker.keys(Q).heads) == 0
+
+
+def test_a_due_delayed_message_that_no_fetch_has_moved_is_waiting(r: redis.Redis, broker: TriageBroker) -> None:
+    # Given a message delayed by 0.1 s, and no worker fetching (all busy)
+    broker.enqueue(Message(Q, "job", (), {}, {}), delay=100)
+    # When 0.5 s have passed, then it has waited about 0.4 s
+    time.sleep(0.5)
+    assert 0.3 <= oldest_wait(broker) < 1.0
 
 
 def test_background_admission_defers_while_critical_waits_past_its_sla(

@@ -23,11 +23,11 @@ from dramatiq.errors import BrokerError
 from dramatiq.message import Message
 from redis.commands.core import Script
 
-from .clock import now_ms
 from .keys import QueueKeys
 from .text import as_text
 
 MAX_KEY_BYTES = 200
+MAX_TTL_S = 366 * 86_400
 MODES = {"until_done": "d", "until_start": "s", "window": "w"}
 MODE_NAMES = {letter: name for name, letter in MODES.items()}
 
@@ -62,7 +62,7 @@ def dedup_of(message: Message[Any]) -> tuple[str, str, int]:
     if mode not in MODES:
         raise ValueError(f"actor {actor!r}: dedup_mode must be one of {', '.join(MODES)}, got {mode!r}")
     ttl = options.get("dedup_ttl")
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= 366 * 86_400:
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= MAX_TTL_S:
         raise ValueError(f"actor {actor!r}: a dedup key needs dedup_ttl, in seconds (0 < ttl <= one year), got {ttl!r}")
     return stored_key(key), MODES[mode], int(ttl * 1000)
 
@@ -84,11 +84,14 @@ class KeyHolder(TypedDict):
 
 def holder(client: redis.Redis, keys: QueueKeys, key: str) -> KeyHolder | None:
     """Who holds `key` on the queue and until when (None: free, or expired)."""
-    record = client.hget(keys.dedup, stored_key(key))
+    pipe = client.pipeline(transaction=False)
+    pipe.hget(keys.dedup, stored_key(key))
+    pipe.time()
+    record, (seconds, micros) = pipe.execute()
     if record is None:
         return None
     message_id, mode, expires = as_text(record).split("|")
-    left = (int(expires) - now_ms()) / 1000
+    left = (int(expires) - (seconds * 1000 + micros // 1000)) / 1000  # keys expire by Redis's clock
     if left <= 0:
         return None
     return KeyHolder(key=key, queue=keys.queue, message_id=message_id, mode=MODE_NAMES[mode], expires_in_seconds=left)

@@ -1,7 +1,7 @@
-"""A read-only view of the queues in Redis, for `triage stats` and the admin surface.
+"""A view of the queues in Redis, for `triage stats`, load shedding and the admin surface.
 
 Guarantees:
-- Reads only; one round trip (MULTI/EXEC: one consistent snapshot) for every queue, no
+- One round trip (MULTI/EXEC: one consistent snapshot) for every queue, no
   `KEYS`/`SCAN`.
 - Field names are a public contract (`queued`, `delayed`, `retrying`, `running`,
   `dead_letters_total`, `paused`, ...): fields may be added, never renamed.
@@ -10,8 +10,12 @@ Guarantees:
   (fetched by a worker and not settled yet, prefetched ones included), and
   `dead_letters_total` (in the dead letters now).
 - `oldest_waiting_seconds`: how long the oldest message that a consumer could take now has
-  waited (0.0 when there is none), by Redis's clock; delayed messages and those of tenants held
-  back by their limits are not waiting for a worker and do not count.
+  waited (0.0 when there is none), by Redis's clock (`lua/oldest.lua`): queued ones, and
+  delayed ones whose eta has passed but that no fetch has moved yet (every worker busy);
+  messages not yet due and those of tenants held back by their limits are not waiting for a
+  worker and do not count.
+- Reads only, but for one repair: a stale `heads` entry (an empty FIFO, left by a worker of an
+  earlier version) is dropped when met.
 - The `*_total` fields and `dead_letters_by_reason` are counters since the queue's first
   use (they only grow): enqueued, acked, retries, deferrals, dead letters by reason, dead
   letters dropped by retention (`dead_letters_trimmed_total`), requeued and purged by operators.
@@ -25,7 +29,9 @@ from typing import TypedDict
 
 import redis
 
+from .clock import now_ms
 from .keys import QueueKeys
+from .scripts import load
 
 
 class QueueCounters(TypedDict):
@@ -57,7 +63,7 @@ def queue_stats(
     """Counters of each queue in `queues`, in the order given."""
     names = list(queues)
     pipe = client.pipeline(transaction=True)  # one snapshot: delayed - retrying is never negative
-    pipe.time()
+    oldest = load(client, "oldest")
     for queue in names:
         keys = keys_of(queue)
         pipe.hlen(keys.items)
@@ -66,13 +72,11 @@ def queue_stats(
         pipe.hgetall(keys.stats)
         pipe.zcard(keys.dead)
         pipe.exists(keys.paused)
-        pipe.zrange(keys.heads, 0, 0, withscores=True)
+        oldest(keys=[keys.state, keys.heads, keys.delayed], args=[now_ms()], client=pipe)
     replies = iter(pipe.execute())
-    seconds, micros = next(replies)
-    now = seconds * 1000 + micros // 1000
     stats: dict[str, QueueCounters] = {}
     for queue in names:
-        queued, delayed, retrying, raw, dead, paused, oldest = (next(replies) for _ in range(7))
+        queued, delayed, retrying, raw, dead, paused, waited_ms = (next(replies) for _ in range(7))
         counters = {k.decode(): int(v) for k, v in raw.items()}
         stats[queue] = QueueCounters(
             queued=queued,
@@ -90,7 +94,7 @@ def queue_stats(
             admission_deferred_total=counters.get("admission_deferred_total", 0),
             shed_total=counters.get("shed_total", 0),
             duplicates_total=counters.get("duplicates_total", 0),
-            oldest_waiting_seconds=max(0, now - int(oldest[0][1])) / 1000 if oldest else 0.0,
+            oldest_waiting_seconds=int(waited_ms) / 1000,
             dead_letters_by_reason={k[5:]: v for k, v in sorted(counters.items()) if k.startswith("dead:")},
             dead_letters_trimmed_total=counters.get("dead_trimmed_total", 0),
             requeued_total=counters.get("requeued_total", 0),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from .priority import MAX_PRIORITY, MIN_PRIORITY
 
 LEVELS = range(MIN_PRIORITY, MAX_PRIORITY + 1)  # one FIFO/round-robin level per message priority
-BLOCK_SIZE = 8 + len(LEVELS)  # msgs .. wake, heads, then one rr key per level (`lua/_fifo.lua`)
+BLOCK_SIZE = 9 + len(LEVELS)  # msgs .. wake, heads, since, then one rr key per level (`lua/_fifo.lua`)
 
 
 class QueueKeys:
@@ -28,6 +28,7 @@ class QueueKeys:
         self.paused = f"{tag}:paused"
         self.wake = f"{tag}:wake"
         self.heads = f"{tag}:heads"
+        self.since = f"{tag}:since"
         self.dead = f"{tag}:dead"
         self.dead_msgs = f"{tag}:dead.msgs"
         self.dead_info = f"{tag}:dead.info"
@@ -49,6 +50,7 @@ class QueueKeys:
             self.paused,
             self.wake,
             self.heads,
+            self.since,
             *self.levels,
         ]
         assert len(self._block) == BLOCK_SIZE
@@ -138,6 +140,7 @@ class QueueKeys:
             self.parked,
             self.tenants,
             self.heads,
+            self.since,
             *self.dedup_keys(),
             *self.levels,
         ]

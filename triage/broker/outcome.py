@@ -17,7 +17,7 @@ from typing import Any, Literal, NamedTuple
 from dramatiq.broker import MessageProxy
 from dramatiq.message import Message
 
-ENQUEUE_FIELDS = 10  # values per message in the enqueue script's call (`Placed.fields`)
+ENQUEUE_FIELDS = 11  # values per message in the enqueue script's call (`Placed.fields`)
 
 
 class Placed(NamedTuple):
@@ -49,6 +49,7 @@ class Placed(NamedTuple):
             self.dedup_key,
             self.dedup_mode,
             self.dedup_ttl_ms,
+            int(self.shed),
         )
 
 

@@ -46,7 +46,6 @@ import logging
 import os
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -316,8 +315,7 @@ class TriageBroker(QueueOperations, FastDispatch):
         # pipeline's next step, a callback) was admitted with it, and an after-hook could not
         # give a refusal back to anyone.
         inside = CurrentMessage.get_current_message() is not None
-        shed = Counter(p.message.queue_name for p in placed if p.shed)
-        admission = [[0 if inside else self.tenant_defaults(q)[3], self.admission_delay_ms(q), shed[q]] for q in groups]
+        admission = [[0 if inside else self.tenant_defaults(q)[3], self.admission_delay_ms(q)] for q in groups]
         args = [now_ms(), msgpack.packb(list(groups.values()), use_bin_type=False), msgpack.packb(admission)]
         stale = time.monotonic() - REGISTRY_REFRESH_S
         unregistered = [q for q in groups if self._registered.get(q, stale) <= stale]
@@ -325,7 +323,7 @@ class TriageBroker(QueueOperations, FastDispatch):
             for queue_name in groups:  # once per process and queue: tenants' own limits, for admission
                 self.publish_tenant_limits(queue_name, replace=False)
             if not self.min_replicas and not unregistered:
-                return self._stored(self.scripts["enqueue"](keys=keys, args=args), groups, members)
+                return self._stored(self.scripts["enqueue"](keys=keys, args=args), groups, members, placed)
             # The same round trip records a queue's first enqueue in the registry, and waits
             # for replicas (durable enqueue: WAIT on the same connection, right after the script).
             pipe = self.client.pipeline(transaction=False)
@@ -337,21 +335,25 @@ class TriageBroker(QueueOperations, FastDispatch):
         except CONNECTION_ERRORS as exc:
             raise connection_lost(exc) from None
         self._registered.update(dict.fromkeys(unregistered, time.monotonic()))
-        duplicates = self._stored(replies[-2] if self.min_replicas else replies[-1], groups, members)
+        duplicates = self._stored(replies[-2] if self.min_replicas else replies[-1], groups, members, placed)
         if self.min_replicas and replies[-1] < self.min_replicas:
             raise ReplicationError(len(placed), int(replies[-1]), self.min_replicas, self.replica_timeout_ms)
         return duplicates
 
-    def _stored(self, reply: list[Any], groups: dict[str, list[Any]], members: dict[str, list[int]]) -> dict[int, str]:
+    def _stored(
+        self, reply: list[Any], groups: dict[str, list[Any]], members: dict[str, list[int]], placed: Sequence[Placed]
+    ) -> dict[int, str]:
         """The duplicates of the enqueue script's reply; `Backpressure` if it refused a tenant (it
         then stored nothing)."""
         if as_text(reply[0]) == "refused":
             raise refusal(reply[1:], list(groups), groups, self.tenant_limits)
         queues = list(members)
-        return {
-            members[queues[int(reply[at]) - 1]][int(reply[at + 1]) - 1]: as_text(reply[at + 2])
-            for at in range(2, len(reply), 3)
-        }
+        duplicates = {}
+        for at in range(2, len(reply), 3):
+            index, holder = members[queues[int(reply[at]) - 1]][int(reply[at + 1]) - 1], as_text(reply[at + 2])
+            if holder != placed[index].message.message_id:  # else: sent again after a lost reply, stored already
+                duplicates[index] = holder
+        return duplicates
 
     def queue_labels(self) -> dict[str, str]:
         """Every declared queue and its label, for the registry."""

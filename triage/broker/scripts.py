@@ -41,7 +41,7 @@ PRELUDES: dict[str, tuple[str, ...]] = {
 }
 SCRIPT_NAMES = tuple(PRELUDES)  # the scripts over a queue's keys, loaded by the broker
 # Scripts over keys of their own (not a queue's), loaded by their owner with `load`.
-STANDALONE = ("breaker", "actor_limits")
+STANDALONE = ("breaker", "actor_limits", "oldest")
 
 
 def header() -> str:

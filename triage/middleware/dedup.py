@@ -38,7 +38,7 @@ from typing import Any
 from dramatiq import Actor, Broker, Middleware
 from dramatiq.message import Message
 
-from triage.broker.dedup import MODES, release
+from triage.broker.dedup import MAX_TTL_S, MODES, release
 from triage.broker.redis_broker import triage_broker
 
 from .declaration import InvalidActorOption
@@ -80,8 +80,10 @@ class Deduplication(Middleware):
         mode, on_duplicate = options.get("dedup_mode", "until_done"), options.get("on_duplicate", "return")
         if key is not None and not (isinstance(key, str) and key) and not callable(key):
             raise InvalidActorOption(f"{where}: dedup must be a key template (str) or a callable, got {key!r}")
-        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0):
-            raise InvalidActorOption(f"{where}: dedup_ttl must be a number of seconds > 0, got {ttl!r}")
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= MAX_TTL_S):
+            raise InvalidActorOption(
+                f"{where}: dedup_ttl must be a number of seconds, 0 < ttl <= one year, got {ttl!r}"
+            )
         if key is not None and ttl is None:
             raise InvalidActorOption(f"{where}: dedup needs dedup_ttl (seconds), the longest a key may be held")
         if mode not in MODES:

@@ -13,9 +13,10 @@
 --   b + WAKE        7        {ns:Q}:wake      list    wake-up tokens that idle consumers block on (BLPOP)
 --   b + HEADS       8        {ns:Q}:heads     zset    "level|tenant" -> since when its oldest message waits (ms,
 --                                                     Redis's clock), for each FIFO in a round-robin now
---   b + RR + level  9 .. 18  {ns:Q}:rr:level  list    one per level 1 .. 10: the tenants that have work at that
+--   b + SINCE       9        {ns:Q}:since     hash    "level|seq|tenant" -> when that item became ready (ms)
+--   b + RR + level  10 .. 19 {ns:Q}:rr:level  list    one per level 1 .. 10: the tenants that have work at that
 --                                                     priority level, in round-robin order (each at most once)
--- The numbers hold for priorities 1 .. 10 (priority.py), where BLOCK = 18; tests/unit/test_lua_keys.py
+-- The numbers hold for priorities 1 .. 10 (priority.py), where BLOCK = 19; tests/unit/test_lua_keys.py
 -- checks them against keys.py.
 -- Within a level and tenant, messages are FIFO (head and tail sequence numbers); across
 -- tenants of a level, the fetch takes the tenant at the front of rr:level and puts it back
@@ -26,15 +27,16 @@
 -- pops the tenant from rr:level and parks it instead of pushing it back; when the tenant is
 -- under its limit again it is pushed back onto rr:level, and its FIFO is where it was.
 --
--- Waiting time: each item is "id|ms", the id and when it became ready (Redis's TIME, so one
--- clock for every producer); heads holds, for each FIFO a consumer could serve now (one in an
+-- Waiting time: since holds when each item became ready (Redis's TIME, so one clock for every
+-- producer), beside the item (items keep the bare id: a script of an earlier version reads
+-- them as it always did); heads holds, for each FIFO a consumer could serve now (one in an
 -- rr:level list), when its head item became ready. Its lowest score is how long the oldest
 -- message that a consumer could take has waited: a parked tenant, held back on purpose, is
--- not in it, and a paused queue is for the reader to see. Items written as a bare id
--- (before this layout) read as ready now.
+-- not in it, and a paused queue is for the reader to see. An item without a time (written
+-- by an earlier version) reads as ready now.
 
-local MSGS, ITEMS, STATE, DELAYED, STATS, PAUSED, WAKE, HEADS = 1, 2, 3, 4, 5, 6, 7, 8
-local RR = HEADS + 1 - BOTTOM_LEVEL -- rr:level is KEYS[b + RR + level], level BOTTOM_LEVEL .. TOP_LEVEL
+local MSGS, ITEMS, STATE, DELAYED, STATS, PAUSED, WAKE, HEADS, SINCE = 1, 2, 3, 4, 5, 6, 7, 8, 9
+local RR = SINCE + 1 - BOTTOM_LEVEL -- rr:level is KEYS[b + RR + level], level BOTTOM_LEVEL .. TOP_LEVEL
 local WAKE_TOKENS_MAX = 64
 
 -- Redis's clock in ms, read once per script call.
@@ -47,50 +49,48 @@ local function fifo_now()
   return fifo_clock
 end
 
--- An item's value, "id|ms", as id and ms.
-local function fifo_item(value)
-  if not value then
-    return false, fifo_now()
-  end
-  local bar = string.find(value, "|", 1, true)
-  if not bar then
-    return value, fifo_now()
-  end
-  return string.sub(value, 1, bar - 1), tonumber(string.sub(value, bar + 1))
+-- When the item became ready (now for an item without a time).
+local function fifo_since(b, item)
+  local since = KEYS[b + SINCE]
+  return tonumber(redis.call("hget", since, item) or "") or fifo_now()
 end
 
-local function fifo_push(b, level, tenant, id, front)
+-- Put a message at the tail of its level and tenant (at the head with `front`: a message given
+-- back). `at`: when it became ready (default now). A message put at the head counts as
+-- waiting since the FIFO's head did, if that is earlier, so that giving messages back never
+-- makes the older ones behind them look younger.
+local function fifo_push(b, level, tenant, id, front, at)
   local items = KEYS[b + ITEMS]
   local state = KEYS[b + STATE]
   local heads = KEYS[b + HEADS]
+  local since = KEYS[b + SINCE]
   local rr = KEYS[b + RR + level]
   local suffix = level .. "|" .. tenant
-  local since = fifo_now()
+  at = at or fifo_now()
   local n = redis.call("hincrby", state, "n|" .. suffix, 1)
   local seq
   if n == 1 then
     seq = 0
     redis.call("hset", state, "h|" .. suffix, 0, "t|" .. suffix, 0)
   elseif front then
-    -- a message given back goes first and counts as waiting since the FIFO's head did, so that
-    -- giving messages back never makes the older ones behind them look younger
     local head = redis.call("hget", state, "h|" .. suffix)
-    local _, head_since = fifo_item(redis.call("hget", items, level .. "|" .. head .. "|" .. tenant))
-    since = math.min(since, head_since)
+    at = math.min(at, fifo_since(b, level .. "|" .. head .. "|" .. tenant))
     seq = redis.call("hincrby", state, "h|" .. suffix, -1)
   else
     seq = redis.call("hincrby", state, "t|" .. suffix, 1)
   end
-  redis.call("hset", items, level .. "|" .. seq .. "|" .. tenant, id .. "|" .. since)
+  local item = level .. "|" .. seq .. "|" .. tenant
+  redis.call("hset", items, item, id)
+  redis.call("hset", since, item, at)
   if n == 1 then
-    redis.call("zadd", heads, since, suffix)
+    redis.call("zadd", heads, at, suffix)
     if front then
       redis.call("lpush", rr, tenant)
     else
       redis.call("rpush", rr, tenant)
     end
   elseif front then
-    redis.call("zadd", heads, "XX", since, suffix) -- a new head; a parked FIFO stays out of heads
+    redis.call("zadd", heads, "XX", at, suffix) -- a new head; a parked FIFO stays out of heads
   end
 end
 
@@ -106,9 +106,10 @@ local function fifo_push_run(b, level, tenant, ids)
   local items = KEYS[b + ITEMS]
   local state = KEYS[b + STATE]
   local heads = KEYS[b + HEADS]
+  local since = KEYS[b + SINCE]
   local rr = KEYS[b + RR + level]
   local suffix = level .. "|" .. tenant
-  local since = fifo_now()
+  local at = fifo_now()
   local n = redis.call("hincrby", state, "n|" .. suffix, #ids)
   local first
   if n == #ids then
@@ -117,25 +118,30 @@ local function fifo_push_run(b, level, tenant, ids)
   else
     first = redis.call("hincrby", state, "t|" .. suffix, #ids) - #ids + 1
   end
-  local fields = {}
+  local fields, times = {}, {}
   for i, id in ipairs(ids) do
-    fields[#fields + 1] = level .. "|" .. (first + i - 1) .. "|" .. tenant
-    fields[#fields + 1] = id .. "|" .. since
+    local item = level .. "|" .. (first + i - 1) .. "|" .. tenant
+    fields[#fields + 1] = item
+    fields[#fields + 1] = id
+    times[#times + 1] = item
+    times[#times + 1] = at
   end
   hset_pairs(items, fields)
+  hset_pairs(since, times)
   if n == #ids then
-    redis.call("zadd", heads, since, suffix)
+    redis.call("zadd", heads, at, suffix)
     redis.call("rpush", rr, tenant)
   end
 end
 
 -- Take the next message of a level: the oldest of the tenant whose turn it is. With `admit`,
 -- a function of the tenant, a tenant it refuses stays off rr:level (parked by `admit`), its
--- FIFO untouched, and false is returned.
+-- FIFO untouched, and false is returned. Returns the id, the tenant and when it became ready.
 local function fifo_pop(b, level, admit)
   local items = KEYS[b + ITEMS]
   local state = KEYS[b + STATE]
   local heads = KEYS[b + HEADS]
+  local since = KEYS[b + SINCE]
   local rr = KEYS[b + RR + level]
   local tenant = redis.call("lpop", rr)
   if not tenant then
@@ -148,31 +154,30 @@ local function fifo_pop(b, level, admit)
   end
   local head = redis.call("hget", state, "h|" .. suffix)
   local item = level .. "|" .. head .. "|" .. tenant
-  local id = fifo_item(redis.call("hget", items, item))
+  local id = redis.call("hget", items, item)
+  local at = fifo_since(b, item)
   redis.call("hdel", items, item)
+  redis.call("hdel", since, item)
   if redis.call("hincrby", state, "n|" .. suffix, -1) > 0 then
     local after = redis.call("hincrby", state, "h|" .. suffix, 1)
-    local _, since = fifo_item(redis.call("hget", items, level .. "|" .. after .. "|" .. tenant))
-    redis.call("zadd", heads, since, suffix)
+    redis.call("zadd", heads, fifo_since(b, level .. "|" .. after .. "|" .. tenant), suffix)
     redis.call("rpush", rr, tenant)
   else
     redis.call("hdel", state, "n|" .. suffix, "h|" .. suffix, "t|" .. suffix)
     redis.call("zrem", heads, suffix)
   end
-  return id, tenant
+  return id, tenant, at
 end
 
 -- A parked tenant back at the end of rr:level, if it still has messages at that level.
 local function fifo_requeue_tenant(b, level, tenant)
-  local items = KEYS[b + ITEMS]
   local state = KEYS[b + STATE]
   local heads = KEYS[b + HEADS]
   local rr = KEYS[b + RR + level]
   local suffix = level .. "|" .. tenant
   if tonumber(redis.call("hget", state, "n|" .. suffix) or "0") > 0 then
     local head = redis.call("hget", state, "h|" .. suffix)
-    local _, since = fifo_item(redis.call("hget", items, level .. "|" .. head .. "|" .. tenant))
-    redis.call("zadd", heads, since, suffix)
+    redis.call("zadd", heads, fifo_since(b, level .. "|" .. head .. "|" .. tenant), suffix)
     redis.call("rpush", rr, tenant)
   end
 end

@@ -20,15 +20,16 @@
 -- ARGV: 1 now_ms, 2 a msgpack array with one entry per queue, in KEYS order, each a flat array
 --   of ENQUEUE_FIELDS per message: id, encoded message, level (1-10), tenant ("" for the shared
 --   tenant), eta_ms (0: now), max_deliveries (0: the queue's default), message_id, dedup key
---   ("": none), dedup mode ("d", "s" or "w"), dedup ttl_ms (one argument for the whole batch
---   keeps the call cheap); 3 a msgpack array, per queue in KEYS order, of {max_pending (0:
---   none), defer_ms (0: refuse over it), how many of its messages load shedding holds back
---   (their eta says for how long; counted only)}
+--   ("": none), dedup mode ("d", "s" or "w"), dedup ttl_ms, 1 if load shedding holds it back
+--   (its eta says for how long; counted only) else 0 (one argument for the whole batch keeps
+--   the call cheap); 3 a msgpack array, per queue in KEYS order, of {max_pending (0: none),
+--   defer_ms (0: refuse over it)}. Dedup keys expire by Redis's clock (one for every producer).
 -- Writes: msgs, items, state, delayed, stats (enqueued_total, duplicates_total,
 --   admission_denied_total, admission_deferred_total, shed_total), wake, rr:*, deliveries,
 --   tenants, heads, dedup, dedup.exp
 -- Returns: { "stored", how many were stored, then for each duplicate: its queue's position g,
---   its position in that queue's array (1, 2, ...), the holder's message_id }, or, when a tenant
+--   its position in that queue's array (1, 2, ...), the holder's message_id (its own for a message
+--   sent again that is stored already) }, or, when a tenant
 --   is refused, { "refused", tenant, the queue's position g, its pending messages, its
 --   max_pending } (and nothing was stored).
 
@@ -48,7 +49,7 @@ for g, fields in ipairs(groups) do
   for i = 1, #fields, F do
     local key = fields[i + 7]
     if key ~= "" then
-      local holder = taken[key] or dedup_holder(dedup, key, now)
+      local holder = taken[key] or dedup_holder(dedup, key, fifo_now())
       if holder then
         duplicate[g][i] = holder
         reply[#reply + 1] = g
@@ -102,20 +103,24 @@ for g, fields in ipairs(groups) do
   local tenants = KEYS[b + BLOCK + 2]
   local dedup = KEYS[b + BLOCK + 4]
   local dedup_exp = KEYS[b + BLOCK + 5]
-  local ready, count, duplicates, keyed = 0, 0, 0, false
+  local ready, count, duplicates, shed, keyed = 0, 0, 0, 0, false
   -- Messages go in with as few calls as possible: bodies in chunks of HSET pairs, and the
   -- ready ones of one level and tenant as one run (in order) at the tail of their FIFO.
   local bodies, runs, run_order = {}, {}, {}
   for i = 1, #fields, F do
     local id, payload, level, tenant, eta = fields[i], fields[i + 1], fields[i + 2], fields[i + 3], fields[i + 4]
     if duplicate[g][i] then
-      duplicates = duplicates + 1
+      -- a message sent again after a lost reply (it holds its own key): stored already, no duplicate
+      if duplicate[g][i] ~= fields[i + 6] then
+        duplicates = duplicates + 1
+      end
     else
       count = count + 1
       if fields[i + 7] ~= "" then
-        dedup_take(dedup, dedup_exp, deliveries, fields[i + 7], fields[i + 6], id, fields[i + 8], fields[i + 9], now)
+        dedup_take(dedup, dedup_exp, deliveries, fields[i + 7], fields[i + 6], id, fields[i + 8], fields[i + 9], fifo_now())
         keyed = true
       end
+      shed = shed + fields[i + F - 1] -- the last field: held back by load shedding
       eta = math.max(eta, over[g .. "|" .. tenant] or 0)
       tenant_pending(tenants, tenant, 1)
       bodies[#bodies + 1] = id
@@ -154,10 +159,10 @@ for g, fields in ipairs(groups) do
     redis.call("hincrby", stats, "duplicates_total", duplicates)
   end
   if keyed then
-    dedup_sweep(dedup, dedup_exp, now)
+    dedup_sweep(dedup, dedup_exp, fifo_now())
   end
-  if (admission[g][3] or 0) > 0 then
-    redis.call("hincrby", stats, "shed_total", admission[g][3])
+  if shed > 0 then
+    redis.call("hincrby", stats, "shed_total", shed)
   end
 end
 reply[2] = stored

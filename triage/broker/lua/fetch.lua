@@ -49,11 +49,13 @@ local limited = rpm > 0 or max_in_flight > 0 or redis.call("exists", limits) == 
 local PARKS_PER_FETCH = 1000 -- a fetch parks at most this many tenants (the rest wait for the next)
 local parks = 0
 
-local due = redis.call("zrangebyscore", delayed, "-inf", now, "LIMIT", 0, tonumber(ARGV[3]))
-local moved = {}
-for _, member in ipairs(due) do
+local due_scored = redis.call("zrangebyscore", delayed, "-inf", now, "WITHSCORES", "LIMIT", 0, tonumber(ARGV[3]))
+local due, moved = {}, {}
+for i = 1, #due_scored, 2 do
+  local member = due_scored[i]
   local id, level, tenant = split_member(member)
-  fifo_push(b, level, tenant, id, false)
+  fifo_push(b, level, tenant, id, false, math.min(tonumber(due_scored[i + 1]), fifo_now())) -- waiting since its eta
+  due[#due + 1] = member
   moved[#moved + 1] = id
 end
 if #due > 0 then
@@ -77,7 +79,7 @@ if redis.call("exists", paused) == 0 then
   local level = TOP_LEVEL
   local taken = 0
   while taken < wanted and level >= BOTTOM_LEVEL and parks < PARKS_PER_FETCH do
-    local id, tenant = fifo_pop(b, level, function(candidate)
+    local id, tenant, ready_at = fifo_pop(b, level, function(candidate)
       if not limited or tenant_admit(tenants, parked, limits, candidate, level, now, rpm, burst, max_in_flight) then
         return true
       end
@@ -96,7 +98,7 @@ if redis.call("exists", paused) == 0 then
         if count > 1 and taken > 0 then
           -- A suspect (reclaimed from a dead worker) travels alone: leave it for the next fetch.
           redis.call("hincrby", deliveries, id, -1)
-          fifo_push(b, level, tenant, id, true)
+          fifo_push(b, level, tenant, id, true, ready_at)
           tenant_release(tenants, parked, wake, tenant)
           break
         end
