@@ -38,7 +38,8 @@ def fill(broker: TriageBroker, n: int) -> None:
     fetch_keys, settle_keys = keys.fetch_keys("bench"), keys.settle_keys("bench")
     done = 0
     while done < n:
-        triples, _, _ = broker.scripts["fetch"](keys=fetch_keys, args=[now_ms(), 1000, 1000])
+        # now, max messages, max due moved, then no tenant limits (rpm, burst, max in flight)
+        triples, _, _ = broker.scripts["fetch"](keys=fetch_keys, args=[now_ms(), 1000, 1000, 0, 0, 0])
         pipe = broker.client.pipeline(transaction=False)
         for i in range(0, len(triples), 3):
             k = done + i // 3

@@ -271,7 +271,8 @@ def report(
         if stock and triage and higher_is_better is not None:
             ratio = f"{(triage / stock if higher_is_better else stock / triage):.2f}×"
         stock_text = "—" if stock is None else f"{stock:,.1f} {unit}"
-        return f"| {name} | {stock_text} | {triage:,.1f} {unit} | {ratio} | {target} |"
+        digits = 2 if unit == "×" else 1  # ratios: two decimals
+        return f"| {name} | {stock_text} | {triage:,.{digits}f} {unit} | {ratio} | {target} |"
 
     lines = [
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "

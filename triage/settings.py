@@ -176,6 +176,11 @@ class Settings(BaseSettings):
     load_shedding_tiers: tuple[TierName, ...] = ("background",)
     load_shedding_after_seconds: float | None = Field(default=None, gt=0, le=86_400)
     load_shedding_defer_seconds: float = Field(default=30.0, gt=0, le=86_400)
+    # The web process (`triage serve`): the admin API's bearer token (none: admin endpoints
+    # open, and the server binds loopback addresses only), and where it listens.
+    admin_token: str | None = Field(default=None, min_length=16, repr=False)
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=8000, ge=1, le=65_535)
 
     @field_validator("redis_url")
     @classmethod
@@ -244,6 +249,8 @@ class Settings(BaseSettings):
         """The settings as plain data, safe to print: secrets are redacted."""
         data = self.model_dump(mode="json")
         data["redis_url"] = self.redis_url_redacted
+        if data.get("admin_token"):
+            data["admin_token"] = "***"  # noqa: S105 (the redaction, not a password)
         return data
 
 

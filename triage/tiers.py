@@ -150,3 +150,8 @@ def build_taxonomy(settings: Settings) -> Taxonomy:
                 f"neither a tier nor a declared queue ({', '.join(queues)})"
             )
     return Taxonomy(tiers=tiers, queues=queues)
+
+
+def sla_targets(settings: Settings) -> dict[str, float]:
+    """Each tier's queue-wait target, overrides applied."""
+    return {name: tier.sla_seconds for name, tier in build_taxonomy(settings).tiers.items()}

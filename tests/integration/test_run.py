@@ -21,7 +21,7 @@ class Stack:
 
     def __init__(self, data_dir: Path) -> None:
         port = free_port()
-        env = env_with(TRIAGE_EMBEDDED_REDIS_PORT=str(port))
+        env = env_with(TRIAGE_EMBEDDED_REDIS_PORT=str(port), PORT=str(free_port()))  # the web process's port
         env.pop("REDIS_URL")
         self.url = f"redis://127.0.0.1:{port}/0"
         assert not answers(self.url)

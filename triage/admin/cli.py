@@ -37,6 +37,7 @@ from .dlq_model import DeadLetter, Filter
 from .ops import Admin, UnknownQueue
 from .run import run_stack
 from .tenants import tenants_command
+from .watch import watch_stats
 
 APP_OPTION = click.option(
     "--app",
@@ -80,10 +81,35 @@ main.add_command(dedup_group)
 
 
 @main.command()
+@click.option("--host", help="Address to listen on (default: TRIAGE_WEB_HOST, 127.0.0.1).")
+@click.option(
+    "--port", type=click.IntRange(1, 65_535), help="Port (default: TRIAGE_WEB_PORT, 8000; the Procfile passes $PORT)."
+)
+def serve(host: str | None, port: int | None) -> None:
+    """The web process: /metrics (the whole fleet, from Redis), /healthz, /readyz, the admin API."""
+    import uvicorn  # the web process's own dependencies, not loaded by the other commands
+
+    from .web import create_app, is_loopback
+
+    admin = admin_or_exit()
+    host = host or admin.settings.web_host
+    if not admin.settings.admin_token and not is_loopback(host):
+        fail(f"TRIAGE_ADMIN_TOKEN is not set: refusing to serve the admin API on {host} (only 127.0.0.1)", 2)
+    app = create_app(admin, token=admin.settings.admin_token)
+    uvicorn.run(app, host=host, port=port or admin.settings.web_port, log_level="info", access_log=False)
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def stats(as_json: bool) -> None:
+@click.option("--watch", is_flag=True, help="A live view, refreshed every second: depth, rates, oldest wait vs SLA.")
+@click.option("--iterations", type=click.IntRange(0), default=0, hidden=True, help="--watch: stop after N views.")
+def stats(as_json: bool, watch: bool, iterations: int) -> None:
     """Per-queue counters: queued (and the oldest one's wait), delayed, running, dead letters, paused."""
     admin = admin_or_exit()
+    if watch:
+        with reporting_redis_errors(admin.settings):
+            watch_stats(admin, iterations=iterations)
+        return
     with reporting_redis_errors(admin.settings):
         data = admin.stats()
     if as_json:

@@ -95,6 +95,19 @@ class WorkerRegistry:
         pipe.zadd(self.heartbeats, {self.worker_id: now_ms()})
         pipe.execute()
 
+    def live_workers(self) -> dict[str, int]:
+        """Per queue, the worker processes consuming it whose heartbeat is within the timeout."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zrangebyscore(self.heartbeats, now_ms() - self.heartbeat_timeout_ms, "+inf")
+        pipe.hgetall(self.workers)
+        alive, workers = pipe.execute()
+        counts: dict[str, int] = {}
+        for worker_id in alive:
+            info = workers.get(worker_id)
+            for queue in json.loads(info)["queues"] if info else []:
+                counts[queue] = counts.get(queue, 0) + 1
+        return counts
+
     def beat(self) -> None:
         self.client.zadd(self.heartbeats, {self.worker_id: now_ms()})
 

@@ -1,0 +1,163 @@
+"""The web process (`triage serve`), started as a real process: fleet metrics with values after
+real work, health, the admin API's token, and no message argument in what it serves."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from actors import critical, runtime
+from tests.helpers import BIN, ROOT, dramatiq_worker, env_with, wait_for
+from triage.admin.redis_server import free_port
+
+TOKEN = "s3cret-admin-token-for-tests"
+CANARY = "canary-4f1c2a-never-in-metrics"
+
+
+@critical(queue="t_web")
+def t_web_job(secret: str) -> None: ...
+
+
+class Server:
+    def __init__(self, port: int, process: subprocess.Popen[str]) -> None:
+        self.url, self.process = f"http://127.0.0.1:{port}", process
+
+    def get(self, path: str, token: str | None = None) -> tuple[int, str]:
+        request = urllib.request.Request(self.url + path)  # noqa: S310 - http://127.0.0.1 only
+        if token is not None:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - http only
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+
+def start(**env: str) -> Server:
+    port = free_port()
+    process = subprocess.Popen(
+        [str(BIN / "triage"), "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env_with(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    server = Server(port, process)
+
+    def up() -> bool:
+        try:
+            return server.get("/healthz")[0] == 200
+        except OSError:
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            return False
+
+    wait_for(up, 20)
+    return server
+
+
+@pytest.fixture
+def server(r: redis.Redis) -> Iterator[Server]:
+    served = start(TRIAGE_ADMIN_TOKEN=TOKEN)
+    yield served
+    served.process.terminate()
+    served.process.wait(10)
+    if served.process.stdout is not None:
+        served.process.stdout.close()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus text page, by name and labels."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_show_the_fleet_after_real_work(server: Server) -> None:
+    # Given 3 messages carrying a secret run by a real worker, then 2 more sent to the paused queue
+    for _ in range(3):
+        t_web_job.send(CANARY)
+    with dramatiq_worker("actors", "tests.integration.test_web", queues=["t_web"]):
+        wait_for(lambda: runtime.queue_stats()["t_web"]["acked_total"] == 3, 20)
+        runtime.broker.pause("t_web")
+        for _ in range(2):
+            t_web_job.send(CANARY)
+        # When Prometheus scrapes the web process
+        status, page = server.get("/metrics")
+    # Then the queue's figures are there, with values, and the secret is not
+    assert status == 200
+    assert CANARY not in page
+    values = samples(page)
+    queue = (("queue", "t_web"), ("tier", "critical"))
+    assert values[("triage_queue_acked_total", queue)] == 3
+    assert values[("triage_queue_messages", (("queue", "t_web"), ("state", "queued"), ("tier", "critical")))] == 2
+    assert values[("triage_queue_enqueued_total", queue)] == 5
+    assert values[("triage_queue_paused", queue)] == 1
+    assert values[("triage_queue_sla_seconds", queue)] == 2.0
+    assert values[("triage_queue_workers", queue)] == 1  # the worker was live at the scrape
+    assert values[("triage_redis_up", ())] == 1
+
+
+def test_health_and_readiness(server: Server) -> None:
+    assert server.get("/healthz") == (200, '{"status":"ok"}')
+    status, body = server.get("/readyz")
+    assert (status, json.loads(body)["redis"]) == (200, "ok")
+
+
+def test_the_admin_api_needs_the_token(server: Server) -> None:
+    # Without a token: 401; with a wrong one: 403; with the right one: the stats
+    assert server.get("/api/v1/admin/queue/stats")[0] == 401
+    assert server.get("/api/v1/admin/queue/stats", token="wrong-token-of-some-length")[0] == 403
+    status, body = server.get("/api/v1/admin/queue/stats", token=TOKEN)
+    assert status == 200
+    critical_row: dict[str, Any] = json.loads(body)["queues"]["critical"]
+    assert (critical_row["tier"], critical_row["sla_seconds"], critical_row["sla_met"]) == ("critical", 2.0, True)
+
+
+def test_without_a_token_it_serves_loopback_only(r: redis.Redis) -> None:
+    # When the web process is asked to listen on every address with no admin token
+    done = subprocess.run(
+        [str(BIN / "triage"), "serve", "--host", "0.0.0.0", "--port", str(free_port())],  # noqa: S104
+        cwd=ROOT,
+        env=env_with(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    # Then it refuses, naming the variable
+    assert done.returncode == 2
+    assert "TRIAGE_ADMIN_TOKEN" in done.stderr
+
+
+def test_stats_watch_shows_depth_and_marks_a_queue_late(r: redis.Redis) -> None:
+    # Given 2 critical messages that have waited longer than a 0.1 s SLA
+    runtime.broker.declare_queue("t_web")
+    for _ in range(2):
+        t_web_job.send("x")
+    time.sleep(0.3)
+    # When an operator watches the stats for two refreshes
+    done = subprocess.run(
+        [str(BIN / "triage"), "stats", "--watch", "--iterations", "2"],
+        cwd=ROOT,
+        env=env_with(TRIAGE_TIERS__CRITICAL__SLA_SECONDS="0.1"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    # Then two views were printed, and the queue shows its depth and is marked late
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("queue ") == 2
+    row = [line for line in done.stdout.splitlines() if line.startswith("t_web")][-1]
+    assert row.split()[2] == "2"
+    assert row.endswith("LATE")
