@@ -150,9 +150,12 @@ def enqueue_rate(app: str, n: int) -> dict[str, float]:
     return result
 
 
-def drain_rate(app: str, n: int, processes: int, prefill: str = "prefill_noop") -> float:
+def drain_rate(
+    app: str, n: int, processes: int, prefill: str = "prefill_noop", extra_env: dict[str, str] | None = None
+) -> float:
     key = {"stock": "dramatiq:bench.msgs", "triage": "{triage:bench}:msgs"}[app]
     with fresh_redis() as (env, r):
+        env.update(extra_env or {})
         client(app, env, prefill, n)
         assert r.hlen(key) == n
         with workers(app, env, ["bench"], processes):
@@ -241,6 +244,8 @@ def run(quick: bool) -> str:
         if app == "triage":
             res["drain_breaker_1x8"] = drain_rate(app, n_drain, 1, "prefill_noop_breaker")
             res["drain_rate_limited_1x8"] = drain_rate(app, n_drain, 1, "prefill_noop_rate_limited")
+            metrics_on = {"TRIAGE_METRICS_PORT": str(free_port())}
+            res["drain_metrics_1x8"] = drain_rate(app, n_drain, 1, extra_env=metrics_on)
         res["retry"] = retry_rate(app, n_retry)
         res["flood_one"] = flood_latency(app, False, n_background, n_probes, 20)
         res["flood_separate"] = flood_latency(app, True, n_background, n_probes, 20)
@@ -332,6 +337,14 @@ def report(
             t["drain_rate_limited_1x8"] / t["drain_1x8"],
             "×",
             "",
+            None,
+        ),
+        row(
+            "… drain with worker metrics on (TRIAGE_METRICS_PORT) / off (Triage, 1 × 8)",
+            None,
+            t["drain_metrics_1x8"] / t["drain_1x8"],
+            "×",
+            "≥ 0.95× (cost ≤ 5 %)",
             None,
         ),
         row(

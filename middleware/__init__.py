@@ -30,9 +30,11 @@ from triage.middleware import (
     RetryPolicy,
     Routing,
     StackEntry,
+    WorkerMetrics,
 )
 
 STACK: list[StackEntry] = [
+    WorkerMetrics,  # first, so its after-hooks see how each message was settled; TRIAGE_METRICS_PORT turns it on
     # Producer side, in this order for `before_enqueue`:
     PayloadGuard,  # plain data, bounded size: nothing else reaches Redis
     Routing,  # actors to tiers at declaration

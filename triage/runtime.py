@@ -44,6 +44,7 @@ from triage.middleware import (
     RetryPolicy,
     Routing,
     StackEntry,
+    WorkerMetrics,
 )
 from triage.middleware.circuit import Breaker, BreakerBoard
 from triage.middleware.placement import PriorityHook
@@ -197,6 +198,10 @@ class _Parts:
     client: redis.Redis
     breakers: BreakerBoard
 
+    def tier_name(self, queue: str) -> str:
+        tier = self.taxonomy.tier_of_queue(queue)
+        return tier.name if tier is not None else "default"
+
     def demote_to(self, queue: str) -> str | None:
         """Where `on_open="background"` moves a message of `queue`: the background tier's queue,
         unless the queue belongs to that tier already."""
@@ -219,6 +224,9 @@ def _policy(entry: StackEntry, parts: _Parts) -> Middleware:
     factories: dict[type[Middleware], Callable[[], Middleware]] = {
         CircuitBreakers: lambda: CircuitBreakers(board=parts.breakers, demote_to=parts.demote_to),
         ActorLimits: lambda: ActorLimits(client=client, namespace=settings.namespace),
+        WorkerMetrics: lambda: WorkerMetrics(
+            port=settings.metrics_port, host=settings.metrics_host, tier_of=parts.tier_name
+        ),
         PayloadGuard: lambda: PayloadGuard(max_bytes=settings.max_payload_bytes, encoder=encoder),
         Routing: lambda: routing,
         Placement: lambda: Placement(taxonomy=taxonomy, hook=load_hook(settings.priority_hook)),

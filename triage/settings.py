@@ -181,6 +181,9 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(default=None, min_length=16, repr=False)
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=8000, ge=1, le=65_535)
+    # Worker metrics: each `dramatiq` master serves its processes' metrics on this port (0: none).
+    metrics_port: int = Field(default=0, ge=0, le=65_535)
+    metrics_host: str = "127.0.0.1"
 
     @field_validator("redis_url")
     @classmethod

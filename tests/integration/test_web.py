@@ -17,6 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from actors import critical, runtime
 from tests.helpers import BIN, ROOT, dramatiq_worker, env_with, wait_for
+from tests.metrics_actors import QUEUE as METRICS_QUEUE
+from tests.metrics_actors import metered_fail, metered_ok
 from triage.admin.redis_server import free_port
 
 TOKEN = "s3cret-admin-token-for-tests"
@@ -161,3 +163,51 @@ def test_stats_watch_shows_depth_and_marks_a_queue_late(r: redis.Redis) -> None:
     row = [line for line in done.stdout.splitlines() if line.startswith("t_web")][-1]
     assert row.split()[2] == "2"
     assert row.endswith("LATE")
+
+
+def test_two_worker_processes_expose_merged_metrics_with_values(r: redis.Redis) -> None:
+    # Given 20 messages that succeed and 5 that fail (no retries), run by 2 worker processes of
+    # one dramatiq master with worker metrics on a port
+    port = free_port()
+    for n in range(20):
+        metered_ok.send(n)
+    for n in range(5):
+        metered_fail.send(n)
+    args = [str(BIN / "dramatiq"), "actors", "tests.metrics_actors", "--processes", "2", "--threads", "4"]
+    worker = subprocess.Popen(
+        [*args, "--queues", METRICS_QUEUE],
+        text=True,
+        cwd=ROOT,
+        env=env_with(TRIAGE_METRICS_PORT=str(port)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: runtime.queue_stats()[METRICS_QUEUE]["acked_total"] == 20, 60)
+        wait_for(lambda: runtime.queue_stats()[METRICS_QUEUE]["dead_letters_total"] == 5, 60)
+        # When the worker's port is scraped
+        metrics = Server(port, worker)
+
+        def scraped() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+            try:
+                return samples(metrics.get("/metrics")[1])
+            except OSError:
+                return {}
+
+        wait_for(lambda: scraped().get(_total_key("metered_ok", "done")) == 20, 30)
+        values = scraped()
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    # Then the two processes' counts are merged: 20 done, 5 dead, each message timed once
+    assert values[_total_key("metered_ok", "done")] == 20
+    assert values[_total_key("metered_fail", "dead")] == 5
+    labels = (("queue", METRICS_QUEUE), ("tier", "default"))
+    assert values[("triage_message_run_seconds_count", labels)] == 25
+    assert values[("triage_message_wait_seconds_count", labels)] == 25
+    assert values[("triage_messages_in_progress", labels)] == 0
+
+
+def _total_key(actor: str, outcome: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    labels = (("actor", actor), ("outcome", outcome), ("queue", METRICS_QUEUE), ("tier", "default"))
+    return ("triage_messages_total", labels)

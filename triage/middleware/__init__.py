@@ -28,6 +28,7 @@ from .circuit import CircuitOpen, UnknownBreaker
 from .declaration import InvalidActorOption
 from .dedup import DedupKeyError, Deduplication
 from .heartbeat import Heartbeats
+from .metrics import WorkerMetrics
 from .payload_guard import PayloadGuard, PayloadTooLarge, PayloadTypeError
 from .placement import InvalidTenant, Placement
 from .retries import Defer, RetryPolicy
@@ -37,6 +38,7 @@ from .shutdown import GracefulShutdown
 StackEntry = type[Middleware] | Middleware
 
 DEFAULT_STACK: tuple[StackEntry, ...] = (
+    WorkerMetrics,  # first: its after-hooks run last and see how each message was settled (off: port 0)
     # Producer side, in this order for before_enqueue:
     PayloadGuard,  # plain data, bounded size
     Routing,  # binds actors to tiers at declaration (required: the tier decorators use it)
@@ -83,4 +85,5 @@ __all__ = [
     "RoutingError",
     "StackEntry",
     "UnknownBreaker",
+    "WorkerMetrics",
 ]

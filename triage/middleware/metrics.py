@@ -1,0 +1,176 @@
+"""Worker metrics for Prometheus: what each worker process ran, how long it waited and ran.
+
+Guarantees:
+- prometheus-client's multiprocess mode: every process of one `dramatiq` master writes to its
+  own directory, `<tmp>/triage-metrics/<master pid>-<its start time>`, new for each master (so
+  a restarted group starts from zero, and groups on one host never mix); directories of
+  masters that are gone are removed when a worker boots. One exposition process per master
+  (a Dramatiq fork) serves them all on `TRIAGE_METRICS_PORT`, bound to `TRIAGE_METRICS_HOST`
+  (127.0.0.1 unless configured); 0 (the default) serves nothing and records nothing.
+- Names: `triage_messages_total{queue,tier,actor,outcome}` (outcome: done, failed, retried,
+  deferred, moved, dead, dropped, skipped), `triage_message_wait_seconds{queue,tier}` (from
+  the send to the start of the first run; retries are not counted: their wait is their
+  backoff), `triage_message_run_seconds{queue,tier}`, `triage_messages_in_progress{queue,tier}`.
+  Buckets reach an hour (the background tier's SLA is 5 min). Labels are bounded: never
+  arguments, hostnames or pids.
+- It is first in the stack, so that its after-hooks run last and see how the other policies
+  settled each message (retry, deferral, dead letter).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dramatiq import Broker, Middleware
+
+from triage.broker.outcome import outcome_of
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+ROOT = Path(tempfile.gettempdir()) / "triage-metrics"
+_STARTED = "_triage_started"
+OUTCOMES = {"retry": "retried", "defer": "deferred", "move": "moved", "dead": "dead", "ack": "dropped"}
+
+
+def master_dir(master_pid: int) -> Path:
+    """The metrics directory of the `dramatiq` master `master_pid` (its pid and start time)."""
+    try:
+        started = Path(f"/proc/{master_pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        started = "0"
+    return ROOT / f"{master_pid}-{started}"
+
+
+def _remove_stale(keep: Path) -> None:
+    for path in ROOT.glob("*-*"):
+        pid = path.name.split("-", 1)[0]
+        if path != keep and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+class WorkerMetrics(Middleware):
+    """Per-process counters and histograms, merged across a master's processes.
+
+    Parameters:
+      port: the exposition port (0: no metrics).
+      host: the address it binds.
+      tier_of: a queue's tier name.
+    """
+
+    def __init__(self, *, port: int, host: str, tier_of: Callable[[str], str]) -> None:
+        self.port, self.host, self.tier_of = port, host, tier_of
+        self.enabled = port > 0
+        self._metrics: Any = None
+        self._children: dict[str, tuple[Any, Any, Any]] = {}
+        self._counted: dict[tuple[str, str, str], Any] = {}
+
+    @property
+    def forks(self) -> list[Callable[[], int]]:
+        return [serve_worker_metrics] if self.enabled else []
+
+    def after_process_boot(self, broker: Broker) -> None:
+        if not self.enabled:
+            return
+        directory = master_dir(os.getppid())
+        directory.mkdir(parents=True, exist_ok=True)
+        _remove_stale(directory)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+        import prometheus_client as prom  # after the variable is set: multiprocess values
+
+        labels = ["queue", "tier"]
+        self._metrics = (
+            prom.Counter("triage_messages", "Messages run, by outcome.", [*labels, "actor", "outcome"]),
+            prom.Histogram("triage_message_wait_seconds", "From the send to the start.", labels, buckets=BUCKETS),
+            prom.Histogram("triage_message_run_seconds", "Run time.", labels, buckets=BUCKETS),
+            prom.Gauge("triage_messages_in_progress", "Messages running.", labels, multiprocess_mode="livesum"),
+        )
+
+    def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:
+        if self.enabled and "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid(), os.environ["PROMETHEUS_MULTIPROC_DIR"])  # type: ignore[no-untyped-call]
+
+    def _of_queue(self, queue: str) -> tuple[Any, Any, Any]:
+        """The queue's wait, run and in-progress children (labels() once per queue: it is not cheap)."""
+        children = self._children.get(queue)
+        if children is None:
+            _, wait, run, running = self._metrics
+            tier = self.tier_of(queue)
+            children = self._children[queue] = (
+                wait.labels(queue, tier),
+                run.labels(queue, tier),
+                running.labels(queue, tier),
+            )
+        return children
+
+    def before_process_message(self, broker: Broker, message: Any) -> None:
+        if self._metrics is None:
+            return
+        wait, _, running = self._of_queue(message.queue_name)
+        if not message.options.get("retries"):
+            wait.observe(max(0.0, time.time() - message.message_timestamp / 1000))
+        running.inc()
+        message.__dict__[_STARTED] = time.monotonic()
+
+    def after_process_message(
+        self, broker: Broker, message: Any, *, result: Any = None, exception: BaseException | None = None
+    ) -> None:
+        self._finish(message, "failed" if exception is not None else "done")
+
+    def after_skip_message(self, broker: Broker, message: Any) -> None:
+        self._finish(message, "skipped")
+
+    def _finish(self, message: Any, plain: str) -> None:
+        started = message.__dict__.pop(_STARTED, None)
+        if self._metrics is None or started is None:
+            return
+        _, run, running = self._of_queue(message.queue_name)
+        running.dec()
+        outcome = outcome_of(message)
+        name = OUTCOMES[outcome.kind] if outcome is not None else plain
+        if name not in ("deferred", "moved", "dropped"):  # those did not run
+            run.observe(time.monotonic() - started)
+        key = (message.queue_name, message.actor_name, name)
+        counter = self._counted.get(key)
+        if counter is None:
+            counter = self._counted[key] = self._metrics[0].labels(key[0], self.tier_of(key[0]), key[1], name)
+        counter.inc()
+
+
+def serve_worker_metrics() -> int:
+    """The exposition process (a Dramatiq fork of the master): every process's metrics, merged."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+
+    from triage.settings import load_settings
+
+    settings = load_settings()
+    directory = master_dir(os.getppid())
+    directory.mkdir(parents=True, exist_ok=True)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+            body = generate_latest(registry)
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    httpd = ThreadingHTTPServer((settings.metrics_host, settings.metrics_port), Handler)
+    try:
+        httpd.serve_forever()
+    finally:
+        httpd.server_close()
+    return 0
