@@ -24,12 +24,14 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from dramatiq import Broker, Middleware
 
 from triage.broker.outcome import outcome_of
+from triage.settings import load_settings
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 ROOT = Path(tempfile.gettempdir()) / "triage-metrics"
@@ -145,11 +147,9 @@ class WorkerMetrics(Middleware):
 
 def serve_worker_metrics() -> int:
     """The exposition process (a Dramatiq fork of the master): every process's metrics, merged."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
+    # prometheus_client picks its value class when first imported: in a worker that must happen
+    # after PROMETHEUS_MULTIPROC_DIR is set (after_process_boot), so it is never imported at the top.
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
-
-    from triage.settings import load_settings
 
     settings = load_settings()
     directory = master_dir(os.getppid())
