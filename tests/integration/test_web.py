@@ -194,18 +194,26 @@ def test_two_worker_processes_expose_merged_metrics_with_values(r: redis.Redis) 
             except OSError:
                 return {}
 
-        wait_for(lambda: scraped().get(_total_key("metered_ok", "done")) == 20, 30)
-        values = scraped()
+        labels = (("queue", METRICS_QUEUE), ("tier", "default"))
+        expected = {
+            _total_key("metered_ok", "done"): 20,
+            _total_key("metered_fail", "dead"): 5,
+            ("triage_message_run_seconds_count", labels): 25,
+            ("triage_message_wait_seconds_count", labels): 25,
+            ("triage_messages_in_progress", labels): 0,
+        }
+        values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+
+        def all_flushed() -> bool:  # each process adds its tallies once a second
+            values.update(scraped())
+            return all(values.get(key) == value for key, value in expected.items())
+
+        wait_for(all_flushed, 30)
     finally:
         worker.terminate()
         worker.wait(30)
     # Then the two processes' counts are merged: 20 done, 5 dead, each message timed once
-    assert values[_total_key("metered_ok", "done")] == 20
-    assert values[_total_key("metered_fail", "dead")] == 5
-    labels = (("queue", METRICS_QUEUE), ("tier", "default"))
-    assert values[("triage_message_run_seconds_count", labels)] == 25
-    assert values[("triage_message_wait_seconds_count", labels)] == 25
-    assert values[("triage_messages_in_progress", labels)] == 0
+    assert {key: values[key] for key in expected} == expected
 
 
 def _total_key(actor: str, outcome: str) -> tuple[str, tuple[tuple[str, str], ...]]:

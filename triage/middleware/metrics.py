@@ -15,14 +15,20 @@ Guarantees:
   arguments, hostnames or pids.
 - It is first in the stack, so that its after-hooks run last and see how the other policies
   settled each message (retry, deferral, dead letter).
+- Cost: a message only updates this process's own tallies (plain counters under a lock); a
+  thread adds them to the multiprocess files once a second (and at shutdown), so a scrape
+  is at most about a second behind.
 """
 
 from __future__ import annotations
 
+import bisect
 import os
 import shutil
 import tempfile
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -68,8 +74,11 @@ class WorkerMetrics(Middleware):
         self.port, self.host, self.tier_of = port, host, tier_of
         self.enabled = port > 0
         self._metrics: Any = None
-        self._children: dict[str, tuple[Any, Any, Any]] = {}
-        self._counted: dict[tuple[str, str, str], Any] = {}
+        self._lock = threading.Lock()
+        self._counts: Counter[tuple[str, str, str]] = Counter()  # (queue, actor, outcome) -> runs
+        self._histograms: dict[tuple[int, str], list[float]] = {}  # (0 wait | 1 run, queue) -> per bucket, then sum
+        self._running: Counter[str] = Counter()  # queue -> running now
+        self._stop = threading.Event()
 
     @property
     def forks(self) -> list[Callable[[], int]]:
@@ -91,33 +100,24 @@ class WorkerMetrics(Middleware):
             prom.Histogram("triage_message_run_seconds", "Run time.", labels, buckets=BUCKETS),
             prom.Gauge("triage_messages_in_progress", "Messages running.", labels, multiprocess_mode="livesum"),
         )
+        threading.Thread(target=self._flush_every_second, name="triage-metrics", daemon=True).start()
 
     def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:
         if self.enabled and "PROMETHEUS_MULTIPROC_DIR" in os.environ:
             from prometheus_client import multiprocess
 
+            self._stop.set()
+            self.flush()
             multiprocess.mark_process_dead(os.getpid(), os.environ["PROMETHEUS_MULTIPROC_DIR"])  # type: ignore[no-untyped-call]
-
-    def _of_queue(self, queue: str) -> tuple[Any, Any, Any]:
-        """The queue's wait, run and in-progress children (labels() once per queue: it is not cheap)."""
-        children = self._children.get(queue)
-        if children is None:
-            _, wait, run, running = self._metrics
-            tier = self.tier_of(queue)
-            children = self._children[queue] = (
-                wait.labels(queue, tier),
-                run.labels(queue, tier),
-                running.labels(queue, tier),
-            )
-        return children
 
     def before_process_message(self, broker: Broker, message: Any) -> None:
         if self._metrics is None:
             return
-        wait, _, running = self._of_queue(message.queue_name)
-        if not message.options.get("retries"):
-            wait.observe(max(0.0, time.time() - message.message_timestamp / 1000))
-        running.inc()
+        queue = message.queue_name
+        with self._lock:
+            if not message.options.get("retries"):
+                self._observe(0, queue, max(0.0, time.time() - message.message_timestamp / 1000))
+            self._running[queue] += 1
         message.__dict__[_STARTED] = time.monotonic()
 
     def after_process_message(
@@ -132,17 +132,43 @@ class WorkerMetrics(Middleware):
         started = message.__dict__.pop(_STARTED, None)
         if self._metrics is None or started is None:
             return
-        _, run, running = self._of_queue(message.queue_name)
-        running.dec()
         outcome = outcome_of(message)
         name = OUTCOMES[outcome.kind] if outcome is not None else plain
-        if name not in ("deferred", "moved", "dropped"):  # those did not run
-            run.observe(time.monotonic() - started)
-        key = (message.queue_name, message.actor_name, name)
-        counter = self._counted.get(key)
-        if counter is None:
-            counter = self._counted[key] = self._metrics[0].labels(key[0], self.tier_of(key[0]), key[1], name)
-        counter.inc()
+        queue = message.queue_name
+        with self._lock:
+            self._running[queue] -= 1
+            if name not in ("deferred", "moved", "dropped"):  # those did not run
+                self._observe(1, queue, time.monotonic() - started)
+            self._counts[queue, message.actor_name, name] += 1
+
+    def _observe(self, kind: int, queue: str, seconds: float) -> None:
+        """Tally one observation (the caller holds the lock)."""
+        tally = self._histograms.get((kind, queue))
+        if tally is None:
+            tally = self._histograms[kind, queue] = [0.0] * (len(BUCKETS) + 2)
+        tally[bisect.bisect_left(BUCKETS, seconds)] += 1  # the first bucket whose bound is >= it (+Inf last)
+        tally[-1] += seconds
+
+    def _flush_every_second(self) -> None:
+        while not self._stop.wait(1.0):
+            self.flush()
+
+    def flush(self) -> None:
+        """Add this process's tallies to its multiprocess files."""
+        with self._lock:
+            counts, histograms, running = self._counts, self._histograms, dict(self._running)
+            self._counts, self._histograms = Counter(), {}
+        total, wait, run, in_progress = self._metrics
+        for (queue, actor, outcome), n in counts.items():
+            total.labels(queue, self.tier_of(queue), actor, outcome).inc(n)
+        for (kind, queue), tally in histograms.items():
+            child = (wait, run)[kind].labels(queue, self.tier_of(queue))
+            for i, observed in enumerate(tally[:-1]):
+                if observed:
+                    child._buckets[i].inc(observed)  # observe() that many times at once (prometheus_client's values)
+            child._sum.inc(tally[-1])
+        for queue, now_running in running.items():
+            in_progress.labels(queue, self.tier_of(queue)).set(now_running)
 
 
 def serve_worker_metrics() -> int:
