@@ -12,6 +12,7 @@ those constants: they are defined once, in Python.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import redis
@@ -56,8 +57,10 @@ def header() -> str:
     )
 
 
+@functools.cache
 def source(name: str) -> str:
-    """The text Redis runs for script `name`: the header, its preludes, then `<name>.lua`."""
+    """The text Redis runs for script `name`: the header, its preludes, then `<name>.lua` (read
+    once per process: `queue_stats` loads `oldest` at every call)."""
     parts = [header(), *((LUA_DIR / f"{part}.lua").read_text() for part in (*PRELUDES.get(name, ()), name))]
     return "\n".join(parts)
 
