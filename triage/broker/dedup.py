@@ -58,13 +58,26 @@ def dedup_of(message: Message[Any]) -> tuple[str, str, int]:
     actor = message.actor_name
     if not isinstance(key, str):
         raise ValueError(f"actor {actor!r}: dedup_key must be a string, got {type(key).__name__}")
-    mode = options.get("dedup_mode", "until_done")
-    if mode not in MODES:
-        raise ValueError(f"actor {actor!r}: dedup_mode must be one of {', '.join(MODES)}, got {mode!r}")
-    ttl = options.get("dedup_ttl")
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= MAX_TTL_S:
-        raise ValueError(f"actor {actor!r}: a dedup key needs dedup_ttl, in seconds (0 < ttl <= one year), got {ttl!r}")
+    mode, ttl = options.get("dedup_mode", "until_done"), options.get("dedup_ttl")
+    problem = mode_problem(mode) or ttl_problem(ttl)
+    if problem:
+        raise ValueError(f"actor {actor!r}: a dedup key needs {problem}")
+    assert isinstance(ttl, int | float)  # ttl_problem checked it
     return stored_key(key), MODES[mode], int(ttl * 1000)
+
+
+def ttl_problem(ttl: object) -> str | None:
+    """What is wrong with a `dedup_ttl` (None: nothing); checked at declaration and at send."""
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= MAX_TTL_S:
+        return f"dedup_ttl in seconds, 0 < ttl <= one year (got {ttl!r})"
+    return None
+
+
+def mode_problem(mode: object) -> str | None:
+    """What is wrong with a `dedup_mode` (None: nothing)."""
+    if isinstance(mode, str) and mode in MODES:
+        return None
+    return f"dedup_mode one of {', '.join(MODES)} (got {mode!r})"
 
 
 def as_duplicate(message: Message[Any], original_id: str) -> Message[Any]:

@@ -38,7 +38,7 @@ from typing import Any
 from dramatiq import Actor, Broker, Middleware
 from dramatiq.message import Message
 
-from triage.broker.dedup import MAX_TTL_S, MODES, release
+from triage.broker.dedup import mode_problem, release, ttl_problem
 from triage.broker.redis_broker import triage_broker
 
 from .declaration import InvalidActorOption
@@ -80,14 +80,11 @@ class Deduplication(Middleware):
         mode, on_duplicate = options.get("dedup_mode", "until_done"), options.get("on_duplicate", "return")
         if key is not None and not (isinstance(key, str) and key) and not callable(key):
             raise InvalidActorOption(f"{where}: dedup must be a key template (str) or a callable, got {key!r}")
-        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= MAX_TTL_S):
-            raise InvalidActorOption(
-                f"{where}: dedup_ttl must be a number of seconds, 0 < ttl <= one year, got {ttl!r}"
-            )
+        problem = (ttl_problem(ttl) if ttl is not None else None) or mode_problem(mode)
+        if problem:
+            raise InvalidActorOption(f"{where}: needs {problem}")
         if key is not None and ttl is None:
             raise InvalidActorOption(f"{where}: dedup needs dedup_ttl (seconds), the longest a key may be held")
-        if mode not in MODES:
-            raise InvalidActorOption(f"{where}: dedup_mode must be one of {', '.join(MODES)}, got {mode!r}")
         if on_duplicate not in ON_DUPLICATE:
             raise InvalidActorOption(f"{where}: on_duplicate must be 'return' or 'raise', got {on_duplicate!r}")
         signature = inspect.signature(actor.fn)
