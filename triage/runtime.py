@@ -225,7 +225,10 @@ def _policy(entry: StackEntry, parts: _Parts) -> Middleware:
         CircuitBreakers: lambda: CircuitBreakers(board=parts.breakers, demote_to=parts.demote_to),
         ActorLimits: lambda: ActorLimits(client=client, namespace=settings.namespace),
         WorkerMetrics: lambda: WorkerMetrics(
-            port=settings.metrics_port, host=settings.metrics_host, tier_of=parts.tier_name
+            port=settings.metrics_port,
+            host=settings.metrics_host,
+            tier_of=parts.tier_name,
+            hourly=settings.hourly_stats,
         ),
         PayloadGuard: lambda: PayloadGuard(max_bytes=settings.max_payload_bytes, encoder=encoder),
         Routing: lambda: routing,

@@ -184,6 +184,8 @@ class Settings(BaseSettings):
     # Worker metrics: each `dramatiq` master serves its processes' metrics on this port (0: none).
     metrics_port: int = Field(default=0, ge=0, le=65_535)
     metrics_host: str = "127.0.0.1"
+    # The last hour's figures (succeeded_last_hour, ...): per-minute buckets in Redis, written by workers.
+    hourly_stats: bool = True
 
     @field_validator("redis_url")
     @classmethod

@@ -14,6 +14,7 @@ from dramatiq.middleware import CurrentMessage
 
 from triage.broker.consumer import TriageConsumer
 from triage.broker.errors import Backpressure
+from triage.broker.inspection import queue_detail
 from triage.broker.limits import NO_LIMITS, Limits, tenant_view
 from triage.broker.redis_broker import TriageBroker
 from triage.settings import ConfigError, load_settings
@@ -85,6 +86,8 @@ def test_a_tenant_at_its_in_flight_cap_is_skipped_and_the_others_are_served(
     assert broker.counts(Q)[0] == 9  # A's 8 and B's 1 still queued, in place
     view = tenant_view(r, broker.keys(Q), int(time.time() * 1000))
     assert (view["A"]["in_flight"], view["A"]["parked"], view["A"]["queued"]) == (2, "slot", 8)
+    # And the queue counts two tenants held back (A and B, each parked at one level)
+    assert queue_detail(r, broker.keys, [Q])[Q]["tenants_held_back"] == 2
     # When one of A's messages is acked
     consumer.ack(next(m for m in first if m.args[0] == "A"))
     # Then exactly one more of A's comes, the next in A's order

@@ -3,8 +3,8 @@
 Guarantees:
 - Read at each scrape, from Redis alone (no application code): the queues `triage stats`
   knows, the breakers any process declared, the live workers' registrations. The cost is
-  O(number of queues, breakers and workers) — three pipelined round trips — whatever the
-  number of messages.
+  O(number of queues, breakers and workers) — a handful of pipelined round trips — whatever
+  the number of messages (depth per priority: O(tenants with queued messages) in Redis).
 - Names follow Prometheus conventions: the `triage_` prefix, base units (`_seconds`),
   counters ending in `_total`. Labels are bounded: queue, tier, state, reason, breaker —
   never message arguments, hostnames or pids.
@@ -42,6 +42,15 @@ QUEUE_COUNTERS = {
     "requeued_total": "Dead letters requeued by operators.",
     "purged_total": "Dead letters purged by operators.",
     "dead_letters_trimmed_total": "Dead letters dropped by retention.",
+}
+# The last hour (per-minute buckets kept by workers), exported as gauges: triage_queue_<name>.
+LAST_HOUR = {
+    "succeeded_last_hour": "Runs that succeeded in the last hour.",
+    "failed_last_hour": "Runs that raised in the last hour (retried, dead-lettered or failed).",
+    "retried_last_hour": "Runs retried in the last hour.",
+    "dead_lettered_last_hour": "Runs dead-lettered in the last hour.",
+    "avg_run_seconds_last_hour": "Mean run time over the last hour.",
+    "avg_wait_seconds_last_hour": "Mean wait (send to first start) over the last hour.",
 }
 STATES = ("queued", "delayed", "retrying", "running")
 BREAKER_STATES = ("closed", "open", "half_open")
@@ -106,6 +115,16 @@ class FleetCollector(Collector):
         live = GaugeMetricFamily(
             "triage_queue_workers", "Live worker processes consuming the queue (heartbeats).", labels=labels
         )
+        by_priority = GaugeMetricFamily(
+            "triage_queue_messages_by_priority", "Queued messages by priority level.", labels=[*labels, "priority"]
+        )
+        age = GaugeMetricFamily(
+            "triage_queue_avg_age_seconds", "Mean age of the queued messages (sampled past 200).", labels=labels
+        )
+        held = GaugeMetricFamily("triage_queue_tenants_held_back", "Tenants parked by their limits now.", labels=labels)
+        hour = {
+            name: GaugeMetricFamily(f"triage_queue_{name}", text, labels=labels) for name, text in LAST_HOUR.items()
+        }
         counters = {
             name: CounterMetricFamily(f"triage_queue_{name.removesuffix('_total')}", text, labels=labels)
             for name, text in QUEUE_COUNTERS.items()
@@ -122,11 +141,18 @@ class FleetCollector(Collector):
             paused.add_metric(values, int(row["paused"]))
             dead.add_metric(values, row["dead_letters_total"])
             live.add_metric(values, workers.get(queue, 0))
+            for level, n in row["queued_by_priority"].items():
+                by_priority.add_metric([*values, level], n)
+            age.add_metric(values, row["avg_queue_age_seconds"])
+            held.add_metric(values, row["tenants_held_back"])
+            for name, gauge in hour.items():
+                gauge.add_metric(values, row[name])  # type: ignore[literal-required]
             for name, family in counters.items():
                 family.add_metric(values, row[name])  # type: ignore[literal-required]
             for reason, count in row["dead_letters_by_reason"].items():
                 dead_by_reason.add_metric([*values, reason], count)
-        yield from (messages, oldest, sla, paused, dead, live, *counters.values(), dead_by_reason)
+        yield from (messages, by_priority, oldest, age, sla, paused, dead, live, held)
+        yield from (*counters.values(), dead_by_reason, *hour.values())
         yield from self._breakers()
 
     def _breakers(self) -> Iterator[Metric]:

@@ -19,7 +19,7 @@ from .ops import Admin
 
 HEADER = (
     f"{'queue':<18}{'tier':<12}{'queued':>9}{'running':>9}{'delayed':>9}{'retrying':>9}{'dead':>8}"
-    f"{'in/s':>9}{'done/s':>9}{'oldest':>9}{'sla':>7}"
+    f"{'in/s':>9}{'done/s':>9}{'ok/1h':>9}{'fail/1h':>9}{'oldest':>9}{'sla':>7}"
 )
 
 
@@ -46,6 +46,7 @@ def watch_stats(admin: Admin, *, interval: float = 1.0, iterations: int = 0) -> 
                 lines.append(
                     f"{name:<18}{row['tier']:<12}{row['queued']:>9}{row['running']:>9}{row['delayed']:>9}"
                     f"{row['retrying']:>9}{row['dead_letters_total']:>8}{rate_in:>9.1f}{rate_done:>9.1f}"
+                    f"{row['succeeded_last_hour']:>9}{row['failed_last_hour']:>9}"
                     f"{oldest:>8.1f}s{target:>6.0f}s{late}"
                 )
             if shown and sys.stdout.isatty():

@@ -20,17 +20,22 @@ Guarantees:
   use (they only grow): enqueued, acked, retries, deferrals, dead letters by reason, dead
   letters dropped by retention (`dead_letters_trimmed_total`), requeued and purged by operators.
 - Counters only: which tier a queue belongs to is for the caller to add.
+- `queue_detail` (`lua/detail.lua`, one pipelined round trip) adds, per queue: `queued_by_priority`
+  (priority level -> queued messages, every level present), `avg_queue_age_seconds` (the mean
+  age of the queued messages since they became ready: exact up to `AGE_SAMPLE` of them, else
+  estimated from that many sampled at random) and `tenants_held_back` (tenants parked by their
+  limits now). Its cost grows with the FIFOs and parked tenants, not with the messages.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TypedDict
 
 import redis
+from typing_extensions import TypedDict  # pydantic (the admin API) reads it on Python 3.11
 
 from .clock import now_ms
-from .keys import QueueKeys
+from .keys import LEVELS, QueueKeys
 from .scripts import load
 
 
@@ -55,6 +60,36 @@ class QueueCounters(TypedDict):
     dead_letters_trimmed_total: int
     requeued_total: int
     purged_total: int
+
+
+class QueueDetail(TypedDict):
+    queued_by_priority: dict[str, int]
+    avg_queue_age_seconds: float
+    tenants_held_back: int
+
+
+AGE_SAMPLE = 200
+
+
+def queue_detail(
+    client: redis.Redis, keys_of: Callable[[str], QueueKeys], queues: Iterable[str]
+) -> dict[str, QueueDetail]:
+    """Each queue's depth per priority, mean queued age and tenants held back, in the order given."""
+    names = list(queues)
+    detail = load(client, "detail")
+    pipe = client.pipeline(transaction=False)
+    for queue in names:
+        keys = keys_of(queue)
+        detail(keys=[keys.state, keys.since, keys.parked], args=[AGE_SAMPLE], client=pipe)
+    found: dict[str, QueueDetail] = {}
+    for queue, reply in zip(names, pipe.execute(), strict=True):
+        *levels, sampled, age_ms, held = (int(value) for value in reply)
+        found[queue] = QueueDetail(
+            queued_by_priority={str(level): n for level, n in zip(LEVELS, levels, strict=True)},
+            avg_queue_age_seconds=round(age_ms / sampled / 1000, 3) if sampled else 0.0,
+            tenants_held_back=held,
+        )
+    return found
 
 
 def queue_stats(

@@ -55,6 +55,10 @@ class QueueKeys:
         ]
         assert len(self._block) == BLOCK_SIZE
 
+    def minute(self, minute: int) -> str:
+        """The activity bucket of one unix minute (`hourly.py`)."""
+        return f"{self.tag}:minute:{minute}"
+
     def acks(self, consumer_id: str) -> str:
         return f"{self.tag}:acks:{consumer_id}"
 

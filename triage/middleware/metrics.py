@@ -15,14 +15,21 @@ Guarantees:
   arguments, hostnames or pids.
 - It is first in the stack, so that its after-hooks run last and see how the other policies
   settled each message (retry, deferral, dead letter).
+- The last hour in Redis (`triage.broker.hourly`, on unless `TRIAGE_HOURLY_STATS=false`): the
+  same tallies are added to per-minute buckets of each queue, one pipelined round trip per
+  process per second; what cannot be written is kept for the next second. The web process and
+  `triage stats` read `succeeded_last_hour`, `failed_last_hour` and the hour's mean times there.
+- `triage_worker_threads`: the worker threads of the master's processes (utilisation is the run
+  time's rate over it).
 - Cost: a message only updates this process's own tallies (plain counters under a lock); a
-  thread adds them to the multiprocess files once a second (and at shutdown), so a scrape
-  is at most about a second behind.
+  thread adds them to the multiprocess files and to Redis once a second (and at shutdown), so
+  a scrape is at most about a second behind.
 """
 
 from __future__ import annotations
 
 import bisect
+import logging
 import os
 import shutil
 import tempfile
@@ -34,8 +41,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import redis
 from dramatiq import Broker, Middleware
 
+from triage.broker.hourly import Tally, current_minute, record
+from triage.broker.keys import QueueKeys
 from triage.broker.outcome import outcome_of
 from triage.settings import load_settings
 
@@ -43,6 +53,9 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120,
 ROOT = Path(tempfile.gettempdir()) / "triage-metrics"
 _STARTED = "_triage_started"
 OUTCOMES = {"retry": "retried", "defer": "deferred", "move": "moved", "dead": "dead", "ack": "dropped"}
+# How an outcome counts in the last hour's buckets (outcomes not named are not counted there).
+HOURLY = {"done": ("done",), "failed": ("failed",), "retried": ("failed", "retried"), "dead": ("failed", "dead")}
+logger = logging.getLogger(__name__)
 
 
 def master_dir(master_pid: int) -> Path:
@@ -62,31 +75,46 @@ def _remove_stale(keep: Path) -> None:
 
 
 class WorkerMetrics(Middleware):
-    """Per-process counters and histograms, merged across a master's processes.
+    """Per-process counters and histograms, merged across a master's processes, and the last
+    hour's buckets in Redis.
 
     Parameters:
-      port: the exposition port (0: no metrics).
+      port: the exposition port (0: no Prometheus metrics).
       host: the address it binds.
       tier_of: a queue's tier name.
+      hourly: keep the last hour's figures in Redis (needs a Triage broker).
     """
 
-    def __init__(self, *, port: int, host: str, tier_of: Callable[[str], str]) -> None:
-        self.port, self.host, self.tier_of = port, host, tier_of
+    def __init__(self, *, port: int, host: str, tier_of: Callable[[str], str], hourly: bool = True) -> None:
+        self.port, self.host, self.tier_of, self.hourly = port, host, tier_of, hourly
         self.enabled = port > 0
         self._metrics: Any = None
+        self._store: tuple[redis.Redis, Callable[[str], QueueKeys]] | None = None
+        self._tallying = False
         self._lock = threading.Lock()
         self._counts: Counter[tuple[str, str, str]] = Counter()  # (queue, actor, outcome) -> runs
         self._histograms: dict[tuple[int, str], list[float]] = {}  # (0 wait | 1 run, queue) -> per bucket, then sum
         self._running: Counter[str] = Counter()  # queue -> running now
+        self._unwritten: Tally = Counter()  # the last hour's tallies not yet in Redis
         self._stop = threading.Event()
+        self._flushing = threading.Lock()  # one flush at a time (the thread's, the shutdown's)
+        self._write_failed = False
 
     @property
     def forks(self) -> list[Callable[[], int]]:
         return [serve_worker_metrics] if self.enabled else []
 
     def after_process_boot(self, broker: Broker) -> None:
-        if not self.enabled:
-            return
+        client, keys = getattr(broker, "client", None), getattr(broker, "keys", None)
+        if self.hourly and isinstance(client, redis.Redis) and callable(keys):
+            self._store = (client, keys)
+        if self.enabled:
+            self._metrics = self._prometheus_metrics()
+        self._tallying = self._metrics is not None or self._store is not None
+        if self._tallying:
+            threading.Thread(target=self._flush_every_second, name="triage-metrics", daemon=True).start()
+
+    def _prometheus_metrics(self) -> Any:
         directory = master_dir(os.getppid())
         directory.mkdir(parents=True, exist_ok=True)
         _remove_stale(directory)
@@ -94,24 +122,30 @@ class WorkerMetrics(Middleware):
         import prometheus_client as prom  # after the variable is set: multiprocess values
 
         labels = ["queue", "tier"]
-        self._metrics = (
+        return (
             prom.Counter("triage_messages", "Messages run, by outcome.", [*labels, "actor", "outcome"]),
             prom.Histogram("triage_message_wait_seconds", "From the send to the start.", labels, buckets=BUCKETS),
             prom.Histogram("triage_message_run_seconds", "Run time.", labels, buckets=BUCKETS),
             prom.Gauge("triage_messages_in_progress", "Messages running.", labels, multiprocess_mode="livesum"),
+            prom.Gauge("triage_worker_threads", "Worker threads.", multiprocess_mode="livesum"),
         )
-        threading.Thread(target=self._flush_every_second, name="triage-metrics", daemon=True).start()
+
+    def after_worker_boot(self, broker: Broker, worker: Any) -> None:
+        if self._metrics is not None:
+            self._metrics[4].set(worker.worker_threads)
 
     def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:
-        if self.enabled and "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        if not self._tallying:
+            return
+        self._stop.set()
+        self.flush()
+        if self._metrics is not None:
             from prometheus_client import multiprocess
 
-            self._stop.set()
-            self.flush()
             multiprocess.mark_process_dead(os.getpid(), os.environ["PROMETHEUS_MULTIPROC_DIR"])  # type: ignore[no-untyped-call]
 
     def before_process_message(self, broker: Broker, message: Any) -> None:
-        if self._metrics is None:
+        if not self._tallying:
             return
         queue = message.queue_name
         with self._lock:
@@ -130,7 +164,7 @@ class WorkerMetrics(Middleware):
 
     def _finish(self, message: Any, plain: str) -> None:
         started = message.__dict__.pop(_STARTED, None)
-        if self._metrics is None or started is None:
+        if started is None:
             return
         outcome = outcome_of(message)
         name = OUTCOMES[outcome.kind] if outcome is not None else plain
@@ -154,11 +188,19 @@ class WorkerMetrics(Middleware):
             self.flush()
 
     def flush(self) -> None:
-        """Add this process's tallies to its multiprocess files."""
+        """Add this process's tallies to its multiprocess files and to the last hour in Redis."""
+        with self._flushing:
+            self._flush()
+
+    def _flush(self) -> None:
         with self._lock:
             counts, histograms, running = self._counts, self._histograms, dict(self._running)
             self._counts, self._histograms = Counter(), {}
-        total, wait, run, in_progress = self._metrics
+        if self._store is not None:
+            self._write_hourly(*self._store, counts, histograms)
+        if self._metrics is None:
+            return
+        total, wait, run, in_progress, _ = self._metrics
         for (queue, actor, outcome), n in counts.items():
             total.labels(queue, self.tier_of(queue), actor, outcome).inc(n)
         for (kind, queue), tally in histograms.items():
@@ -169,6 +211,35 @@ class WorkerMetrics(Middleware):
             child._sum.inc(tally[-1])
         for queue, now_running in running.items():
             in_progress.labels(queue, self.tier_of(queue)).set(now_running)
+
+    def _write_hourly(
+        self,
+        client: redis.Redis,
+        keys: Callable[[str], QueueKeys],
+        counts: Counter[tuple[str, str, str]],
+        histograms: dict[tuple[int, str], list[float]],
+    ) -> None:
+        unwritten = self._unwritten
+        for (queue, _, outcome), n in counts.items():
+            for field in HOURLY.get(outcome, ()):
+                unwritten[queue, field] += n
+        for (kind, queue), tally in histograms.items():
+            name = ("wait", "run")[kind]
+            unwritten[queue, name + "s"] += int(sum(tally[:-1]))
+            unwritten[queue, name + "_ms"] += round(tally[-1] * 1000)
+        if not unwritten:
+            return
+        try:
+            record(client, keys, unwritten, current_minute())
+        except (redis.RedisError, OSError) as exc:
+            if not self._write_failed:
+                logger.warning("The last hour's figures cannot be written to Redis (%s); kept until they can.", exc)
+            self._write_failed = True
+            return
+        if self._write_failed:
+            logger.info("The last hour's figures are written to Redis again.")
+        self._write_failed = False
+        self._unwritten = Counter()
 
 
 def serve_worker_metrics() -> int:
