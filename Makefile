@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint format clean bench chaos
+.PHONY: install tools run test lint format clean bench chaos
 
 install: $(STAMP)
 
@@ -14,10 +14,21 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# System packages that tests use where they can be installed (Debian/Ubuntu, as root): the
+# Prometheus server and promtool (the Prometheus scrape test, the alert rules' unit tests).
+# Elsewhere those tests are skipped, except under CI=true, where they must run.
+tools:
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends prometheus >/dev/null; }; \
+	else echo "make tools: prometheus is not installed and apt-get cannot install it: its tests are skipped"; fi
+
 run: install  ## Redis (embedded if none), the three tier workers and a demo producer; Ctrl-C stops all
 	$(BIN)/triage run
 
-test: install  ## the suite, against a redis-server it starts itself
+test: install tools  ## the suite, against a redis-server it starts itself
 	$(BIN)/pytest -m "not slow"
 
 lint: install

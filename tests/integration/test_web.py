@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +17,7 @@ from actors import critical, runtime
 from tests.helpers import BIN, ROOT, dramatiq_worker, env_with, wait_for
 from tests.metrics_actors import QUEUE as METRICS_QUEUE
 from tests.metrics_actors import metered_fail, metered_ok
+from tests.web_helpers import Server, metrics_worker, serving
 from triage.admin.redis_server import free_port
 
 TOKEN = "s3cret-admin-token-for-tests"
@@ -29,52 +28,10 @@ CANARY = "canary-4f1c2a-never-in-metrics"
 def t_web_job(secret: str) -> None: ...
 
 
-class Server:
-    def __init__(self, port: int, process: subprocess.Popen[str]) -> None:
-        self.url, self.process = f"http://127.0.0.1:{port}", process
-
-    def get(self, path: str, token: str | None = None) -> tuple[int, str]:
-        request = urllib.request.Request(self.url + path)  # noqa: S310 - http://127.0.0.1 only
-        if token is not None:
-            request.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - http only
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read().decode()
-
-
-def start(**env: str) -> Server:
-    port = free_port()
-    process = subprocess.Popen(
-        [str(BIN / "triage"), "serve", "--port", str(port)],
-        cwd=ROOT,
-        env=env_with(**env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    server = Server(port, process)
-
-    def up() -> bool:
-        try:
-            return server.get("/healthz")[0] == 200
-        except OSError:
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            return False
-
-    wait_for(up, 20)
-    return server
-
-
 @pytest.fixture
 def server(r: redis.Redis) -> Iterator[Server]:
-    served = start(TRIAGE_ADMIN_TOKEN=TOKEN)
-    yield served
-    served.process.terminate()
-    served.process.wait(10)
-    if served.process.stdout is not None:
-        served.process.stdout.close()
+    with serving(TRIAGE_ADMIN_TOKEN=TOKEN) as served:
+        yield served
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -173,15 +130,7 @@ def test_two_worker_processes_expose_merged_metrics_with_values(r: redis.Redis) 
         metered_ok.send(n)
     for n in range(5):
         metered_fail.send(n)
-    args = [str(BIN / "dramatiq"), "actors", "tests.metrics_actors", "--processes", "2", "--threads", "4"]
-    worker = subprocess.Popen(
-        [*args, "--queues", METRICS_QUEUE],
-        text=True,
-        cwd=ROOT,
-        env=env_with(TRIAGE_METRICS_PORT=str(port)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    worker = metrics_worker(port, processes=2)
     try:
         wait_for(lambda: runtime.queue_stats()[METRICS_QUEUE]["acked_total"] == 20, 60)
         wait_for(lambda: runtime.queue_stats()[METRICS_QUEUE]["dead_letters_total"] == 5, 60)
@@ -201,6 +150,7 @@ def test_two_worker_processes_expose_merged_metrics_with_values(r: redis.Redis) 
             ("triage_message_run_seconds_count", labels): 25,
             ("triage_message_wait_seconds_count", labels): 25,
             ("triage_messages_in_progress", labels): 0,
+            ("triage_worker_threads", ()): 8,
         }
         values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
 
@@ -214,6 +164,12 @@ def test_two_worker_processes_expose_merged_metrics_with_values(r: redis.Redis) 
         worker.wait(30)
     # Then the two processes' counts are merged: 20 done, 5 dead, each message timed once
     assert {key: values[key] for key in expected} == expected
+    # And the last hour in Redis has the same figures (written by both processes, in batches)
+    row = runtime.queue_stats()[METRICS_QUEUE]
+    hour = [row[k] for k in ("succeeded_last_hour", "failed_last_hour", "dead_lettered_last_hour", "retried_last_hour")]
+    assert hour == [20, 5, 5, 0]
+    assert 0.008 <= row["avg_run_seconds_last_hour"] < 0.5  # 20 runs of at least 10 ms, 5 that raise at once
+    assert row["avg_wait_seconds_last_hour"] > 0
 
 
 def _total_key(actor: str, outcome: str) -> tuple[str, tuple[tuple[str, str], ...]]:

@@ -126,6 +126,8 @@ def stats(as_json: bool, watch: bool, iterations: int) -> None:
         "enqueued_total": "enqueued_total",
         "acked_total": "acked_total",
         "shed_total": "shed_total",
+        "succeeded_last_hour": "succeeded_last_hour",
+        "failed_last_hour": "failed_last_hour",
     }
     click.echo(f"{'queue':<18}{'tier':<12}" + "".join(f"{c:>19}" for c in columns))
     for name, row in data.items():
@@ -308,18 +310,13 @@ def dlq_show(entry_id: str, queue: str | None, as_json: bool) -> None:
 
 
 def _selection(admin: Admin, ids: tuple[str, ...], everything: bool, where: Filter) -> list[DeadLetter]:
-    if ids and (everything or not where.is_empty()):
-        fail("give entry ids, or --all, or filters: not both", 2)
-    if not ids and not everything and where.is_empty():
-        fail("say which dead letters: entry ids, --all, or filters (--queue, --actor, --error, ...)", 2)
     with reporting_redis_errors(admin.settings):
-        if ids:
-            found = [admin.dead_letters.show(i, where.queue) for i in ids]
-            missing = [i for i, e in zip(ids, found, strict=True) if e is None]
-            if missing:
-                fail(f"no dead letter {', '.join(missing)}", NOT_FOUND)
-            return [e for e in found if e is not None]
-        return list(admin.dead_letters.matching(where))
+        try:
+            return admin.dead_letters.select(ids, everything, where)
+        except ValueError as exc:
+            fail(str(exc), 2)
+        except LookupError as exc:
+            fail(str(exc), NOT_FOUND)
 
 
 def _confirm(count: int, verb: str, yes: bool, dry_run: bool) -> bool:

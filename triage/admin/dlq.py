@@ -20,6 +20,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -136,6 +137,24 @@ class DeadLetters:
             value = _split(found[0], b"g", b"")[0]
             yield value
             lower = b"(g" + SEP + value + SEP + TOP  # past every member of this group
+
+    def select(
+        self, ids: Sequence[str], everything: bool, where: Filter, *, limit: int | None = None
+    ) -> list[DeadLetter]:
+        """The entries an action names: the `ids` (each must exist: LookupError), or those matching
+        `where` (every one with `everything`), newest first, at most `limit`. Naming none, or
+        ids together with filters, is a ValueError: an action never defaults to everything."""
+        if ids and (everything or not where.is_empty()):
+            raise ValueError("give entry ids, or all, or filters: not both")
+        if not ids and not everything and where.is_empty():
+            raise ValueError("say which dead letters: entry ids, all, or filters (queue, actor, error, ...)")
+        if ids:
+            found = [self.show(i, where.queue) for i in ids]
+            missing = [i for i, e in zip(ids, found, strict=True) if e is None]
+            if missing:
+                raise LookupError(f"no dead letter {', '.join(missing)}")
+            return [e for e in found if e is not None]
+        return list(itertools.islice(self.matching(where), limit))
 
     # -- acting --------------------------------------------------------------------------
 

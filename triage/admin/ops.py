@@ -57,12 +57,13 @@ class Admin:
 
     def pause(self, queue: str) -> None:
         """Stop delivering the queue's messages (persisted in Redis); producers can still enqueue."""
-        self.broker.pause(self._known(queue))
+        self.broker.pause(self.known(queue))
 
     def resume(self, queue: str) -> None:
-        self.broker.resume(self._known(queue))
+        self.broker.resume(self.known(queue))
 
-    def _known(self, queue: str) -> str:
+    def known(self, queue: str) -> str:
+        """`queue` if it is known, else UnknownQueue."""
         queues = self.queues()
         if queue not in queues:
             raise UnknownQueue(queue, list(queues))

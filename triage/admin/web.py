@@ -1,42 +1,65 @@
 """The web process (`triage serve`): fleet metrics, health, and the admin HTTP API.
 
-Routes:
-  GET /metrics                     fleet metrics from Redis (`fleet_metrics.py`), Prometheus text format
-  GET /healthz                     200 while the process is up
-  GET /readyz                      200 when Redis answers a PING, else 503
-  GET /api/v1/admin/queue/stats    every queue's `triage stats` fields, with its SLA target and whether it is met
+Routes (the admin API's schema is served at `/openapi.json`):
+  GET  /metrics                                   fleet metrics from Redis (`fleet_metrics.py`), Prometheus text
+  GET  /healthz                                   200 while the process is up
+  GET  /readyz                                    200 when Redis answers a PING, else 503
+  GET  /api/v1/admin/queue/stats                  every queue's `triage stats` fields, its SLA target, whether met
+  GET  /api/v1/admin/queue/dead-letters           a page of dead letters, newest first (the CLI's filters)
+  GET  /api/v1/admin/queue/dead-letters/summary   dead letters grouped by queue, actor, error type, reason
+  GET  /api/v1/admin/queue/dead-letters/{id}      one dead letter, with its traceback and decoded message
+  POST /api/v1/admin/queue/dead-letters/requeue   requeue by ids, filters or all (at most `limit` per call)
+  POST /api/v1/admin/queue/dead-letters/purge     purge the same way
+  POST /api/v1/admin/queue/{queue}/pause|resume   pause or resume a queue
+  GET  /api/v1/admin/breakers                     every circuit breaker's state
+  POST /api/v1/admin/breakers/{name}/reset|open   close one (resuming the queues it paused), or open it
 
 Guarantees:
-- Admin endpoints (`/api/v1/admin/...`) need `Authorization: Bearer <TRIAGE_ADMIN_TOKEN>`,
-  compared in constant time: 401 without it, 403 with another. With no token configured they
-  are open, and `triage serve` refuses to bind anything but a loopback address.
-- Every answer is computed from Redis alone at request time (no application code, no cache);
-  Redis unreachable gives 503 on `/readyz` and the admin API, and `triage_redis_up 0` on `/metrics`.
-- Nothing here logs or returns message arguments.
+- Admin endpoints need `Authorization: Bearer <TRIAGE_ADMIN_TOKEN>`, compared in constant
+  time: 401 without it, 403 with another. With no token configured they are open, and
+  `triage serve` refuses to bind anything but a loopback address.
+- Every answer is computed from Redis at request time (no application code, no cache); Redis
+  unreachable gives 503 on `/readyz` and the admin API, and `triage_redis_up 0` on `/metrics`.
+- Bad input is a 4xx that names the problem (422 for a malformed parameter or body, 400 for an
+  action that names no dead letters or both ids and filters, 404 for an unknown queue, breaker
+  or dead letter); no request makes a 500, and every answer is documented in the schema
+  (fuzzed from it).
+- An action names what it acts on: dead-letter actions need ids, filters or `all` (never a
+  default of everything), and act on at most `limit` entries per call (`more` says whether
+  matching entries remain), so that one request stays short.
+- Nothing here logs message arguments; only a dead letter's own page returns its message.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at runtime.
 
 import hmac
 import ipaddress
-from collections.abc import Callable
-from typing import Any
+from dataclasses import replace
+from typing import Annotated, Any
 
 import redis
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from pydantic import BaseModel, ConfigDict, Field
 
 from triage.broker.breaker_state import CircuitStore
+from triage.stats import QueueStats
 from triage.tiers import sla_targets
 
+from . import dlq_model
+from .breakers import BreakerOps
+from .dlq_model import DeadLetter, Filter, Group
 from .fleet_metrics import FleetCollector
-from .ops import Admin
+from .ops import Admin, UnknownQueue
 
-ADMIN_PREFIX = "/api/v1/admin/"
-Endpoint = Callable[[Request], Response]
+ADMIN_PREFIX = "/api/v1/admin"
+NAME = r"^[A-Za-z0-9_.:-]{1,200}$"
+DURATION = r"^\d+(\.\d+)?[smhd]$"
+CURSOR = r"^\d{13}-[0-9A-Za-z_.:-]{1,200}$"
+MAX_ACTION = 10_000
 
 
 def is_loopback(host: str) -> bool:
@@ -48,7 +71,99 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def create_app(admin: Admin, *, token: str | None) -> Starlette:
+class QueueStatsAnswer(QueueStats):
+    sla_seconds: float
+    sla_met: bool
+
+
+class StatsPage(BaseModel):
+    queues: dict[str, QueueStatsAnswer]
+
+
+class DeadLetterPage(BaseModel):
+    dead_letters: list[DeadLetter] = Field(description="Without tracebacks and messages (GET one for those).")
+    next: str | None = Field(description="The cursor of the next page (null: no more).")
+
+
+class Filters(BaseModel):
+    """Which dead letters: every filter given must match (the CLI's --queue, --actor, ...)."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt filter is an error, not "everything"
+
+    queue: Annotated[str, Field(pattern=NAME)] | None = None
+    actor: Annotated[str, Field(max_length=200)] | None = None
+    tenant: Annotated[str, Field(max_length=200)] | None = None
+    error: Annotated[str, Field(max_length=200, description="An error type, e.g. ConnectionError")] | None = None
+    reason: Annotated[str, Field(max_length=200, description="exhausted, dead_on, crash-loop, ...")] | None = None
+    since: (
+        Annotated[str, Field(pattern=DURATION, description="Dead-lettered this recently: 30s, 15m, 1h, 7d")] | None
+    ) = None
+
+
+class PageQuery(Filters):
+    limit: Annotated[int, Field(ge=1, le=1000)] = 50
+    cursor: Annotated[str, Field(pattern=CURSOR, description="`next` of the previous page")] | None = None
+
+
+class SummaryQuery(Filters):
+    tenant: None = Field(default=None, description="Not a summary filter: the groups do not record tenants.")
+
+
+class Selection(Filters):
+    """Which dead letters an action takes: `ids`, or the filters, or `all` (with `queue`: that queue's)."""
+
+    ids: list[Annotated[str, Field(pattern=NAME)]] = Field(default_factory=list, max_length=MAX_ACTION)
+    all: bool = False
+    limit: Annotated[int, Field(ge=1, le=MAX_ACTION)] = 1000
+
+
+class RequeueRequest(Selection):
+    rate: Annotated[float, Field(gt=0, le=100_000)] | None = Field(
+        default=None, description="At most this many per second."
+    )
+
+
+class ActionOut(BaseModel):
+    matched: int
+    done: int
+    gone: int = Field(description="Taken by someone else first.")
+    skipped: list[str] = Field(description="Entries that cannot be decoded (left in place).")
+    more: bool = Field(description="Matching entries remain beyond `limit`: call again.")
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+def _documented(*codes: int) -> dict[int | str, dict[str, Any]]:
+    texts = {
+        400: "A body that is not JSON, or an action that names no dead letters (or both ids and filters)",
+        401: "No admin token (Authorization: Bearer <TRIAGE_ADMIN_TOKEN>)",
+        403: "Wrong admin token",
+        404: "Unknown queue, breaker or dead letter",
+        503: "Redis unavailable",
+    }
+    return {code: {"model": Problem, "description": texts[code]} for code in codes}
+
+
+class QueueState(BaseModel):
+    queue: str
+    paused: bool
+
+
+class BreakerOut(BaseModel):
+    breaker: str
+    state: str
+    resumed: list[str] = Field(default_factory=list)
+
+
+class OpenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seconds: Annotated[float, Field(ge=0, le=30 * 86_400)] = Field(default=0, description="0: until reset.")
+
+
+def create_app(admin: Admin, *, token: str | None) -> FastAPI:
     """The ASGI app over `admin`'s Redis; `token` guards the admin endpoints (None: open)."""
     sla = sla_targets(admin.settings)
     registry = CollectorRegistry(auto_describe=False)
@@ -60,59 +175,152 @@ def create_app(admin: Admin, *, token: str | None) -> Starlette:
             breakers=CircuitStore(client=admin.broker.client, namespace=admin.settings.namespace),
         )
     )
+    bearer = HTTPBearer(auto_error=False, description="TRIAGE_ADMIN_TOKEN")
 
-    def metrics(request: Request) -> Response:
+    def authorized(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+        if token is None:
+            return
+        if credentials is None or not credentials.credentials:
+            raise HTTPException(
+                401, "admin endpoints need Authorization: Bearer <TRIAGE_ADMIN_TOKEN>", {"WWW-Authenticate": "Bearer"}
+            )
+        if not hmac.compare_digest(credentials.credentials.strip().encode(), token.encode()):
+            raise HTTPException(403, "wrong admin token")
+
+    def single_valued(request: Request) -> None:
+        names = [name for name, _ in request.query_params.multi_items()]
+        if repeated := sorted({name for name in names if names.count(name) > 1}):
+            raise RequestValidationError(
+                [{"type": "value_error", "loc": ("query", name), "msg": "given more than once", "input": None}
+                 for name in repeated]
+            )  # fmt: skip
+
+    app = FastAPI(title="Triage admin API", version="1", docs_url=None, redoc_url=None)
+    api = APIRouter(
+        prefix=ADMIN_PREFIX,
+        dependencies=[Depends(authorized), Depends(single_valued)],
+        responses=_documented(400, 401, 403, 503),
+    )
+
+    @app.exception_handler(redis.RedisError)
+    @app.exception_handler(OSError)
+    async def redis_unavailable(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"detail": f"Redis unavailable ({type(exc).__name__})"}, status_code=503)
+
+    @app.get("/metrics", response_class=Response, include_in_schema=False)
+    def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
 
-    def readyz(request: Request) -> Response:
+    @app.get("/readyz", responses={503: {"description": "Redis does not answer"}})
+    def readyz() -> Response:
         try:
             admin.broker.client.ping()
         except (redis.RedisError, OSError) as exc:
             return JSONResponse({"status": "unavailable", "redis": type(exc).__name__}, status_code=503)
         return JSONResponse({"status": "ok", "redis": "ok"})
 
-    def queue_stats(request: Request) -> Response:
-        queues: dict[str, Any] = {}
+    @api.get("/queue/stats")
+    def queue_stats() -> StatsPage:
+        queues: dict[str, QueueStatsAnswer] = {}
         for name, row in admin.stats().items():
             target = sla.get(row["tier"], sla["default"])
-            queues[name] = {**row, "sla_seconds": target, "sla_met": row["oldest_waiting_seconds"] <= target}
-        return JSONResponse({"queues": queues})
+            met = row["oldest_waiting_seconds"] <= target
+            queues[name] = QueueStatsAnswer(**row, sla_seconds=target, sla_met=met)
+        return StatsPage(queues=queues)
 
-    def guarded(endpoint: Endpoint, *, admin_api: bool = False) -> Endpoint:
-        def answer(request: Request) -> Response:
-            if admin_api and (denied := _denied(request.headers.get("authorization"), token)) is not None:
-                return denied
-            try:
-                return endpoint(request)
-            except (redis.RedisError, OSError) as exc:
-                return JSONResponse({"error": f"Redis unavailable ({type(exc).__name__})"}, status_code=503)
+    def where(filters: Filters) -> Filter:
+        if filters.queue is not None:
+            known(filters.queue)
+        values = filters.model_dump(include={"queue", "actor", "tenant", "error", "reason"})
+        return Filter(**values, since_ms=dlq_model.since(filters.since) if filters.since else None)
 
-        return answer
+    def known(queue: str) -> str:
+        try:
+            return admin.known(queue)
+        except UnknownQueue as exc:
+            raise HTTPException(404, str(exc)) from None
 
-    return Starlette(
-        routes=[
-            Route("/metrics", guarded(metrics)),
-            Route("/healthz", healthz),
-            Route("/readyz", readyz),
-            Route(ADMIN_PREFIX + "queue/stats", guarded(queue_stats, admin_api=True)),
-        ]
-    )
+    @api.get("/queue/dead-letters", responses=_documented(404))
+    def dead_letters(query: Annotated[PageQuery, Query()]) -> DeadLetterPage:
+        page, following = admin.dead_letters.page(where(query), limit=query.limit, cursor=query.cursor)
+        return DeadLetterPage(dead_letters=[_out(entry) for entry in page], next=following)
+
+    @api.get("/queue/dead-letters/summary", responses=_documented(404))
+    def dead_letter_summary(query: Annotated[SummaryQuery, Query()]) -> list[Group]:
+        return admin.dead_letters.summary(where(query))
+
+    def selected(body: Selection) -> tuple[list[DeadLetter], bool]:
+        try:
+            entries = admin.dead_letters.select(body.ids, body.all, where(body), limit=body.limit + 1)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        except LookupError as exc:
+            raise HTTPException(404, str(exc)) from None
+        return entries[: body.limit], len(entries) > body.limit
+
+    @api.post("/queue/dead-letters/requeue", responses=_documented(404))
+    def requeue(body: RequeueRequest) -> ActionOut:
+        entries, more = selected(body)
+        result = admin.dead_letters.requeue(entries, rate=body.rate)
+        return ActionOut(**vars(result), more=more)
+
+    @api.post("/queue/dead-letters/purge", responses=_documented(404))
+    def purge(body: Selection) -> ActionOut:
+        entries, more = selected(body)
+        result = admin.dead_letters.purge(entries)
+        return ActionOut(**vars(result), more=more)
+
+    # After requeue and purge: a route's path is matched before its method.
+    @api.get("/queue/dead-letters/{entry_id}", responses=_documented(404))
+    def dead_letter(
+        entry_id: Annotated[str, Path(pattern=NAME)], queue: Annotated[str | None, Query(pattern=NAME)] = None
+    ) -> DeadLetter:
+        entry = admin.dead_letters.show(entry_id, known(queue) if queue else None)
+        if entry is None:
+            raise HTTPException(404, f"no dead letter {entry_id!r}")
+        return _out(entry, whole=True)
+
+    @api.post("/queue/{queue}/pause", responses=_documented(404))
+    def pause(queue: Annotated[str, Path(pattern=NAME)]) -> QueueState:
+        admin.pause(known(queue))
+        return QueueState(queue=queue, paused=True)
+
+    @api.post("/queue/{queue}/resume", responses=_documented(404))
+    def resume(queue: Annotated[str, Path(pattern=NAME)]) -> QueueState:
+        admin.resume(known(queue))
+        return QueueState(queue=queue, paused=False)
+
+    def breakers_of() -> BreakerOps:
+        return BreakerOps(admin)
+
+    @api.get("/breakers")
+    def breakers() -> dict[str, dict[str, Any]]:
+        return breakers_of().status()
+
+    @api.post("/breakers/{name}/reset", responses=_documented(404))
+    def breaker_reset(name: Annotated[str, Path(pattern=NAME)]) -> BreakerOut:
+        try:
+            resumed = breakers_of().reset(name)
+        except LookupError as exc:
+            raise HTTPException(404, str(exc)) from None
+        return BreakerOut(breaker=name, state="closed", resumed=resumed)
+
+    @api.post("/breakers/{name}/open", responses=_documented(404))
+    def breaker_open(name: Annotated[str, Path(pattern=NAME)], body: OpenRequest | None = None) -> BreakerOut:
+        try:
+            verdict = breakers_of().force_open(name, (body or OpenRequest()).seconds)
+        except LookupError as exc:
+            raise HTTPException(404, str(exc)) from None
+        return BreakerOut(breaker=name, state=verdict.state)
+
+    app.include_router(api)
+    return app
 
 
-def _denied(header: str | None, token: str | None) -> Response | None:
-    """None if the request may use the admin API, else the 401/403 answer."""
-    if token is None:
-        return None
-    scheme, _, given = (header or "").partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        return JSONResponse(
-            {"error": "admin endpoints need Authorization: Bearer <TRIAGE_ADMIN_TOKEN>"},
-            status_code=401,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    if not hmac.compare_digest(given.strip().encode(), token.encode()):
-        return JSONResponse({"error": "wrong admin token"}, status_code=403)
-    return None
+def _out(entry: DeadLetter, *, whole: bool = False) -> DeadLetter:
+    """The entry as answered: a page's entries without traceback and message (one entry's page has them)."""
+    return entry if whole else replace(entry, traceback="", message=None)

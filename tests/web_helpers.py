@@ -1,0 +1,96 @@
+"""A real `triage serve` process for the web tests, and a small HTTP client for it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from tests.helpers import BIN, ROOT, env_with, wait_for
+from tests.metrics_actors import QUEUE as METRICS_QUEUE
+from triage.admin.redis_server import free_port
+
+
+class Server:
+    def __init__(self, port: int, process: subprocess.Popen[str]) -> None:
+        self.port, self.url, self.process = port, f"http://127.0.0.1:{port}", process
+        self.output = ""  # what it printed, once stopped (`serving`)
+
+    def get(self, path: str, token: str | None = None) -> tuple[int, str]:
+        return self.call("GET", path, token)
+
+    def call(self, method: str, path: str, token: str | None = None, body: Any = None) -> tuple[int, str]:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method)  # noqa: S310 - 127.0.0.1
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        if token is not None:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - http only
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+
+def start(**env: str) -> Server:
+    port = free_port()
+    process = subprocess.Popen(
+        [str(BIN / "triage"), "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env_with(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    server = Server(port, process)
+
+    def up() -> bool:
+        try:
+            return server.get("/healthz")[0] == 200
+        except OSError:
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            return False
+
+    wait_for(up, 20)
+    return server
+
+
+@contextmanager
+def serving(**env: str) -> Iterator[Server]:
+    served = start(**env)
+    try:
+        yield served
+    finally:
+        served.process.terminate()
+        served.process.wait(10)
+        if served.process.stdout is not None:
+            served.output = served.process.stdout.read()
+            served.process.stdout.close()
+
+
+def metrics_worker(port: int, *, processes: int = 1) -> subprocess.Popen[str]:
+    """A `dramatiq` master running tests.metrics_actors (4 threads per process), its worker
+    metrics on `port`; the caller terminates it."""
+    args = [
+        "actors",
+        "tests.metrics_actors",
+        "--processes",
+        str(processes),
+        "--threads",
+        "4",
+        "--queues",
+        METRICS_QUEUE,
+    ]
+    return subprocess.Popen(
+        [str(BIN / "dramatiq"), *args],
+        text=True,
+        cwd=ROOT,
+        env=env_with(TRIAGE_METRICS_PORT=str(port)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
