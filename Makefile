@@ -22,8 +22,9 @@ tools:
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 || \
-	  { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends prometheus >/dev/null; }; \
-	else echo "make tools: prometheus is not installed and apt-get cannot install it: its tests are skipped"; fi
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1; } || \
+	  echo "make tools: apt-get could not install prometheus: its tests are skipped (outside CI)"; \
+	else echo "make tools: prometheus is not installed and apt-get cannot install it: its tests are skipped (outside CI)"; fi
 
 run: install  ## Redis (embedded if none), the three tier workers and a demo producer; Ctrl-C stops all
 	$(BIN)/triage run

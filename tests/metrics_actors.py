@@ -1,8 +1,11 @@
-"""Actors for the worker-metrics test: one that succeeds, one that always fails (no retries)."""
+"""Actors for the worker-metrics tests: one that succeeds, one that always fails (no retries),
+one that fails once and succeeds its retry."""
 
 from __future__ import annotations
 
 import time
+
+from dramatiq.middleware import CurrentMessage
 
 from actors import default
 
@@ -17,3 +20,11 @@ def metered_ok(n: int) -> None:
 @default(queue=QUEUE, max_retries=0)
 def metered_fail(n: int) -> None:
     raise RuntimeError("this one always fails")
+
+
+@default(queue=QUEUE, max_retries=1, min_backoff=10, max_backoff=20)
+def metered_flaky(n: int) -> None:
+    """Fails its first run, succeeds its retry."""
+    message = CurrentMessage.get_current_message()
+    if message is not None and not message.options.get("retries"):
+        raise RuntimeError("the first run fails")

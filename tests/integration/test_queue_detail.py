@@ -70,3 +70,23 @@ def test_last_hour_sums_sixty_minutes_and_nothing_older(r: redis.Redis) -> None:
     # And every bucket expires on its own, about an hour after its minute
     ttl = r.ttl(keys(QUEUE).minute(now))
     assert KEEP_SECONDS - 120 <= ttl <= KEEP_SECONDS
+
+
+def test_depth_per_priority_is_recounted_when_an_earlier_version_left_no_counters(r: redis.Redis) -> None:
+    # Given 4 messages at priority 7 and 2 at 3, queued as a worker of an earlier version would
+    # leave them: the FIFOs without the per-level counters
+    for n in range(4):
+        t_detail_job.send_with_options(args=(n,), priority=7)
+    for n in range(2):
+        t_detail_job.send_with_options(args=(n,), priority=3, tenant="acme")
+    state = runtime.broker.keys(QUEUE).state
+    r.hdel(state, *[f"q|{level}" for level in range(1, 11)])
+    # When the stats are read
+    row = runtime.queue_stats()[QUEUE]
+    # Then the depth per level is recounted from the FIFOs, and the counters written back
+    assert {k: v for k, v in row["queued_by_priority"].items() if v} == {"7": 4, "3": 2}
+    assert r.hget(state, "q|7") == b"4"
+    # And a fetch keeps them right from there on
+    consumer = runtime.broker.consume(QUEUE, prefetch=1, timeout=50)
+    next(consumer)
+    assert runtime.queue_stats()[QUEUE]["queued_by_priority"]["7"] == 3

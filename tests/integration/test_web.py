@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from actors import critical, runtime
 from tests.helpers import BIN, ROOT, dramatiq_worker, env_with, wait_for
 from tests.metrics_actors import QUEUE as METRICS_QUEUE
-from tests.metrics_actors import metered_fail, metered_ok
+from tests.metrics_actors import metered_fail, metered_flaky, metered_ok
 from tests.web_helpers import Server, metrics_worker, serving
 from triage.admin.redis_server import free_port
 
@@ -53,7 +53,9 @@ def test_metrics_show_the_fleet_after_real_work(server: Server) -> None:
         for _ in range(2):
             t_web_job.send(CANARY)
         # When Prometheus scrapes the web process
-        status, page = server.get("/metrics")
+        status, page = server.get("/metrics", token=TOKEN)
+        # (with an admin token configured, /metrics needs it too)
+        assert server.get("/metrics")[0] == 401
     # Then the queue's figures are there, with values, and the secret is not
     assert status == 200
     assert CANARY not in page
@@ -123,16 +125,18 @@ def test_stats_watch_shows_depth_and_marks_a_queue_late(r: redis.Redis) -> None:
 
 
 def test_two_worker_processes_expose_merged_metrics_with_values(r: redis.Redis) -> None:
-    # Given 20 messages that succeed and 5 that fail (no retries), run by 2 worker processes of
-    # one dramatiq master with worker metrics on a port
+    # Given 20 messages that succeed, 5 that fail (no retries) and 3 that succeed on their
+    # retry, run by 2 worker processes of one dramatiq master with worker metrics on a port
     port = free_port()
     for n in range(20):
         metered_ok.send(n)
     for n in range(5):
         metered_fail.send(n)
+    for n in range(3):
+        metered_flaky.send(n)
     worker = metrics_worker(port, processes=2)
     try:
-        wait_for(lambda: runtime.queue_stats()[METRICS_QUEUE]["acked_total"] == 20, 60)
+        wait_for(lambda: runtime.queue_stats()[METRICS_QUEUE]["acked_total"] == 23, 60)
         wait_for(lambda: runtime.queue_stats()[METRICS_QUEUE]["dead_letters_total"] == 5, 60)
         # When the worker's port is scraped
         metrics = Server(port, worker)
@@ -147,8 +151,10 @@ def test_two_worker_processes_expose_merged_metrics_with_values(r: redis.Redis) 
         expected = {
             _total_key("metered_ok", "done"): 20,
             _total_key("metered_fail", "dead"): 5,
-            ("triage_message_run_seconds_count", labels): 25,
-            ("triage_message_wait_seconds_count", labels): 25,
+            _total_key("metered_flaky", "retried"): 3,
+            _total_key("metered_flaky", "done"): 3,
+            ("triage_message_run_seconds_count", labels): 31,  # 25 runs, 3 retried, 3 retries
+            ("triage_message_wait_seconds_count", labels): 28,  # first runs only: not the retries
             ("triage_messages_in_progress", labels): 0,
             ("triage_worker_threads", ()): 8,
         }
@@ -162,13 +168,13 @@ def test_two_worker_processes_expose_merged_metrics_with_values(r: redis.Redis) 
     finally:
         worker.terminate()
         worker.wait(30)
-    # Then the two processes' counts are merged: 20 done, 5 dead, each message timed once
+    # Then the two processes' counts are merged: 23 done, 5 dead, 3 retried, each run timed once
     assert {key: values[key] for key in expected} == expected
     # And the last hour in Redis has the same figures (written by both processes, in batches)
     row = runtime.queue_stats()[METRICS_QUEUE]
     hour = [row[k] for k in ("succeeded_last_hour", "failed_last_hour", "dead_lettered_last_hour", "retried_last_hour")]
-    assert hour == [20, 5, 5, 0]
-    assert 0.008 <= row["avg_run_seconds_last_hour"] < 0.5  # 20 runs of at least 10 ms, 5 that raise at once
+    assert hour == [23, 5, 5, 3]
+    assert 0.005 <= row["avg_run_seconds_last_hour"] < 0.5  # 20 runs of at least 10 ms, 11 that take none
     assert row["avg_wait_seconds_last_hour"] > 0
 
 

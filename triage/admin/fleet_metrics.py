@@ -10,8 +10,9 @@ Guarantees:
   never message arguments, hostnames or pids.
 - Counters are Redis's own (they only grow, from a queue's first use); a flush of Redis resets
   them, which Prometheus's `rate()` reads as a counter reset.
-- When Redis cannot be read the scrape still answers, with `triage_redis_up 0` and nothing else
-  from Redis (so an alert can tell "Redis down" from "queue empty").
+- When Redis cannot be reached (refused, timed out) the scrape still answers, with
+  `triage_redis_up 0` and nothing else from Redis (so an alert can tell "Redis down" from
+  "queue empty"); any other Redis error fails the scrape (Prometheus's `up` is 0: a bug to see).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from triage.broker.breaker_state import CircuitStore
+from triage.broker.inspection import AGE_SAMPLE
 from triage.stats import QueueStats
 
 logger = logging.getLogger(__name__)
@@ -46,11 +48,11 @@ QUEUE_COUNTERS = {
 # The last hour (per-minute buckets kept by workers), exported as gauges: triage_queue_<name>.
 LAST_HOUR = {
     "succeeded_last_hour": "Runs that succeeded in the last hour.",
-    "failed_last_hour": "Runs that raised in the last hour (retried, dead-lettered or failed).",
+    "failed_last_hour": "Runs that failed for good in the last hour (dead-lettered, or failed with no retry).",
     "retried_last_hour": "Runs retried in the last hour.",
     "dead_lettered_last_hour": "Runs dead-lettered in the last hour.",
     "avg_run_seconds_last_hour": "Mean run time over the last hour.",
-    "avg_wait_seconds_last_hour": "Mean wait (send to first start) over the last hour.",
+    "avg_wait_seconds_last_hour": "Mean wait (from due to start) over the last hour.",
 }
 STATES = ("queued", "delayed", "retrying", "running")
 BREAKER_STATES = ("closed", "open", "half_open")
@@ -88,7 +90,7 @@ class FleetCollector(Collector):
         up = GaugeMetricFamily("triage_redis_up", "1 if the last scrape could read Redis, else 0.")
         try:
             families = list(self._families())
-        except (redis.RedisError, OSError) as exc:
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             logger.warning("Fleet metrics not read from Redis (%s).", type(exc).__name__)
             up.add_metric([], 0)
             yield up
@@ -119,7 +121,9 @@ class FleetCollector(Collector):
             "triage_queue_messages_by_priority", "Queued messages by priority level.", labels=[*labels, "priority"]
         )
         age = GaugeMetricFamily(
-            "triage_queue_avg_age_seconds", "Mean age of the queued messages (sampled past 200).", labels=labels
+            "triage_queue_avg_age_seconds",
+            f"Mean age of the queued messages (sampled past {AGE_SAMPLE}).",
+            labels=labels,
         )
         held = GaugeMetricFamily("triage_queue_tenants_held_back", "Tenants parked by their limits now.", labels=labels)
         hour = {

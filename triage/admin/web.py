@@ -15,11 +15,14 @@ Routes (the admin API's schema is served at `/openapi.json`):
   POST /api/v1/admin/breakers/{name}/reset|open   close one (resuming the queues it paused), or open it
 
 Guarantees:
-- Admin endpoints need `Authorization: Bearer <TRIAGE_ADMIN_TOKEN>`, compared in constant
-  time: 401 without it, 403 with another. With no token configured they are open, and
-  `triage serve` refuses to bind anything but a loopback address.
+- Admin endpoints and `/metrics` need `Authorization: Bearer <TRIAGE_ADMIN_TOKEN>`, compared
+  in constant time: 401 without it, 403 with another (queue, breaker and tenant figures are
+  not for the public internet; Prometheus sends the token, see deploy/prometheus). With no
+  token configured they are open, and `triage serve` refuses to bind anything but a loopback
+  address. `/healthz`, `/readyz` and `/openapi.json` are public: they hold no data.
 - Every answer is computed from Redis at request time (no application code, no cache); Redis
-  unreachable gives 503 on `/readyz` and the admin API, and `triage_redis_up 0` on `/metrics`.
+  unreachable (connection refused, timed out) gives 503 on `/readyz` and the admin API, and
+  `triage_redis_up 0` on `/metrics`; any other Redis error is a 500 (a bug to see, not hide).
 - Bad input is a 4xx that names the problem (422 for a malformed parameter or body, 400 for an
   action that names no dead letters or both ids and filters, 404 for an unknown queue, breaker
   or dead letter); no request makes a 500, and every answer is documented in the schema
@@ -35,7 +38,7 @@ Guarantees:
 import hmac
 import ipaddress
 from dataclasses import replace
-from typing import Annotated, Any
+from typing import Annotated, Any, get_type_hints
 
 import redis
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
@@ -43,7 +46,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from triage.broker.breaker_state import CircuitStore
 from triage.stats import QueueStats
@@ -57,7 +60,7 @@ from .ops import Admin, UnknownQueue
 
 ADMIN_PREFIX = "/api/v1/admin"
 NAME = r"^[A-Za-z0-9_.:-]{1,200}$"
-DURATION = r"^\d+(\.\d+)?[smhd]$"
+DURATION = r"^\d{1,7}(\.\d{1,3})?[smhd]$"
 CURSOR = r"^\d{13}-[0-9A-Za-z_.:-]{1,200}$"
 MAX_ACTION = 10_000
 
@@ -71,13 +74,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class QueueStatsAnswer(QueueStats):
-    sla_seconds: float
-    sla_met: bool
+# The stats row as the API answers it: `triage stats` fields (read from the TypedDict, so the
+# schema follows the broker's contract), plus the tier's SLA target and whether it is met.
+QueueStatsAnswer = create_model(
+    "QueueStatsAnswer",
+    **{name: (hint, ...) for name, hint in get_type_hints(QueueStats).items()},  # type: ignore[call-overload]
+    sla_seconds=(float, ...),
+    sla_met=(bool, ...),
+)
 
 
 class StatsPage(BaseModel):
-    queues: dict[str, QueueStatsAnswer]
+    queues: dict[str, QueueStatsAnswer]  # type: ignore[valid-type]
 
 
 class DeadLetterPage(BaseModel):
@@ -118,7 +126,7 @@ class Selection(Filters):
 
 
 class RequeueRequest(Selection):
-    rate: Annotated[float, Field(gt=0, le=100_000)] | None = Field(
+    rate: Annotated[float, Field(ge=1, le=100_000)] | None = Field(
         default=None, description="At most this many per second."
     )
 
@@ -202,12 +210,14 @@ def create_app(admin: Admin, *, token: str | None) -> FastAPI:
         responses=_documented(400, 401, 403, 503),
     )
 
-    @app.exception_handler(redis.RedisError)
+    # Only an unreachable Redis is a 503; any other Redis error (a script's) is a bug, a 500.
+    @app.exception_handler(redis.ConnectionError)
+    @app.exception_handler(redis.TimeoutError)
     @app.exception_handler(OSError)
     async def redis_unavailable(request: Request, exc: Exception) -> Response:
         return JSONResponse({"detail": f"Redis unavailable ({type(exc).__name__})"}, status_code=503)
 
-    @app.get("/metrics", response_class=Response, include_in_schema=False)
+    @app.get("/metrics", response_class=Response, include_in_schema=False, dependencies=[Depends(authorized)])
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -225,7 +235,7 @@ def create_app(admin: Admin, *, token: str | None) -> FastAPI:
 
     @api.get("/queue/stats")
     def queue_stats() -> StatsPage:
-        queues: dict[str, QueueStatsAnswer] = {}
+        queues: dict[str, Any] = {}
         for name, row in admin.stats().items():
             target = sla.get(row["tier"], sla["default"])
             met = row["oldest_waiting_seconds"] <= target

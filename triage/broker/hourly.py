@@ -18,13 +18,13 @@ Guarantees:
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from typing import TypedDict
 
 import redis
-from typing_extensions import TypedDict  # pydantic (the admin API) reads it on Python 3.11
 
+from .clock import now_ms
 from .keys import QueueKeys
 
 FIELDS = ("done", "failed", "retried", "dead", "runs", "run_ms", "waits", "wait_ms")
@@ -43,7 +43,8 @@ class LastHour(TypedDict):
 
 
 def current_minute(now: float | None = None) -> int:
-    return int((time.time() if now is None else now) // 60)
+    """The unix minute of `now` (seconds; default: this process's clock, `clock.now_ms`)."""
+    return int(now // 60) if now is not None else now_ms() // 60_000
 
 
 def record(

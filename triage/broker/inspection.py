@@ -14,8 +14,8 @@ Guarantees:
   delayed ones whose eta has passed but that no fetch has moved yet (every worker busy);
   messages not yet due and those of tenants held back by their limits are not waiting for a
   worker and do not count.
-- Reads only, but for one repair: a stale `heads` entry (an empty FIFO, left by a worker of an
-  earlier version) is dropped when met.
+- Reads only, but for two repairs: the per-level counters (above), and a stale `heads` entry
+  (an empty FIFO, left by a worker of an earlier version) is dropped when met.
 - The `*_total` fields and `dead_letters_by_reason` are counters since the queue's first
   use (they only grow): enqueued, acked, retries, deferrals, dead letters by reason, dead
   letters dropped by retention (`dead_letters_trimmed_total`), requeued and purged by operators.
@@ -24,15 +24,16 @@ Guarantees:
   (priority level -> queued messages, every level present), `avg_queue_age_seconds` (the mean
   age of the queued messages since they became ready: exact up to `AGE_SAMPLE` of them, else
   estimated from that many sampled at random) and `tenants_held_back` (tenants parked by their
-  limits now). Its cost grows with the FIFOs and parked tenants, not with the messages.
+  limits now). Its cost grows with the parked tenants, not with the messages or the tenants
+  (per-level counters kept by the FIFO scripts; recounted once if an earlier version left them short).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import TypedDict
 
 import redis
-from typing_extensions import TypedDict  # pydantic (the admin API) reads it on Python 3.11
 
 from .clock import now_ms
 from .keys import LEVELS, QueueKeys
@@ -80,7 +81,7 @@ def queue_detail(
     pipe = client.pipeline(transaction=False)
     for queue in names:
         keys = keys_of(queue)
-        detail(keys=[keys.state, keys.since, keys.parked], args=[AGE_SAMPLE], client=pipe)
+        detail(keys=[keys.items, keys.state, keys.since, keys.parked], args=[AGE_SAMPLE], client=pipe)
     found: dict[str, QueueDetail] = {}
     for queue, reply in zip(names, pipe.execute(), strict=True):
         *levels, sampled, age_ms, held = (int(value) for value in reply)

@@ -1,24 +1,26 @@
 """Worker metrics for Prometheus: what each worker process ran, how long it waited and ran.
 
 Guarantees:
-- prometheus-client's multiprocess mode: every process of one `dramatiq` master writes to its
-  own directory, `<tmp>/triage-metrics/<master pid>-<its start time>`, new for each master (so
-  a restarted group starts from zero, and groups on one host never mix); directories of
-  masters that are gone are removed when a worker boots. One exposition process per master
-  (a Dramatiq fork) serves them all on `TRIAGE_METRICS_PORT`, bound to `TRIAGE_METRICS_HOST`
-  (127.0.0.1 unless configured); 0 (the default) serves nothing and records nothing.
+- prometheus-client's multiprocess mode, one directory per `dramatiq` master, served by one
+  exposition process per master on `TRIAGE_METRICS_PORT` (`metrics_exposition.py`); port 0
+  (the default) serves nothing and writes no files.
 - Names: `triage_messages_total{queue,tier,actor,outcome}` (outcome: done, failed, retried,
-  deferred, moved, dead, dropped, skipped), `triage_message_wait_seconds{queue,tier}` (from
-  the send to the start of the first run; retries are not counted: their wait is their
-  backoff), `triage_message_run_seconds{queue,tier}`, `triage_messages_in_progress{queue,tier}`.
+  deferred, moved, dead, dropped, skipped), `triage_message_wait_seconds{queue,tier}` (from the
+  time the message became due, its send or its eta, to the start of its run; not for a retry,
+  whose wait is its backoff, nor for a redelivery after a crash), `triage_message_run_seconds
+  {queue,tier}` (runs only: not skipped, deferred or moved messages), and
+  `triage_messages_in_progress{queue,tier}`.
   Buckets reach an hour (the background tier's SLA is 5 min). Labels are bounded: never
   arguments, hostnames or pids.
 - It is first in the stack, so that its after-hooks run last and see how the other policies
   settled each message (retry, deferral, dead letter).
-- The last hour in Redis (`triage.broker.hourly`, on unless `TRIAGE_HOURLY_STATS=false`): the
-  same tallies are added to per-minute buckets of each queue, one pipelined round trip per
-  process per second; what cannot be written is kept for the next second. The web process and
-  `triage stats` read `succeeded_last_hour`, `failed_last_hour` and the hour's mean times there.
+- The last hour in Redis (`triage.broker.hourly`, on unless `TRIAGE_HOURLY_STATS=false`, with
+  or without a port): the same tallies are added to per-minute buckets of each queue, one
+  pipelined round trip per process per second, in the minute they happened. What cannot be
+  written because Redis is unreachable is kept for later (minutes older than the hour are
+  dropped); what Redis refuses is dropped with a warning. `failed` counts runs that failed
+  for good (dead-lettered, or failed with no retry); `retried` the runs retried. Dead letters
+  made outside a worker's hooks (the reaper's crash-loop quarantine) are not in the hour.
 - `triage_worker_threads`: the worker threads of the master's processes (utilisation is the run
   time's rate over it).
 - Cost: a message only updates this process's own tallies (plain counters under a lock); a
@@ -31,47 +33,29 @@ from __future__ import annotations
 import bisect
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import redis
 from dramatiq import Broker, Middleware
 
-from triage.broker.hourly import Tally, current_minute, record
+from triage.broker.consumer import DELIVERIES_OPTION
+from triage.broker.hourly import MINUTES, Tally, current_minute, record
 from triage.broker.keys import QueueKeys
 from triage.broker.outcome import outcome_of
-from triage.settings import load_settings
+
+from .metrics_exposition import master_dir, remove_stale, serve_worker_metrics
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
-ROOT = Path(tempfile.gettempdir()) / "triage-metrics"
 _STARTED = "_triage_started"
 OUTCOMES = {"retry": "retried", "defer": "deferred", "move": "moved", "dead": "dead", "ack": "dropped"}
 # How an outcome counts in the last hour's buckets (outcomes not named are not counted there).
-HOURLY = {"done": ("done",), "failed": ("failed",), "retried": ("failed", "retried"), "dead": ("failed", "dead")}
+HOURLY = {"done": ("done",), "failed": ("failed",), "retried": ("retried",), "dead": ("failed", "dead")}
+NOT_RUN = ("deferred", "moved", "dropped", "skipped")  # settled before the actor ran: no run time
 logger = logging.getLogger(__name__)
-
-
-def master_dir(master_pid: int) -> Path:
-    """The metrics directory of the `dramatiq` master `master_pid` (its pid and start time)."""
-    try:
-        started = Path(f"/proc/{master_pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        started = "0"
-    return ROOT / f"{master_pid}-{started}"
-
-
-def _remove_stale(keep: Path) -> None:
-    for path in ROOT.glob("*-*"):
-        pid = path.name.split("-", 1)[0]
-        if path != keep and pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(path, ignore_errors=True)
 
 
 class WorkerMetrics(Middleware):
@@ -95,7 +79,7 @@ class WorkerMetrics(Middleware):
         self._counts: Counter[tuple[str, str, str]] = Counter()  # (queue, actor, outcome) -> runs
         self._histograms: dict[tuple[int, str], list[float]] = {}  # (0 wait | 1 run, queue) -> per bucket, then sum
         self._running: Counter[str] = Counter()  # queue -> running now
-        self._unwritten: Tally = Counter()  # the last hour's tallies not yet in Redis
+        self._unwritten: dict[int, Tally] = {}  # minute -> the last hour's tallies not yet in Redis
         self._stop = threading.Event()
         self._flushing = threading.Lock()  # one flush at a time (the thread's, the shutdown's)
         self._write_failed = False
@@ -117,7 +101,7 @@ class WorkerMetrics(Middleware):
     def _prometheus_metrics(self) -> Any:
         directory = master_dir(os.getppid())
         directory.mkdir(parents=True, exist_ok=True)
-        _remove_stale(directory)
+        remove_stale(directory)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
         import prometheus_client as prom  # after the variable is set: multiprocess values
 
@@ -138,7 +122,11 @@ class WorkerMetrics(Middleware):
         if not self._tallying:
             return
         self._stop.set()
-        self.flush()
+        if self._flushing.acquire(timeout=5):  # not held up by a flush stuck on a stalled Redis
+            try:
+                self._flush()
+            finally:
+                self._flushing.release()
         if self._metrics is not None:
             from prometheus_client import multiprocess
 
@@ -147,10 +135,12 @@ class WorkerMetrics(Middleware):
     def before_process_message(self, broker: Broker, message: Any) -> None:
         if not self._tallying:
             return
-        queue = message.queue_name
+        queue, options = message.queue_name, message.options
+        first_run = not options.get("retries") and options.get(DELIVERIES_OPTION, 1) <= 1
         with self._lock:
-            if not message.options.get("retries"):
-                self._observe(0, queue, max(0.0, time.time() - message.message_timestamp / 1000))
+            if first_run:  # due since its send, or its eta (a delayed or deferred message)
+                due = max(message.message_timestamp, options.get("eta") or 0) / 1000
+                self._observe(0, queue, max(0.0, time.time() - due))
             self._running[queue] += 1
         message.__dict__[_STARTED] = time.monotonic()
 
@@ -171,7 +161,7 @@ class WorkerMetrics(Middleware):
         queue = message.queue_name
         with self._lock:
             self._running[queue] -= 1
-            if name not in ("deferred", "moved", "dropped"):  # those did not run
+            if name not in NOT_RUN:
                 self._observe(1, queue, time.monotonic() - started)
             self._counts[queue, message.actor_name, name] += 1
 
@@ -196,10 +186,17 @@ class WorkerMetrics(Middleware):
         with self._lock:
             counts, histograms, running = self._counts, self._histograms, dict(self._running)
             self._counts, self._histograms = Counter(), {}
-        if self._store is not None:
+        if self._metrics is not None:
+            self._write_prometheus(counts, histograms, running)
+        if self._store is not None:  # after: a stalled Redis never holds the files back
             self._write_hourly(*self._store, counts, histograms)
-        if self._metrics is None:
-            return
+
+    def _write_prometheus(
+        self,
+        counts: Counter[tuple[str, str, str]],
+        histograms: dict[tuple[int, str], list[float]],
+        running: dict[str, int],
+    ) -> None:
         total, wait, run, in_progress, _ = self._metrics
         for (queue, actor, outcome), n in counts.items():
             total.labels(queue, self.tier_of(queue), actor, outcome).inc(n)
@@ -219,7 +216,8 @@ class WorkerMetrics(Middleware):
         counts: Counter[tuple[str, str, str]],
         histograms: dict[tuple[int, str], list[float]],
     ) -> None:
-        unwritten = self._unwritten
+        now = current_minute()
+        unwritten = self._unwritten.setdefault(now, Counter())
         for (queue, _, outcome), n in counts.items():
             for field in HOURLY.get(outcome, ()):
                 unwritten[queue, field] += n
@@ -227,47 +225,21 @@ class WorkerMetrics(Middleware):
             name = ("wait", "run")[kind]
             unwritten[queue, name + "s"] += int(sum(tally[:-1]))
             unwritten[queue, name + "_ms"] += round(tally[-1] * 1000)
-        if not unwritten:
-            return
+        for minute in [m for m in self._unwritten if m <= now - MINUTES]:
+            del self._unwritten[minute]  # out of the hour by now
         try:
-            record(client, keys, unwritten, current_minute())
-        except (redis.RedisError, OSError) as exc:
+            for minute, pending in sorted(self._unwritten.items()):
+                record(client, keys, pending, minute)
+                del self._unwritten[minute]
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             if not self._write_failed:
                 logger.warning("The last hour's figures cannot be written to Redis (%s); kept until they can.", exc)
             self._write_failed = True
             return
+        except redis.RedisError as exc:  # refused (a wrong key type...): retrying would not help
+            logger.warning("The last hour's figures were refused by Redis and dropped (%s).", exc)
+            self._unwritten.clear()
+            return
         if self._write_failed:
             logger.info("The last hour's figures are written to Redis again.")
         self._write_failed = False
-        self._unwritten = Counter()
-
-
-def serve_worker_metrics() -> int:
-    """The exposition process (a Dramatiq fork of the master): every process's metrics, merged."""
-    # prometheus_client picks its value class when first imported: in a worker that must happen
-    # after PROMETHEUS_MULTIPROC_DIR is set (after_process_boot), so it is never imported at the top.
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
-
-    settings = load_settings()
-    directory = master_dir(os.getppid())
-    directory.mkdir(parents=True, exist_ok=True)
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
-            body = generate_latest(registry)
-            self.send_response(200)
-            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-    httpd = ThreadingHTTPServer((settings.metrics_host, settings.metrics_port), Handler)
-    try:
-        httpd.serve_forever()
-    finally:
-        httpd.server_close()
-    return 0

@@ -6,7 +6,8 @@
 -- they use by their offset in the block:
 --   b + MSGS        1        {ns:Q}:msgs      hash    message id -> encoded message (queued, delayed, in flight)
 --   b + ITEMS       2        {ns:Q}:items     hash    "level|seq|tenant" -> message id, one per queued message
---   b + STATE       3        {ns:Q}:state     hash    "n|level|tenant" count, "h|..." head seq, "t|..." tail seq
+--   b + STATE       3        {ns:Q}:state     hash    "n|level|tenant" count, "h|..." head seq, "t|..." tail seq;
+--                                                     "q|level" messages queued at that level (all tenants)
 --   b + DELAYED     4        {ns:Q}:delayed   zset    "id|level|tenant" scored by eta (ms)
 --   b + STATS       5        {ns:Q}:stats     hash    running, enqueued_total, fetched_total, acked_total, dead_total
 --   b + PAUSED      6        {ns:Q}:paused    string  present while the queue is paused
@@ -67,6 +68,7 @@ local function fifo_push(b, level, tenant, id, front, at)
   local rr = KEYS[b + RR + level]
   local suffix = level .. "|" .. tenant
   at = at or fifo_now()
+  redis.call("hincrby", state, "q|" .. level, 1)
   local n = redis.call("hincrby", state, "n|" .. suffix, 1)
   local seq
   if n == 1 then
@@ -110,6 +112,7 @@ local function fifo_push_run(b, level, tenant, ids)
   local rr = KEYS[b + RR + level]
   local suffix = level .. "|" .. tenant
   local at = fifo_now()
+  redis.call("hincrby", state, "q|" .. level, #ids)
   local n = redis.call("hincrby", state, "n|" .. suffix, #ids)
   local first
   if n == #ids then
@@ -158,6 +161,7 @@ local function fifo_pop(b, level, admit)
   local at = fifo_since(b, item)
   redis.call("hdel", items, item)
   redis.call("hdel", since, item)
+  redis.call("hincrby", state, "q|" .. level, -1)
   if redis.call("hincrby", state, "n|" .. suffix, -1) > 0 then
     local after = redis.call("hincrby", state, "h|" .. suffix, 1)
     redis.call("zadd", heads, fifo_since(b, level .. "|" .. after .. "|" .. tenant), suffix)
