@@ -3,6 +3,7 @@
 Prints one JSON object. Commands:
   enqueue N         single sends of no-op messages; rate in msg/s
   enqueue_dedup N   single sends of no-op messages, each with a dedup key of its own (Triage only)
+  enqueue_periodic N   single sends of a per-minute job's ticks, one tick each, as periodiq does (Triage only)
   enqueue_bg N      single sends of background messages (each asks load shedding); rate in msg/s
   batch N           batches of 1000 (Triage's enqueue_batch; stock sends one by one)
   prefill_noop N    N no-op messages on `bench`
@@ -24,6 +25,7 @@ import importlib
 import json
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 
@@ -38,6 +40,10 @@ def main(argv: list[str]) -> dict[str, Any]:
         run = time.time_ns()  # keys of this run only: every send is stored, none is a duplicate
         for i in range(int(args[0])):
             app.noop.send_with_options(dedup_key=f"bench:{run}:{i}", dedup_ttl=600)
+    elif command == "enqueue_periodic":
+        first = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=int(args[0]))
+        for i in range(int(args[0])):  # distinct ticks: every send is stored
+            app.noop_periodic.send_with_options(scheduled_at=(first + timedelta(minutes=i)).isoformat())
     elif command == "enqueue_bg":
         for _ in range(int(args[0])):
             app.send(app.background_work, 0.0)

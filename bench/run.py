@@ -144,6 +144,12 @@ def enqueue_rate(app: str, n: int) -> dict[str, float]:
                 client(app, env, cmd, n)["rate"] for cmd in ("enqueue", "enqueue_dedup", "enqueue_dedup", "enqueue")
             ]
             result["enqueue_plain"], result["enqueue_dedup"] = (rates[0] + rates[3]) / 2, (rates[1] + rates[2]) / 2
+        with fresh_redis() as (env, _):  # plain, a periodic job's ticks (twice), plain: ABBA
+            rates = [
+                client(app, env, cmd, n)["rate"]
+                for cmd in ("enqueue", "enqueue_periodic", "enqueue_periodic", "enqueue")
+            ]
+            result["enqueue_plain2"], result["enqueue_periodic"] = (rates[0] + rates[3]) / 2, (rates[1] + rates[2]) / 2
         with fresh_redis() as (env, _):  # background sends, with load shedding watching critical, and without
             result["enqueue_bg"] = client(app, env, "enqueue_bg", n)["rate"]
             result["enqueue_bg_unshed"] = client(app, {**env, "TRIAGE_LOAD_SHEDDING": "false"}, "enqueue_bg", n)["rate"]
@@ -289,6 +295,14 @@ def report(
         row("enqueue, single sends", s["enqueue_single"], t["enqueue_single"], "msg/s", "≥ 0.8×", True),
         row("enqueue, batches of 1000", None, t["enqueue_batch"], "msg/s", "≥ 10× single", None),
         row("… batch rate / single-send rate", None, t["enqueue_batch"] / t["enqueue_single"], "×", "≥ 10×", None),
+        row(
+            "… a periodic job's tick sends (tick, dedup key, record) / plain sends (Triage, alternating)",
+            None,
+            t["enqueue_periodic"] / t["enqueue_plain2"],
+            "×",
+            "",
+            None,
+        ),
         row(
             "… single sends with a dedup key / without (Triage, same Redis, alternating)",
             None,

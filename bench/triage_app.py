@@ -26,6 +26,11 @@ def noop_rate_limited() -> None:
     _probes.noop()
 
 
+@default(queue="bench", periodic="* * * * *")
+def noop_periodic() -> None:
+    """A per-minute job: the bench sends its ticks as a scheduler does."""
+
+
 @default(queue="bench", min_backoff=1, max_backoff=10)
 def fails_once(token: int) -> None:
     _probes.fail_once(token)

@@ -26,6 +26,7 @@ from triage.middleware import (
     GracefulShutdown,
     Heartbeats,
     PayloadGuard,
+    Periodic,
     Placement,
     RetryPolicy,
     Routing,
@@ -51,6 +52,7 @@ STACK: list[StackEntry] = [
     ActorLimits,  # rate_limit="600/m", concurrency=2: fleet-wide, deferred (no retry) when at the limit
     RetryPolicy,  # the tier's retry policy and dead letters with a reason
     CircuitBreakers,  # circuit="name": an open breaker defers (or demotes) the message, no retry used
+    Periodic,  # periodic="0 3 * * *" (run by `periodiq actors`): one message per tick however many schedulers
     Deduplication,  # dedup="report:{org_id}", dedup_ttl=3600: one message per key, atomic with the enqueue
     Results,  # opt-in: store_results=True
     GroupCallbacks,  # group(...).run() with a completion callback

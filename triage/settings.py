@@ -27,6 +27,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from triage.broker.priority import MAX_PRIORITY, MIN_PRIORITY
+from triage.cron import zone
 
 TierName = Literal["critical", "default", "background"]
 BackoffKind = Literal["exponential", "linear"]
@@ -186,6 +187,8 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     # The last hour's figures (succeeded_last_hour, ...): per-minute buckets in Redis, written by workers.
     hourly_stats: bool = True
+    # The time zone of every periodic actor's cron spec (an IANA name).
+    periodic_timezone: str = "UTC"
 
     @field_validator("redis_url")
     @classmethod
@@ -194,6 +197,12 @@ class Settings(BaseSettings):
         if scheme not in _REDIS_SCHEMES:
             allowed = ", ".join(f"{s}://" for s in _REDIS_SCHEMES)
             raise ValueError(f"must start with one of {allowed} (got {scheme + '://' if scheme else 'no scheme'})")
+        return value
+
+    @field_validator("periodic_timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        zone(value)  # CronError (a ValueError) names it
         return value
 
     @field_validator("queues")

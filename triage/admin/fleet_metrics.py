@@ -71,6 +71,7 @@ class FleetCollector(Collector):
       sla_seconds: a tier's queue-wait target.
       live_workers: per queue, the live worker processes consuming it.
       breakers: the breakers' store.
+      periodic: per periodic actor, when its last success ended.
     """
 
     def __init__(
@@ -80,8 +81,10 @@ class FleetCollector(Collector):
         sla_seconds: Callable[[str], float],
         live_workers: Callable[[], dict[str, int]],
         breakers: CircuitStore,
+        periodic: Callable[[], dict[str, float]] = dict,
     ) -> None:
         self.stats, self.sla_seconds, self.live_workers, self.breakers = stats, sla_seconds, live_workers, breakers
+        self.periodic = periodic
 
     def describe(self) -> list[Metric]:
         return []  # collected at each scrape only (nothing is read from Redis at registration)
@@ -158,6 +161,14 @@ class FleetCollector(Collector):
         yield from (messages, by_priority, oldest, age, sla, paused, dead, live, held)
         yield from (*counters.values(), dead_by_reason, *hour.values())
         yield from self._breakers()
+        success = GaugeMetricFamily(
+            "triage_periodic_last_success_timestamp_seconds",
+            "When a periodic actor's last successful run ended (unix time).",
+            labels=["actor"],
+        )
+        for actor, at in sorted(self.periodic().items()):
+            success.add_metric([actor], at)
+        yield success
 
     def _breakers(self) -> Iterator[Metric]:
         state = GaugeMetricFamily(

@@ -57,6 +57,7 @@ from .breakers import BreakerOps
 from .dlq_model import DeadLetter, Filter, Group
 from .fleet_metrics import FleetCollector
 from .ops import Admin, UnknownQueue
+from .schedule import last_successes
 
 ADMIN_PREFIX = "/api/v1/admin"
 NAME = r"^[A-Za-z0-9_.:-]{1,200}$"
@@ -181,6 +182,7 @@ def create_app(admin: Admin, *, token: str | None) -> FastAPI:
             sla_seconds=lambda tier: sla.get(tier, sla["default"]),
             live_workers=admin.broker.registry.live_workers,
             breakers=CircuitStore(client=admin.broker.client, namespace=admin.settings.namespace),
+            periodic=lambda: last_successes(admin.broker.client, admin.settings.namespace),
         )
     )
     bearer = HTTPBearer(auto_error=False, description="TRIAGE_ADMIN_TOKEN")

@@ -30,6 +30,7 @@ from .dedup import DedupKeyError, Deduplication
 from .heartbeat import Heartbeats
 from .metrics import WorkerMetrics
 from .payload_guard import PayloadGuard, PayloadTooLarge, PayloadTypeError
+from .periodic import Periodic
 from .placement import InvalidTenant, Placement
 from .retries import Defer, RetryPolicy
 from .routing import Routing, RoutingError
@@ -55,6 +56,7 @@ DEFAULT_STACK: tuple[StackEntry, ...] = (
     ActorLimits,  # rate_limit= / concurrency=: fleet-wide, deferring (before the breaker's gate)
     RetryPolicy,
     CircuitBreakers,  # `circuit=`: after RetryPolicy, so it settles first (its after hook runs first)
+    Periodic,  # periodic="*/5 * * * *": one message per tick (a dedup key per tick), stale ticks skipped
     Deduplication,  # dedup keys at send; an until_start key is released once nothing above held the message back
     # Opt-in per actor or message (`store_results=True`, `group(...).run()` with a callback).
     Results,
@@ -78,6 +80,7 @@ __all__ = [
     "PayloadGuard",
     "PayloadTooLarge",
     "PayloadTypeError",
+    "Periodic",
     "Placement",
     "RateLimited",
     "RetryPolicy",
