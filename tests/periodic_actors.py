@@ -33,3 +33,8 @@ def every_five_exclusive() -> None:
 @background(queue=QUEUE, periodic="@daily", periodic_max_lateness=3600)
 def daily() -> None:
     _ran("daily")
+
+
+@background(queue=QUEUE, periodic="0 0 29 2 *")
+def leap_day() -> None:
+    _ran("leap_day")

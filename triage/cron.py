@@ -5,8 +5,9 @@ Guarantees:
 - Five fields (minute, hour, day of month, month, day of week) with `*`, lists, ranges and
   steps; months and weekdays by number or three-letter name. Sunday is `0`, `7` or `sun`
   (`@weekly` is Sunday 00:00): periodiq 0.14.0 compares ISO weekdays (Sunday = 7) with a list
-  in which Sunday is 0, so its Sunday never fires; this one does. When both day fields are
-  restricted a day matches either (classic cron).
+  in which Sunday is 0, so its Sunday never fires; this one does (`mon-sun` too). When both
+  day fields are restricted a day matches either; a field that starts with `*` (`*/2`) is not
+  a restriction (classic cron).
 - Ticks are instants: wall-clock times in the schedule's zone (UTC by default). A time that a
   spring-forward transition skips fires once, shifted by the gap (02:30 in a 02:00 -> 03:00
   gap fires at 03:30); a time that a fall-back transition repeats fires once, at its first
@@ -22,9 +23,8 @@ Guarantees:
 from __future__ import annotations
 
 import datetime as dt
-import functools
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 UTC = dt.UTC
@@ -74,6 +74,7 @@ class Cron:
     days_restricted: bool
     weekdays_restricted: bool
     every_hour: bool  # the hour field is * (or */n): a repeated wall-clock hour fires twice
+    _cache: dict[dt.date, list[dt.datetime]] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @classmethod
     def parse(cls, spec: str, tz: str = "UTC") -> Cron:
@@ -91,8 +92,8 @@ class Cron:
             days=frozenset(days),
             months=frozenset(months),
             weekdays=frozenset(day % 7 for day in weekdays),
-            days_restricted=parts[2] != "*",
-            weekdays_restricted=parts[4] != "*",
+            days_restricted=not parts[2].startswith("*"),  # `*/2` is not a restriction (classic cron)
+            weekdays_restricted=not parts[4].startswith("*"),
             every_hour=parts[1].startswith("*"),
         )
         if cron.next_after(dt.datetime(2000, 1, 1, tzinfo=UTC)) is None:
@@ -110,19 +111,23 @@ class Cron:
             return by_day or by_weekday
         return by_day and by_weekday
 
-    @functools.lru_cache(maxsize=64)  # noqa: B019 - specs live as long as their actors
     def _ticks_of(self, day: dt.date) -> list[dt.datetime]:
         """The day's ticks, as UTC instants, in order (fold 0: a skipped time is shifted by the
-        gap, a repeated one taken at its first occurrence; both, for a spec that runs every hour)."""
-        folds = (0, 1) if self.every_hour else (0,)
-        return sorted(
-            {
-                dt.datetime(day.year, day.month, day.day, hour, minute, tzinfo=self.tz, fold=fold).astimezone(UTC)
-                for hour in self.hours
-                for minute in self.minutes
-                for fold in folds
-            }
-        )
+        gap, a repeated one taken at its first occurrence; both occurrences of a repeated time,
+        for a spec that runs every hour). Cached per spec, a few days at a time."""
+        cached = self._cache.get(day)
+        if cached is None:
+            if len(self._cache) > 16:
+                self._cache.clear()
+            ticks: set[dt.datetime] = set()
+            for hour in self.hours:
+                for minute in self.minutes:
+                    wall = dt.datetime(day.year, day.month, day.day, hour, minute, tzinfo=self.tz)
+                    ticks.add(wall.astimezone(UTC))
+                    if self.every_hour and _repeated(wall):
+                        ticks.add(wall.replace(fold=1).astimezone(UTC))
+            cached = self._cache[day] = sorted(ticks)
+        return cached
 
     def _days(self, start: dt.date, step: int) -> Iterator[dt.date]:
         for offset in range(SEARCH_DAYS):
@@ -161,6 +166,15 @@ class Cron:
         return following - tick if following is not None else dt.timedelta(days=366)
 
 
+def _repeated(wall: dt.datetime) -> bool:
+    """Whether a wall-clock time happens twice (a fall-back transition): both folds are real
+    times with different offsets (in a spring-forward gap neither maps back to itself)."""
+    later = wall.replace(fold=1)
+    if wall.utcoffset() == later.utcoffset():
+        return False
+    return later.astimezone(UTC).astimezone(wall.tzinfo).replace(tzinfo=None) == wall.replace(tzinfo=None)
+
+
 def _field(text: str, name: str, low: int, high: int, names: tuple[str, ...], *, spec: str) -> set[int]:
     where = f"cron spec {spec!r}, {name} field {text!r}"
     found: set[int] = set()
@@ -168,12 +182,17 @@ def _field(text: str, name: str, low: int, high: int, names: tuple[str, ...], *,
         span, _, step_text = part.partition("/")
         try:
             step = int(step_text) if step_text else 1
+            top = 6 if names is DAYS else high  # a weekday range or step without an end stops at Saturday
             if span == "*":
-                first, last = low, (6 if names is DAYS else high)
+                first, last = low, top
             else:
-                first_text, _, last_text = span.partition("-")
+                first_text, dash, last_text = span.partition("-")
+                if dash and not last_text:
+                    raise ValueError(span)
                 first = _value(first_text, names, low)
-                last = _value(last_text, names, low) if last_text else (high if step_text else first)
+                last = _value(last_text, names, low) if last_text else (top if step_text else first)
+                if names is DAYS and last_text == "sun" and first > 0:
+                    last = 7  # mon-sun: Sunday at the end of a range is 7
         except ValueError:
             raise CronError(f"{where}: not a number, range, step or name") from None
         if step < 1 or not (low <= first <= last <= high):

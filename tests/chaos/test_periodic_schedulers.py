@@ -1,6 +1,6 @@
-"""Three real `periodiq actors` schedulers for a few minutes of a per-minute job, one of them
-killed (SIGKILL) and restarted mid-way, a real worker running the ticks: every minute runs
-once, none twice, none lost while any scheduler was up."""
+"""Three real schedulers (two `triage scheduler`, one `periodiq actors`) for a few minutes of a
+per-minute job, one of them killed (SIGKILL) and restarted mid-way, a real worker running the
+ticks: every minute runs once, none twice, none lost while any scheduler was up."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections import Counter
 
+import pytest
 import redis
 
 from actors import runtime
@@ -21,9 +22,15 @@ from .harness import record_result
 MINUTES = 4
 
 
-def start_scheduler() -> subprocess.Popen[bytes]:
+def start_scheduler(periodiq: bool = False) -> subprocess.Popen[bytes]:
+    """`triage scheduler`, or periodiq's own command."""
+    args = (
+        ["periodiq", "actors", "tests.periodic_actors"]
+        if periodiq
+        else ["triage", "scheduler", "--app", "tests.periodic_actors"]
+    )
     return subprocess.Popen(
-        [str(BIN / "periodiq"), "actors", "tests.periodic_actors"],
+        [str(BIN / args[0]), *args[1:]],
         cwd=ROOT,
         env=env_with(),
         stdout=subprocess.DEVNULL,
@@ -31,12 +38,13 @@ def start_scheduler() -> subprocess.Popen[bytes]:
     )
 
 
+@pytest.mark.timeout(600)
 def test_three_schedulers_one_killed_run_each_minute_once(r: redis.Redis) -> None:
     # Given a worker and three schedulers of a per-minute job, started early in a minute
     while dt.datetime.now(dt.UTC).second > 45:
         time.sleep(1)
     started = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
-    schedulers = [start_scheduler() for _ in range(3)]
+    schedulers = [start_scheduler(), start_scheduler(), start_scheduler(periodiq=True)]
     try:
         with dramatiq_worker("actors", "tests.periodic_actors", queues=[QUEUE]):
             # When they run for a few minutes, and one is killed and restarted in the middle
@@ -58,7 +66,7 @@ def test_three_schedulers_one_killed_run_each_minute_once(r: redis.Redis) -> Non
     duplicated = sum(n - 1 for n in runs.values() if n > 1)
     lost = len(expected - set(runs))
     record_result(
-        "3 periodiq schedulers, one SIGKILLed and restarted",
+        "3 schedulers (2 triage scheduler, 1 periodiq actors), one SIGKILLed and restarted",
         lost,
         duplicated,
         f"{len(runs)} ticks in {MINUTES} min",

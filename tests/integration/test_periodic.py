@@ -8,23 +8,34 @@ import datetime as dt
 import json
 import subprocess
 import time
+from collections.abc import Callable
 from typing import Any
 
+import pendulum
 import pytest
 import redis
 
 from actors import background, runtime
 from tests.helpers import BIN, ROOT, dramatiq_worker, env_with, triage, wait_for
-from tests.periodic_actors import QUEUE, RAN, daily, every_five_exclusive, every_minute
+from tests.periodic_actors import QUEUE, RAN, daily, every_five_exclusive, every_minute, leap_day
+from triage.admin.scheduler import ResilientScheduler
 from triage.cron import UTC
 from triage.middleware import InvalidActorOption
-from triage.middleware.periodic import Schedule
+from triage.middleware.periodic import RETRY_S, Schedule
 
 
 def schedule_of(actor: object) -> Schedule:
     schedule = actor.options["periodic"]  # type: ignore[attr-defined]
     assert isinstance(schedule, Schedule)
     return schedule
+
+
+def every_five(
+    max_lateness: float | None = None, pending: Callable[[str], bool] = lambda _: False, *, exclusive: bool = False
+) -> Schedule:
+    """A fresh schedule of every 5 minutes (as a newly started scheduler holds it)."""
+    cron = schedule_of(every_five_exclusive).cron
+    return Schedule(cron, actor_name="x", max_lateness=max_lateness, skip_if_running=exclusive, pending=pending)
 
 
 def send_tick(actor: object, at: dt.datetime) -> None:
@@ -68,13 +79,14 @@ def test_a_stale_tick_is_skipped_by_the_worker_and_a_fresh_one_runs(r: redis.Red
 def test_a_tick_is_not_sent_while_the_previous_one_is_queued(r: redis.Redis) -> None:
     # Given an exclusive job whose last tick's message is still queued (no worker)
     schedule = schedule_of(every_five_exclusive)
-    schedule._started = True  # a scheduler that has been running for a while
     tick = dt.datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    schedule._checked = tick + dt.timedelta(minutes=1)  # a scheduler that has been running for a while
     send_tick(every_five_exclusive, tick)
     # When the scheduler asks about the next tick
     # Then it is not due while the previous message is queued, and due once it is gone
     assert not schedule.validate(tick + dt.timedelta(minutes=5))
     runtime.broker.flush(QUEUE)
+    schedule._checked = tick + dt.timedelta(minutes=1)  # the same look again, the queue empty now
     assert schedule.validate(tick + dt.timedelta(minutes=5))
 
 
@@ -90,6 +102,71 @@ def test_a_starting_scheduler_fires_the_latest_missed_tick_once_within_lateness(
     # And a scheduler starting 2 h late fires nothing: the tick is past its lateness
     late = Schedule(cron, actor_name="daily", max_lateness=3600, skip_if_running=False, pending=lambda _: False)
     assert not late.validate(start + dt.timedelta(hours=2))
+
+
+def test_a_late_wake_up_still_sends_its_tick_once() -> None:
+    # Given a scheduler that last looked at 12:04:59 at a job of every 5 minutes
+    schedule = every_five()
+    schedule._checked = dt.datetime(2026, 11, 29, 12, 4, 59, tzinfo=UTC)
+    # When it wakes 70 s late (a slow send, a paused VM), then again a minute later
+    # Then the 12:05 tick is due once, and not again
+    assert schedule.validate(dt.datetime(2026, 11, 29, 12, 6, 10, tzinfo=UTC))
+    assert not schedule.validate(dt.datetime(2026, 11, 29, 12, 7, 10, tzinfo=UTC))
+    # And with a lateness of 60 s, the same late wake-up sends nothing: the tick is too old
+    strict = every_five(max_lateness=60)
+    strict._checked = dt.datetime(2026, 11, 29, 12, 4, 59, tzinfo=UTC)
+    assert not strict.validate(dt.datetime(2026, 11, 29, 12, 6, 10, tzinfo=UTC))
+
+
+def test_a_scheduler_starting_just_before_a_tick_waits_for_it() -> None:
+    # Given a job of every 5 minutes and a scheduler starting at 12:04:30 (12:00 missed, 12:05 near)
+    fresh = every_five()
+    # Then the missed tick is not sent (12:05 is less than a minute away), 12:05 is
+    assert not fresh.validate(dt.datetime(2026, 11, 29, 12, 4, 30, tzinfo=UTC))
+    assert fresh.validate(dt.datetime(2026, 11, 29, 12, 5, 0, tzinfo=UTC))
+
+
+def test_redis_down_during_the_overlap_check_sends_the_tick() -> None:
+    # Given an exclusive job whose overlap check cannot reach Redis
+    def unreachable(actor: str) -> bool:
+        raise redis.ConnectionError("Connection refused")
+
+    schedule = every_five(pending=unreachable, exclusive=True)
+    # Then the scheduler is told to send (the tick's key still keeps it to one), not an exception
+    assert schedule.validate(dt.datetime(2026, 11, 29, 12, 5, 0, tzinfo=UTC))
+
+
+def test_a_failed_send_does_not_stop_the_other_actors_and_is_retried() -> None:
+    # Given two actors due at 12:05, the first one's send failing (Redis down)
+    class Flaky:
+        actor_name, sent = "flaky", 0
+
+        def __init__(self, fails: bool) -> None:
+            self.fails = fails
+            self.options = {"periodic": every_five()}
+
+        def send_with_options(self, **options: object) -> None:
+            if self.fails:
+                raise redis.ConnectionError("Connection refused")
+            self.sent += 1
+
+    failing, working = Flaky(fails=True), Flaky(fails=False)
+    now = pendulum.datetime(2026, 11, 29, 12, 5, 0, tz="UTC")
+    ResilientScheduler(actors=[failing, working]).send_actors([failing, working], now)
+    # Then the second was sent, and the first's tick is looked at again 10 s later
+    assert working.sent == 1
+    schedule = failing.options["periodic"]
+    assert schedule.next_valid_date(now) == now.add(seconds=RETRY_S)
+    assert schedule.validate(now.add(seconds=RETRY_S))
+
+
+def test_a_leap_day_or_yearly_job_keeps_its_key_within_the_broker_limit(r: redis.Redis) -> None:
+    # Given a tick of a job whose period is years (29 February) or a year
+    # When the scheduler sends it
+    send_tick(leap_day, dt.datetime(2028, 2, 29, 0, 0, tzinfo=UTC))
+    # Then it is stored (its key's lifetime is capped at the broker's limit), once
+    send_tick(leap_day, dt.datetime(2028, 2, 29, 0, 0, 3, tzinfo=UTC))
+    assert runtime.queue_stats()[QUEUE]["queued"] == 1
 
 
 @pytest.mark.parametrize(
@@ -111,11 +188,15 @@ def test_a_bad_periodic_declaration_is_refused_naming_the_actor(options: dict[st
 
 
 def test_two_real_schedulers_send_each_tick_once(r: redis.Redis) -> None:
-    # Given two `periodiq actors` processes against one Redis (two dynos), no worker
-    args = [str(BIN / "periodiq"), "actors", "tests.periodic_actors"]
+    # Given two schedulers against one Redis (two dynos), no worker: periodiq's own command,
+    # and `triage scheduler` (periodiq's scheduler, kept alive through a failed send)
+    commands = [
+        [str(BIN / "periodiq"), "actors", "tests.periodic_actors"],
+        [str(BIN / "triage"), "scheduler", "--app", "tests.periodic_actors"],
+    ]
     schedulers = [
         subprocess.Popen(args, cwd=ROOT, env=env_with(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(2)
+        for args in commands
     ]
     try:
         # When both have sent the current minute's tick, and then the next minute's

@@ -103,3 +103,21 @@ def _ticks(cron: Cron, start: dt.datetime, count: int) -> list[dt.datetime]:
         assert at is not None
         ticks.append(at)
     return ticks
+
+
+def test_a_skipped_even_hour_fires_once_shifted() -> None:
+    # Given every two hours in Paris across the spring-forward night (02:00 does not exist)
+    cron = Cron.parse("0 */2 * * *", "Europe/Paris")
+    ticks = _ticks(cron, dt.datetime(2026, 3, 28, 21, 30, tzinfo=UTC), 4)
+    # Then 02:00 fires once, at 03:00 CEST (shifted by the gap), and no tick is doubled
+    local = [t.astimezone(cron.tz).strftime("%d %H:%M %Z") for t in ticks]
+    assert local == ["29 00:00 CET", "29 03:00 CEST", "29 04:00 CEST", "29 06:00 CEST"]
+
+
+def test_day_fields_and_ranges_as_classic_cron_reads_them() -> None:
+    # */2 in the day of month is no restriction for the OR rule: both fields must match
+    assert not Cron.parse("0 0 */2 * mon").is_tick(dt.datetime(2026, 12, 1, tzinfo=UTC))  # the 1st, a Tuesday
+    # mon-sun is every day; 5- is refused
+    assert Cron.parse("0 0 * * mon-sun").is_tick(SUNDAY_MIDNIGHT)
+    with pytest.raises(CronError, match="day of week field '5-'"):
+        Cron.parse("0 0 * * 5-")

@@ -36,7 +36,6 @@ from .demo import produce
 from .dlq_model import DeadLetter, Filter
 from .ops import Admin, UnknownQueue
 from .run import run_stack
-from .schedule import schedule_rows
 from .tenants import tenants_command
 from .watch import watch_stats
 
@@ -193,22 +192,18 @@ def queues(tier: str | None, app: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def schedule(app: str, as_json: bool) -> None:
     """Every periodic actor: its cron spec, next run, last tick sent, last run and outcome."""
-    rt = _load_app(app)
-    with reporting_redis_errors(rt.settings):
-        rows = schedule_rows(rt.broker.actors, rt.broker.client, rt.settings.namespace)
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    click.echo(f"{'actor':<28}{'spec':<18}{'next run (UTC)':<22}{'last tick':<22}{'outcome':<9}last success")
-    for name, row in rows.items():
-        click.echo(
-            f"{name:<28}{row['spec']:<18}{_short(row['next_run']):<22}{_short(row['last_run_tick']):<22}"
-            f"{row['last_outcome'] or '-':<9}{_short(row['last_success'])}"
-        )
+    from .schedule import schedule_command  # imports periodiq: only for the commands that need it
+
+    schedule_command(_load_app(app), as_json)
 
 
-def _short(iso: str | None) -> str:
-    return iso[:16].replace("T", " ") if iso else "-"
+@main.command()
+@APP_OPTION
+def scheduler(app: str) -> None:
+    """Run the scheduler of the app's periodic actors (periodiq's, kept alive through a failed send)."""
+    from .scheduler import run_scheduler
+
+    sys.exit(run_scheduler(_load_app(app).broker.actors))
 
 
 @main.command()

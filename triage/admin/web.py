@@ -49,6 +49,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from triage.broker.breaker_state import CircuitStore
+from triage.broker.periodic_state import last_successes
 from triage.stats import QueueStats
 from triage.tiers import sla_targets
 
@@ -57,7 +58,6 @@ from .breakers import BreakerOps
 from .dlq_model import DeadLetter, Filter, Group
 from .fleet_metrics import FleetCollector
 from .ops import Admin, UnknownQueue
-from .schedule import last_successes
 
 ADMIN_PREFIX = "/api/v1/admin"
 NAME = r"^[A-Za-z0-9_.:-]{1,200}$"
