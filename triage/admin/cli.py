@@ -36,6 +36,8 @@ from .demo import produce
 from .dlq_model import DeadLetter, Filter
 from .ops import Admin, UnknownQueue
 from .run import run_stack
+from .schedule import schedule_command
+from .scheduler import run_scheduler
 from .tenants import tenants_command
 from .watch import watch_stats
 
@@ -192,8 +194,6 @@ def queues(tier: str | None, app: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def schedule(app: str, as_json: bool) -> None:
     """Every periodic actor: its cron spec, next run, last tick sent, last run and outcome."""
-    from .schedule import schedule_command  # imports periodiq: only for the commands that need it
-
     schedule_command(_load_app(app), as_json)
 
 
@@ -201,8 +201,6 @@ def schedule(app: str, as_json: bool) -> None:
 @APP_OPTION
 def scheduler(app: str) -> None:
     """Run the scheduler of the app's periodic actors (periodiq's, kept alive through a failed send)."""
-    from .scheduler import run_scheduler
-
     sys.exit(run_scheduler(_load_app(app).broker.actors))
 
 
