@@ -28,16 +28,23 @@ def write(client: redis.Redis, namespace: str, fields: dict[str, str]) -> None:
 
 
 def records(client: redis.Redis, namespace: str) -> dict[str, Any]:
-    """Every record, by field name (JSON decoded; `ok|` fields as floats)."""
+    """Every record, by field name (JSON decoded; `ok|` fields as floats; unreadable ones left out)."""
     raw: dict[bytes, bytes] = client.hgetall(periodic_key(namespace))  # type: ignore[assignment]
-    found: dict[str, Any] = {}
-    for key, value in raw.items():
-        name = key.decode()
-        try:
-            found[name] = float(value) if name.startswith("ok|") else json.loads(value)
-        except ValueError:
-            continue  # unreadable: as if missing
-    return found
+    found = {key.decode(): _decoded(key.decode(), value) for key, value in raw.items()}
+    return {name: value for name, value in found.items() if value is not None}
+
+
+def record(client: redis.Redis, namespace: str, name: str) -> Any:
+    """One record (`fired|<actor>`, ...), decoded as `records` does; None if missing or unreadable."""
+    raw: bytes | None = client.hget(periodic_key(namespace), name)  # type: ignore[assignment]
+    return _decoded(name, raw) if raw is not None else None
+
+
+def _decoded(name: str, value: bytes) -> Any:
+    try:
+        return float(value) if name.startswith("ok|") else json.loads(value)
+    except ValueError:
+        return None
 
 
 def last_successes(client: redis.Redis, namespace: str) -> dict[str, float]:

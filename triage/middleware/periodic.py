@@ -48,7 +48,7 @@ from periodiq import PeriodiqMiddleware  # type: ignore[import-untyped]
 
 from triage.broker.clock import now_ms
 from triage.broker.keys import QueueKeys
-from triage.broker.periodic_state import records, write
+from triage.broker.periodic_state import record, write
 from triage.cron import UTC, Cron, CronError
 
 from .declaration import InvalidActorOption
@@ -110,14 +110,17 @@ class Periodic(PeriodiqMiddleware):  # type: ignore[misc]
         )
 
     def _schedule(self, broker: Broker, message: Message[Any]) -> Schedule | None:
+        """The schedule of a tick's message; None for any other (a periodic actor sent by hand too)."""
+        if SCHEDULED_AT not in message.options:
+            return None
         actor = broker.actors.get(message.actor_name)
         schedule = actor.options.get("periodic") if actor is not None else None
         return schedule if isinstance(schedule, Schedule) else None
 
     def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
         schedule = self._schedule(broker, message)
-        if schedule is None or SCHEDULED_AT not in message.options:
-            return  # sent by hand: an ordinary message
+        if schedule is None:
+            return
         tick = schedule.tick_for(_instant(message.options[SCHEDULED_AT]))
         message.options[SCHEDULED_AT] = tick.isoformat()
         message.options["dedup_key"] = f"periodic:{message.actor_name}:{tick:%Y-%m-%dT%H:%MZ}"
@@ -125,7 +128,7 @@ class Periodic(PeriodiqMiddleware):  # type: ignore[misc]
         message.options["dedup_ttl"] = schedule.lateness(tick).total_seconds() + KEY_MARGIN_S  # <= MAX_TTL_S
 
     def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
-        if self._schedule(broker, message) is not None and SCHEDULED_AT in message.options:
+        if self._schedule(broker, message) is not None:
             record = {
                 "tick": message.options[SCHEDULED_AT],
                 "message_id": message.message_id,
@@ -136,7 +139,7 @@ class Periodic(PeriodiqMiddleware):  # type: ignore[misc]
 
     def before_process_message(self, broker: Broker, message: Any) -> None:
         schedule = self._schedule(broker, message)
-        if schedule is None or SCHEDULED_AT not in message.options:
+        if schedule is None:
             return
         tick = _instant(message.options[SCHEDULED_AT])
         late = dt.datetime.fromtimestamp(now_ms() / 1000, UTC) - tick
@@ -153,7 +156,7 @@ class Periodic(PeriodiqMiddleware):  # type: ignore[misc]
         self._ran(broker, message, "skipped")
 
     def _ran(self, broker: Broker, message: Any, outcome: str) -> None:
-        if self._schedule(broker, message) is None or SCHEDULED_AT not in message.options:
+        if self._schedule(broker, message) is None:
             return
         now = now_ms() / 1000
         run = {"tick": message.options[SCHEDULED_AT], "outcome": outcome, "finished_at": now}
@@ -164,7 +167,7 @@ class Periodic(PeriodiqMiddleware):  # type: ignore[misc]
 
     def pending(self, actor_name: str) -> bool:
         """Whether the last tick sent for `actor_name` is still queued, delayed or running."""
-        fired = records(self.client, self.namespace).get(f"fired|{actor_name}")
+        fired = record(self.client, self.namespace, f"fired|{actor_name}")
         if not isinstance(fired, dict):
             return False
         return bool(self.client.hexists(QueueKeys(self.namespace, fired["queue"]).msgs, fired["redis_message_id"]))
