@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # System packages that tests use where they can be installed (Debian/Ubuntu, as root): the
-# Prometheus server and promtool (the Prometheus scrape test, the alert rules' unit tests).
-# Elsewhere those tests are skipped, except under CI=true, where they must run.
+# Prometheus server and promtool (the Prometheus scrape test, the alert rules' unit tests), and
+# Chromium with its ChromeDriver at /usr/bin (the browser tests, tests/browser.py; they run headless,
+# which needs none of the packages' recommends). Elsewhere those tests are skipped, except under
+# CI=true, where they must run. Quick when both are installed; never fails.
 tools:
 	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
@@ -25,6 +27,13 @@ tools:
 	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1; } || \
 	  echo "make tools: apt-get could not install prometheus: its tests are skipped (outside CI)"; \
 	else echo "make tools: prometheus is not installed and apt-get cannot install it: its tests are skipped (outside CI)"; fi
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1; } || \
+	  echo "make tools: apt-get could not install chromium and chromium-driver: the browser tests are skipped (outside CI)"; \
+	else echo "make tools: chromium and chromium-driver are not installed and apt-get cannot install them: the browser tests are skipped (outside CI)"; fi
 
 run: install  ## Redis (embedded if none), the three tier workers and a demo producer; Ctrl-C stops all
 	$(BIN)/triage run

@@ -1,7 +1,9 @@
-"""The web process's scrape cost: `GET /metrics` (fleet metrics from Redis) with many messages queued.
+"""The web process's read cost with many messages queued: `GET /metrics` (fleet metrics from
+Redis) and the dashboard's overview cards (`GET /fragments/overview`, what the page fetches
+every 2 seconds).
 
 `python -m bench.scrape [N]`: a fresh redis-server, N no-op messages queued (100,000 by default),
-a real `triage serve` process; prints the median and worst of 30 scrapes, in ms.
+a real `triage serve` process; prints the median and worst of 30 requests of each, in ms.
 """
 
 from __future__ import annotations
@@ -16,17 +18,19 @@ from triage.admin.redis_server import free_port
 
 from .run import BIN, ROOT, client, fresh_redis, wait_until
 
+PATHS = ("/metrics", "/fragments/overview")
 
-def scrape_ms(queued: int, scrapes: int = 30) -> dict[str, float]:
+
+def scrape_ms(queued: int, scrapes: int = 30) -> dict[str, dict[str, float]]:
     with fresh_redis() as (env, r):
         client("triage", env, "prefill_noop", queued)
         assert r.hlen("{triage:bench}:items") == queued
         port = free_port()
         server = subprocess.Popen([str(BIN / "triage"), "serve", "--port", str(port)], cwd=ROOT, env=env)
-        url = f"http://127.0.0.1:{port}/metrics"
+        url = f"http://127.0.0.1:{port}"
 
-        def get() -> bytes:
-            with urllib.request.urlopen(url, timeout=10) as response:
+        def get(path: str = "/metrics") -> bytes:
+            with urllib.request.urlopen(url + path, timeout=10) as response:  # noqa: S310 - 127.0.0.1
                 body: bytes = response.read()
                 return body
 
@@ -38,17 +42,19 @@ def scrape_ms(queued: int, scrapes: int = 30) -> dict[str, float]:
 
         try:
             wait_until(up, 30, 0.1)
-            times = []
+            times: dict[str, list[float]] = {path: [] for path in PATHS}
             for _ in range(scrapes):
-                started = time.perf_counter()
-                get()
-                times.append((time.perf_counter() - started) * 1000)
+                for path in PATHS:
+                    started = time.perf_counter()
+                    get(path)
+                    times[path].append((time.perf_counter() - started) * 1000)
         finally:
             server.terminate()
             server.wait(10)
-    return {"median": statistics.median(times), "max": max(times)}
+    return {path: {"median": statistics.median(ms), "max": max(ms)} for path, ms in times.items()}
 
 
 if __name__ == "__main__":
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
-    print(f"/metrics with {n:,} queued: {scrape_ms(n)}")
+    for path, figures in scrape_ms(n).items():
+        print(f"{path} with {n:,} queued: median {figures['median']:.1f} ms, worst {figures['max']:.1f} ms")

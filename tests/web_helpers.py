@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from tests.helpers import BIN, ROOT, env_with, wait_for
@@ -94,3 +97,55 @@ def metrics_worker(port: int, *, processes: int = 1) -> subprocess.Popen[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+@dataclass
+class Answer:
+    status_code: int
+    headers: dict[str, str]  # lower-case names; Set-Cookie lines joined by "\n"
+    text: str
+
+
+class WebClient:
+    """A cookie-keeping HTTP client for the dashboard (no redirects followed). Like a browser on
+    a loopback address, it keeps and sends Secure cookies over plain http."""
+
+    def __init__(self, url: str) -> None:
+        parts = urllib.parse.urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.cookies: dict[str, str] = {}
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> Answer:
+        return self.request("GET", path, headers=headers)
+
+    def post(self, path: str, data: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> Answer:
+        return self.request("POST", path, data or {}, headers)
+
+    def request(
+        self, method: str, path: str, data: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    ) -> Answer:
+        sent = dict(headers or {})
+        if self.cookies:
+            sent["Cookie"] = "; ".join(f"{name}={value}" for name, value in self.cookies.items())
+        body = None
+        if data is not None:
+            body = urllib.parse.urlencode(data, doseq=True)
+            sent["Content-Type"] = "application/x-www-form-urlencoded"
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        try:
+            connection.request(method, path, body, sent)
+            response = connection.getresponse()
+            text = response.read().decode()
+        finally:
+            connection.close()
+        cookies = response.headers.get_all("Set-Cookie") or []
+        for line in cookies:
+            name, _, rest = line.partition("=")
+            value = rest.split(";", 1)[0].strip('"')
+            if "max-age=0" in line.lower() or not value:
+                self.cookies.pop(name, None)
+            else:
+                self.cookies[name] = value
+        answered = {name.lower(): value for name, value in response.headers.items()}
+        answered["set-cookie"] = "\n".join(cookies)
+        return Answer(response.status, answered, text)

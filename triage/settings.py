@@ -180,6 +180,10 @@ class Settings(BaseSettings):
     # The web process (`triage serve`): the admin API's bearer token (none: admin endpoints
     # open, and the server binds loopback addresses only), and where it listens.
     admin_token: str | None = Field(default=None, min_length=16, repr=False)
+    # More admin tokens, by name ({"alice": "..."}): the audit log names who acted (the one above is "admin").
+    admin_tokens: dict[str, str] = Field(default_factory=dict, repr=False)
+    # The dashboard (`/` of the web process) shows everything and offers no action.
+    dashboard_readonly: bool = False
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=8000, ge=1, le=65_535)
     # Worker metrics: each `dramatiq` master serves its processes' metrics on this port (0: none).
@@ -197,6 +201,19 @@ class Settings(BaseSettings):
         if scheme not in _REDIS_SCHEMES:
             allowed = ", ".join(f"{s}://" for s in _REDIS_SCHEMES)
             raise ValueError(f"must start with one of {allowed} (got {scheme + '://' if scheme else 'no scheme'})")
+        return value
+
+    @field_validator("admin_tokens")
+    @classmethod
+    def _check_admin_tokens(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, token in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name) or name in ("local", "admin"):
+                raise ValueError(
+                    f"token name {name!r} must match [A-Za-z0-9_-]{{1,64}} and not be 'local' or 'admin'"
+                    " ('admin' is TRIAGE_ADMIN_TOKEN's)"
+                )
+            if len(token) < 16:
+                raise ValueError(f"the token of {name!r} must have at least 16 characters")
         return value
 
     @field_validator("periodic_timezone")
@@ -265,6 +282,7 @@ class Settings(BaseSettings):
         data["redis_url"] = self.redis_url_redacted
         if data.get("admin_token"):
             data["admin_token"] = "***"  # noqa: S105 (the redaction, not a password)
+        data["admin_tokens"] = dict.fromkeys(data.get("admin_tokens") or {}, "***")
         return data
 
 

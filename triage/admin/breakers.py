@@ -27,12 +27,18 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
 
 
+MAX_OPEN_SECONDS = 30 * 86_400  # the longest maintenance window an operator may open a breaker for
+
+
 def parse_duration(text: str) -> float:
-    """'90', '90s', '10m', '2h', '1d' as seconds."""
+    """'90', '90s', '10m', '2h', '1d' as seconds, at most MAX_OPEN_SECONDS (else ValueError)."""
     match = _DURATION.match(text.strip())
-    if not match:
-        raise click.BadParameter(f"{text!r} is not a duration: use 90s, 10m, 2h or 1d")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    if not match or len(match.group(1)) > 12:
+        raise ValueError(f"{text[:40]!r} is not a duration: use 90s, 10m, 2h or 1d")
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds > MAX_OPEN_SECONDS:
+        raise ValueError(f"{text!r} is longer than {MAX_OPEN_SECONDS // 86_400} days")
+    return seconds
 
 
 class BreakerOps:
@@ -127,4 +133,8 @@ def breakers_reset(name: str) -> None:
 @click.option("--for", "duration", default=None, help="How long: 90s, 10m, 2h, 1d (default: until reset).")
 def breakers_open(name: str, duration: str | None) -> None:
     """Open breaker NAME now, e.g. for a maintenance window of the dependency."""
-    _act("open", name, parse_duration(duration) if duration else 0)
+    try:
+        seconds = parse_duration(duration) if duration else 0.0
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--for") from None
+    _act("open", name, seconds)

@@ -38,6 +38,7 @@ from .ops import Admin, UnknownQueue
 from .run import run_stack
 from .schedule import schedule_command
 from .scheduler import run_scheduler
+from .serve import serve_command
 from .tenants import tenants_command
 from .watch import watch_stats
 
@@ -87,18 +88,10 @@ main.add_command(dedup_group)
 @click.option(
     "--port", type=click.IntRange(1, 65_535), help="Port (default: TRIAGE_WEB_PORT, 8000; the Procfile passes $PORT)."
 )
-def serve(host: str | None, port: int | None) -> None:
-    """The web process: /metrics (the whole fleet, from Redis), /healthz, /readyz, the admin API."""
-    import uvicorn  # the web process's own dependencies, not loaded by the other commands
-
-    from .web import create_app, is_loopback
-
-    admin = admin_or_exit()
-    host = host or admin.settings.web_host
-    if not admin.settings.admin_token and not is_loopback(host):
-        fail(f"TRIAGE_ADMIN_TOKEN is not set: refusing to serve the admin API on {host} (only 127.0.0.1)", 2)
-    app = create_app(admin, token=admin.settings.admin_token)
-    uvicorn.run(app, host=host, port=port or admin.settings.web_port, log_level="info", access_log=False)
+@APP_OPTION
+def serve(host: str | None, port: int | None, app: str) -> None:
+    """The web process: the dashboard at /, /metrics (the whole fleet, from Redis), /healthz, /readyz, the admin API."""
+    serve_command(host, port, app)
 
 
 @main.command()

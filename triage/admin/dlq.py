@@ -196,7 +196,9 @@ class DeadLetters:
                     time.sleep(ahead)
         return result
 
-    def purge(self, entries: Sequence[DeadLetter]) -> ActionResult:
+    def purge(
+        self, entries: Sequence[DeadLetter], *, progress: Callable[[ActionResult], None] | None = None
+    ) -> ActionResult:
         result = ActionResult(matched=len(entries))
         for chunk in _chunks(entries, ACTION_CHUNK):
             pipe = self.broker.client.pipeline(transaction=False)
@@ -207,6 +209,8 @@ class DeadLetters:
             for removed in pipe.execute():
                 result.done += int(removed)
                 result.gone += 1 - int(removed)
+            if progress is not None:
+                progress(result)
         return result
 
     # -- internals -----------------------------------------------------------------------

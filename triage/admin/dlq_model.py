@@ -9,6 +9,8 @@ the record lacks gets a neutral value (empty string, 0, None), never an exceptio
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -48,6 +50,33 @@ class Filter:
 
 
 EVERYTHING = Filter()
+# What a filter's values may be, wherever they come from (the CLI, the API, the dashboard).
+NAME = r"^[A-Za-z0-9_.:-]{1,200}$"  # a queue, breaker or entry id
+DURATION = r"^\d{1,7}(\.\d{1,3})?[smhd]$"  # 30s, 15m, 1h, 7d
+MAX_VALUE = 200
+
+
+def filter_from(values: Mapping[str, str | None], *, now: int | None = None) -> Filter:
+    """The filter of text values (a form, a query string): empty ones are not filters; `since`
+    is a duration before `now`, `since_ms` an instant (it wins). A value that cannot be one is
+    a ValueError that names it."""
+    given = {name: (values.get(name) or "").strip() or None for name in ("queue", "actor", "tenant", "error", "reason")}
+    for name, value in given.items():
+        if value is not None and (len(value) > MAX_VALUE or (name == "queue" and not re.fullmatch(NAME, value))):
+            raise ValueError(f"{name}: {value[:40]!r} is not a {name} name")
+    instant = (values.get("since_ms") or "").strip()
+    duration = (values.get("since") or "").strip()
+    if instant:
+        if not instant.isdigit() or len(instant) > 15:
+            raise ValueError(f"since_ms: {instant[:40]!r} is not a time in epoch milliseconds")
+        since_ms: int | None = int(instant)
+    elif duration:
+        if not re.fullmatch(DURATION, duration):
+            raise ValueError(f"since: {duration[:40]!r} is not a duration like 30s, 15m, 1h or 7d")
+        since_ms = since(duration, now=now)
+    else:
+        since_ms = None
+    return Filter(**given, since_ms=since_ms)
 
 
 @dataclass(frozen=True)
@@ -131,8 +160,8 @@ def since(duration: str, *, now: int | None = None) -> int:
     """`30s`, `15m`, `1h`, `7d` before now, in epoch ms."""
     units = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
     number, unit = duration[:-1], duration[-1:]
-    if unit not in units or not number.replace(".", "", 1).isdigit():
-        raise ValueError(f"{duration!r} is not a duration like 30s, 15m, 1h or 7d")
+    if unit not in units or not number.replace(".", "", 1).isdigit() or len(number) > 12:
+        raise ValueError(f"{duration[:40]!r} is not a duration like 30s, 15m, 1h or 7d")
     return (now if now is not None else now_ms()) - int(float(number) * units[unit])
 
 

@@ -13,13 +13,19 @@ Routes (the admin API's schema is served at `/openapi.json`):
   POST /api/v1/admin/queue/{queue}/pause|resume   pause or resume a queue
   GET  /api/v1/admin/breakers                     every circuit breaker's state
   POST /api/v1/admin/breakers/{name}/reset|open   close one (resuming the queues it paused), or open it
+  /  (and /login, /queues, /dead-letters, ...)     the dashboard (`dashboard/`), on the same tokens
 
 Guarantees:
-- Admin endpoints and `/metrics` need `Authorization: Bearer <TRIAGE_ADMIN_TOKEN>`, compared
-  in constant time: 401 without it, 403 with another (queue, breaker and tenant figures are
+- Admin endpoints and `/metrics` need `Authorization: Bearer <token>` (`TRIAGE_ADMIN_TOKEN`, or
+  one of `TRIAGE_ADMIN_TOKENS`), compared in constant time: 401 without it, 403 with another
+  (queue, breaker and tenant figures are
   not for the public internet; Prometheus sends the token, see deploy/prometheus). With no
   token configured they are open, and `triage serve` refuses to bind anything but a loopback
   address. `/healthz`, `/readyz` and `/openapi.json` are public: they hold no data.
+- With no token, a request must also name a loopback host (Host: localhost, 127.0.0.1, [::1];
+  else 421: a page of another site that rebinds its name to 127.0.0.1 gets nothing), and a
+  request that changes something must not come from another site (an Origin that is not the
+  Host, or Sec-Fetch-Site: cross-site: 403), so a web page the operator visits cannot act.
 - Every answer is computed from Redis at request time (no application code, no cache); Redis
   unreachable (connection refused, timed out) gives 503 on `/readyz` and the admin API, and
   `triage_redis_up 0` on `/metrics`; any other Redis error is a 500 (a bug to see, not hide).
@@ -31,14 +37,17 @@ Guarantees:
   default of everything), and act on at most `limit` entries per call (`more` says whether
   matching entries remain), so that one request stays short.
 - Nothing here logs message arguments; only a dead letter's own page returns its message.
+- Every action (POST) goes through `actions.Actions`, the dashboard's path too, and is written
+  to the audit log with the name of the token that took it.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at runtime.
 
-import hmac
 import ipaddress
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Annotated, Any, get_type_hints
+from urllib.parse import urlsplit
 
 import redis
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
@@ -54,14 +63,15 @@ from triage.stats import QueueStats
 from triage.tiers import sla_targets
 
 from . import dlq_model
-from .breakers import BreakerOps
-from .dlq_model import DeadLetter, Filter, Group
+from .actions import Actions, describe_selection
+from .auth import LOCAL, Tokens
+from .breakers import MAX_OPEN_SECONDS, BreakerOps
+from .dashboard import install_dashboard
+from .dlq_model import DURATION, NAME, DeadLetter, Filter, Group
 from .fleet_metrics import FleetCollector
 from .ops import Admin, UnknownQueue
 
 ADMIN_PREFIX = "/api/v1/admin"
-NAME = r"^[A-Za-z0-9_.:-]{1,200}$"
-DURATION = r"^\d{1,7}(\.\d{1,3})?[smhd]$"
 CURSOR = r"^\d{13}-[0-9A-Za-z_.:-]{1,200}$"
 MAX_ACTION = 10_000
 
@@ -169,11 +179,21 @@ class BreakerOut(BaseModel):
 class OpenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seconds: Annotated[float, Field(ge=0, le=30 * 86_400)] = Field(default=0, description="0: until reset.")
+    seconds: Annotated[float, Field(ge=0, le=MAX_OPEN_SECONDS)] = Field(default=0, description="0: until reset.")
 
 
-def create_app(admin: Admin, *, token: str | None) -> FastAPI:
-    """The ASGI app over `admin`'s Redis; `token` guards the admin endpoints (None: open)."""
+def create_app(
+    admin: Admin,
+    *,
+    token: str | Tokens | None,
+    readonly: bool = False,
+    actors: Callable[[], Mapping[str, Any]] | None = None,
+) -> FastAPI:
+    """The ASGI app over `admin`'s Redis; `token` (one, or `Tokens` by name) guards the admin
+    endpoints and the dashboard (None: open); `readonly`: the dashboard offers no action;
+    `actors`: the app's actors, for the dashboard's schedule (loaded when first shown)."""
+    tokens = token if isinstance(token, Tokens) else Tokens.of(token)
+    acts = Actions(admin)
     sla = sla_targets(admin.settings)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(
@@ -187,15 +207,20 @@ def create_app(admin: Admin, *, token: str | None) -> FastAPI:
     )
     bearer = HTTPBearer(auto_error=False, description="TRIAGE_ADMIN_TOKEN")
 
-    def authorized(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
-        if token is None:
-            return
+    def authorized(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+        """The name of the caller's token (LOCAL when no token is configured)."""
+        if not tokens.enabled:
+            return LOCAL
         if credentials is None or not credentials.credentials:
             raise HTTPException(
                 401, "admin endpoints need Authorization: Bearer <TRIAGE_ADMIN_TOKEN>", {"WWW-Authenticate": "Bearer"}
             )
-        if not hmac.compare_digest(credentials.credentials.strip().encode(), token.encode()):
+        who = tokens.who(credentials.credentials)
+        if who is None:
             raise HTTPException(403, "wrong admin token")
+        return who
+
+    Who = Annotated[str, Depends(authorized)]
 
     def single_valued(request: Request) -> None:
         names = [name for name, _ in request.query_params.multi_items()]
@@ -206,6 +231,8 @@ def create_app(admin: Admin, *, token: str | None) -> FastAPI:
             )  # fmt: skip
 
     app = FastAPI(title="Triage admin API", version="1", docs_url=None, redoc_url=None)
+    if not tokens.enabled:
+        app.middleware("http")(_local_callers_only)
     api = APIRouter(
         prefix=ADMIN_PREFIX,
         dependencies=[Depends(authorized), Depends(single_valued)],
@@ -275,16 +302,19 @@ def create_app(admin: Admin, *, token: str | None) -> FastAPI:
         return entries[: body.limit], len(entries) > body.limit
 
     @api.post("/queue/dead-letters/requeue", responses=_documented(404))
-    def requeue(body: RequeueRequest) -> ActionOut:
+    def requeue(body: RequeueRequest, who: Who) -> ActionOut:
         entries, more = selected(body)
-        result = admin.dead_letters.requeue(entries, rate=body.rate)
+        result = acts.requeue(who, entries, selection=selection_of(body), rate=body.rate)
         return ActionOut(**vars(result), more=more)
 
     @api.post("/queue/dead-letters/purge", responses=_documented(404))
-    def purge(body: Selection) -> ActionOut:
+    def purge(body: Selection, who: Who) -> ActionOut:
         entries, more = selected(body)
-        result = admin.dead_letters.purge(entries)
+        result = acts.purge(who, entries, selection=selection_of(body))
         return ActionOut(**vars(result), more=more)
+
+    def selection_of(body: Selection) -> str:
+        return describe_selection(body.ids, body.all, where(body))
 
     # After requeue and purge: a route's path is matched before its method.
     @api.get("/queue/dead-letters/{entry_id}", responses=_documented(404))
@@ -297,13 +327,13 @@ def create_app(admin: Admin, *, token: str | None) -> FastAPI:
         return _out(entry, whole=True)
 
     @api.post("/queue/{queue}/pause", responses=_documented(404))
-    def pause(queue: Annotated[str, Path(pattern=NAME)]) -> QueueState:
-        admin.pause(known(queue))
+    def pause(queue: Annotated[str, Path(pattern=NAME)], who: Who) -> QueueState:
+        acts.pause(who, known(queue))
         return QueueState(queue=queue, paused=True)
 
     @api.post("/queue/{queue}/resume", responses=_documented(404))
-    def resume(queue: Annotated[str, Path(pattern=NAME)]) -> QueueState:
-        admin.resume(known(queue))
+    def resume(queue: Annotated[str, Path(pattern=NAME)], who: Who) -> QueueState:
+        acts.resume(who, known(queue))
         return QueueState(queue=queue, paused=False)
 
     def breakers_of() -> BreakerOps:
@@ -314,23 +344,37 @@ def create_app(admin: Admin, *, token: str | None) -> FastAPI:
         return breakers_of().status()
 
     @api.post("/breakers/{name}/reset", responses=_documented(404))
-    def breaker_reset(name: Annotated[str, Path(pattern=NAME)]) -> BreakerOut:
+    def breaker_reset(name: Annotated[str, Path(pattern=NAME)], who: Who) -> BreakerOut:
         try:
-            resumed = breakers_of().reset(name)
+            resumed = acts.breaker_reset(who, name)
         except LookupError as exc:
             raise HTTPException(404, str(exc)) from None
         return BreakerOut(breaker=name, state="closed", resumed=resumed)
 
     @api.post("/breakers/{name}/open", responses=_documented(404))
-    def breaker_open(name: Annotated[str, Path(pattern=NAME)], body: OpenRequest | None = None) -> BreakerOut:
+    def breaker_open(name: Annotated[str, Path(pattern=NAME)], who: Who, body: OpenRequest | None = None) -> BreakerOut:
         try:
-            verdict = breakers_of().force_open(name, (body or OpenRequest()).seconds)
+            state = acts.breaker_open(who, name, (body or OpenRequest()).seconds)
         except LookupError as exc:
             raise HTTPException(404, str(exc)) from None
-        return BreakerOut(breaker=name, state=verdict.state)
+        return BreakerOut(breaker=name, state=state)
 
     app.include_router(api)
+    install_dashboard(app, admin=admin, actions=acts, tokens=tokens, readonly=readonly, sla=sla, actors=actors)
     return app
+
+
+async def _local_callers_only(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    """Without a token: only requests to a loopback host, and no change from another site."""
+    host = (request.headers.get("host") or "").rsplit(":", 1)[0].strip("[]")
+    if not is_loopback(host):
+        return JSONResponse({"detail": f"without an admin token, only localhost is served (Host: {host!r})"}, 421)
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        origin = request.headers.get("origin")
+        cross = request.headers.get("sec-fetch-site", "").lower() == "cross-site"
+        if cross or (origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host")):
+            return JSONResponse({"detail": "a request from another site cannot act here"}, 403)
+    return await call_next(request)
 
 
 def _out(entry: DeadLetter, *, whole: bool = False) -> DeadLetter:

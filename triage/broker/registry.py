@@ -108,6 +108,28 @@ class WorkerRegistry:
                 counts[queue] = counts.get(queue, 0) + 1
         return counts
 
+    def worker_details(self) -> list[dict[str, Any]]:
+        """Every live worker process (heartbeat within the timeout), oldest first: id, host, pid,
+        queues, started_ms, last_beat_ms, and in_flight (messages it holds, over its queues).
+        Two round trips: the registry, then every live worker's in-flight counts."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zrangebyscore(self.heartbeats, now_ms() - self.heartbeat_timeout_ms, "+inf", withscores=True)
+        pipe.hgetall(self.workers)
+        alive, workers = pipe.execute()
+        rows: list[dict[str, Any]] = []
+        for raw_id, beat in alive:
+            info = json.loads(workers[raw_id]) if raw_id in workers else {}
+            worker_id = as_text(raw_id)
+            rows.append({"id": worker_id, "last_beat_ms": int(beat), **info})
+        pipe = self.client.pipeline(transaction=False)
+        for row in rows:
+            for queue in row.get("queues", []):
+                pipe.hlen(QueueKeys(self.namespace, queue).acks(row["id"]))
+        counts = iter(pipe.execute() if rows else [])
+        for row in rows:
+            row["in_flight"] = sum(int(next(counts)) for _ in row.get("queues", []))
+        return sorted(rows, key=lambda row: (row.get("started_ms", 0), row["id"]))
+
     def beat(self) -> None:
         self.client.zadd(self.heartbeats, {self.worker_id: now_ms()})
 

@@ -43,13 +43,12 @@ import redis
 from dramatiq import Broker, Middleware
 
 from triage.broker.consumer import DELIVERIES_OPTION
-from triage.broker.hourly import MINUTES, Tally, current_minute, record
+from triage.broker.hourly import BUCKETS, MINUTES, WAIT_FIELDS, Tally, current_minute, record
 from triage.broker.keys import QueueKeys
 from triage.broker.outcome import outcome_of
 
 from .metrics_exposition import master_dir, remove_stale, serve_worker_metrics
 
-BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 _STARTED = "_triage_started"
 OUTCOMES = {"retry": "retried", "defer": "deferred", "move": "moved", "dead": "dead", "ack": "dropped"}
 # How an outcome counts in the last hour's buckets (outcomes not named are not counted there).
@@ -225,6 +224,9 @@ class WorkerMetrics(Middleware):
             name = ("wait", "run")[kind]
             unwritten[queue, name + "s"] += int(sum(tally[:-1]))
             unwritten[queue, name + "_ms"] += round(tally[-1] * 1000)
+            if kind == 0:  # the waits by bucket too: the dashboard's percentiles
+                for field, observed in zip(WAIT_FIELDS, tally[:-1], strict=True):
+                    unwritten[queue, field] += int(observed)
         for minute in [m for m in self._unwritten if m <= now - MINUTES]:
             del self._unwritten[minute]  # out of the hour by now
         try:

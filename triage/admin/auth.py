@@ -1,0 +1,110 @@
+"""Who is acting: the admin tokens, the dashboard's session cookie and its CSRF tokens, and the
+audit log of every action.
+
+Guarantees:
+- Tokens are named: `TRIAGE_ADMIN_TOKEN` is "admin", `TRIAGE_ADMIN_TOKENS` ({"alice": "...", ...})
+  adds more. `Tokens.who` compares a presented token with every configured one in constant
+  time (no early exit, so the time taken does not tell which one nearly matched) and returns
+  its name. With no token configured, everyone is "local" (the server then binds loopback only).
+- A session (the dashboard's cookie) is `name.expiry.signature`, signed with a key derived from
+  that name's token by PBKDF2 (200,000 rounds, once per process): it holds no token, cannot be
+  forged without one, ends at its expiry, and ends at once for every holder when the token is
+  changed; a stolen cookie makes guessing the token offline slow. With no token, the key is
+  random per process (a restart logs everyone out of a loopback-only dashboard). Logging out
+  ends a session for good (`dashboard/site.py` keeps the ended ones in Redis until they expire).
+- A CSRF token is bound to the session it was issued with: a form posted from another site (or
+  with another session's token) is refused.
+- `audit` writes one INFO line per action to the `triage.audit` logger: who, what, on what, and
+  the outcome, with control characters escaped (a name or filter cannot forge a second line).
+  Never message arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import time
+from collections.abc import Mapping
+
+audit_logger = logging.getLogger("triage.audit")
+
+LOCAL = "local"
+SESSION_SECONDS = 12 * 3600
+
+
+class Tokens:
+    """The admin tokens by name (empty: no token, everything open to loopback callers)."""
+
+    def __init__(self, named: Mapping[str, str]) -> None:
+        self._named = {name: token.encode() for name, token in named.items()}
+        self._local_key = secrets.token_bytes(32)
+        self._keys = {
+            name: hashlib.pbkdf2_hmac("sha256", token, b"triage-dashboard-session", 200_000)
+            for name, token in self._named.items()
+        }
+
+    @classmethod
+    def of(cls, token: str | None, more: Mapping[str, str] | None = None) -> Tokens:
+        """`token` (named "admin") and `more` (name -> token; "admin" is not one of them)."""
+        if more and "admin" in more:
+            raise ValueError("'admin' names TRIAGE_ADMIN_TOKEN: give the other tokens other names")
+        return cls({**({"admin": token} if token else {}), **(more or {})})
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._named)
+
+    def who(self, presented: str) -> str | None:
+        """The name of the token `presented`, or None (every token is compared: constant time)."""
+        given = presented.strip().encode()
+        found = None
+        for name, token in self._named.items():
+            if hmac.compare_digest(given, token):
+                found = name
+        return found
+
+    def _key(self, name: str) -> bytes | None:
+        if not self.enabled:
+            return self._local_key if name == LOCAL else None
+        return self._keys.get(name)
+
+    def session(self, name: str, *, now: float | None = None) -> str:
+        """A session for `name` (a configured token's name, or LOCAL without tokens)."""
+        expiry = int((now if now is not None else time.time()) + SESSION_SECONDS)
+        return f"{name}.{expiry}.{self._sign(name, f'session|{name}|{expiry}')}"
+
+    def session_holder(self, session: str | None, *, now: float | None = None) -> str | None:
+        """Who holds `session`, if it is genuine and not expired; else None."""
+        if not session:
+            return None
+        parts = session.rsplit(".", 2)
+        if len(parts) != 3 or not parts[1].isdigit():
+            return None
+        name, expiry, signature = parts
+        if int(expiry) < (now if now is not None else time.time()) or self._key(name) is None:
+            return None
+        expected = self._sign(name, f"session|{name}|{expiry}")
+        return name if hmac.compare_digest(signature.encode(), expected.encode()) else None
+
+    def csrf(self, session: str) -> str:
+        """The CSRF token of forms shown with `session` (assumed genuine)."""
+        return self._sign(session.rsplit(".", 2)[0], f"csrf|{session}")
+
+    def csrf_ok(self, session: str, presented: str) -> bool:
+        return bool(presented) and hmac.compare_digest(presented.encode(), self.csrf(session).encode())
+
+    def _sign(self, name: str, text: str) -> str:
+        key = self._key(name) or secrets.token_bytes(32)  # an unknown name signs with noise: never valid
+        return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def audit(who: str, action: str, target: str, outcome: str) -> None:
+    """One line of the audit log: `who=alice action=requeue target=... outcome=...`."""
+    clean = [_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text) for text in (who, action, target, outcome)]
+    audit_logger.info("who=%s action=%s target=%s outcome=%s", *clean)

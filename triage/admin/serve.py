@@ -1,0 +1,67 @@
+"""`triage serve`: the web process (fleet metrics, health, the admin API, the dashboard).
+
+Guarantees:
+- Without an admin token it refuses any address but a loopback one (exit 2): the admin API
+  and the dashboard act on every queue.
+- Operator reads and actions need no application code; only the dashboard's schedule screen
+  imports the app (`--app`), the first time it is shown, so a broken actor module costs that
+  screen only, which then says why.
+- The `triage` loggers (the audit log of every action among them) write to standard error at
+  INFO, beside uvicorn's own lines.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import click
+
+from triage import runtime
+
+from .auth import Tokens
+from .cli_common import admin_or_exit, fail
+
+
+def app_actors(app: str) -> Callable[[], Mapping[str, Any]]:
+    """A loader of the app's actors (name -> actor): imported once, on first call; an import
+    that raises is raised to the caller and tried again at the next call."""
+    loaded: dict[str, Mapping[str, Any]] = {}
+    lock = threading.Lock()
+
+    def load() -> Mapping[str, Any]:
+        with lock:
+            if "actors" not in loaded:
+                if os.getcwd() not in sys.path:
+                    sys.path.insert(0, os.getcwd())  # as `dramatiq` does
+                importlib.import_module(app)
+                loaded["actors"] = runtime.current().broker.actors
+            return loaded["actors"]
+
+    return load
+
+
+def serve_command(host: str | None, port: int | None, app: str) -> None:
+    import uvicorn  # the web process's own dependencies, not loaded by the other commands
+
+    from .web import create_app, is_loopback
+
+    admin = admin_or_exit()
+    settings = admin.settings
+    host = host or settings.web_host
+    tokens = Tokens.of(settings.admin_token, settings.admin_tokens)
+    if not tokens.enabled and not is_loopback(host):
+        fail(f"TRIAGE_ADMIN_TOKEN is not set: refusing to serve the admin API on {host} (only 127.0.0.1)", 2)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    triage_logger = logging.getLogger("triage")
+    triage_logger.addHandler(handler)
+    triage_logger.setLevel(logging.INFO)
+    web = create_app(admin, token=tokens, readonly=settings.dashboard_readonly, actors=app_actors(app))
+    click.echo(f"triage serve: dashboard at http://{host}:{port or settings.web_port}/", err=True)
+    uvicorn.run(web, host=host, port=port or settings.web_port, log_level="info", access_log=False)
