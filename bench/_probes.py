@@ -39,3 +39,23 @@ def record_start(label: str) -> None:
 def record_wait(sent_at: float, label: str) -> None:
     """Record how long the message waited between send and start, in ms."""
     _client.rpush(f"{LATENCY_KEY}:{label}", (time.time() - sent_at) * 1000)
+
+
+LATE_KEY = "bench:late"
+
+
+def record_lateness(due: float, label: str) -> None:
+    """Record how late the run started after its due time (epoch seconds), in ms."""
+    _client.rpush(f"{LATE_KEY}:{label}", (time.time() - due) * 1000)
+
+
+def retry_after(token: str, delay_ms: int, label: str) -> None:
+    """First run: note when it failed and ask for a retry in `delay_ms`; the retry records its lateness."""
+    import dramatiq  # the exception both brokers' retry middleware honour
+
+    failed_at = _client.get(f"bench:failed:{token}")
+    if failed_at is None:
+        now = time.time()
+        _client.set(f"bench:failed:{token}", now)
+        raise dramatiq.Retry(delay=delay_ms)
+    record_lateness(float(failed_at) + delay_ms / 1000, label)

@@ -17,6 +17,9 @@ Prints one JSON object. Commands:
   prefill_fails_once N  N messages on `bench` whose first run fails (their retry succeeds)
   prefill_flood N MS    N messages of tenant A (MS ms each) that record their start (Triage only)
   tenants_paced S RATE  tenants B, C, D, E each send RATE messages/s for S seconds
+  late_probes COUNT DELAY   COUNT messages delayed DELAY ms, one at a time (each after the last ran)
+  retry_probes COUNT DELAY  COUNT messages whose first run asks Retry(delay=DELAY), one at a time
+  steady S RATE         no-op messages at RATE per second for S seconds (a steady load)
 """
 
 from __future__ import annotations
@@ -80,6 +83,24 @@ def main(argv: list[str]) -> dict[str, Any]:
                 sent += 1
             time.sleep(0.005)
         args = [float(sent * 4)]
+    elif command in ("late_probes", "retry_probes"):
+        count, delay = int(args[0]), int(args[1])
+        label = f"{command}:{delay}"
+        for i in range(count):
+            if command == "late_probes":
+                app.send(app.late_probe, time.time() + delay / 1000, label, delay=delay)
+            else:
+                app.send(app.retry_probe, f"{started}:{i}", delay, label)
+            time.sleep(delay / 1000 + 0.1 + (i % 5) * 0.013)  # the last one has run: the worker is idle again
+    elif command == "steady":
+        seconds, rate = args[0], args[1]
+        sent = 0
+        while (elapsed := time.perf_counter() - started) < seconds:
+            while sent < elapsed * rate:
+                app.send(app.noop)
+                sent += 1
+            time.sleep(0.002)
+        args = [float(sent)]
     elif command == "prefill_delayed":
         app.send_many(app.noop, [() for _ in range(int(args[0]))], delay=3_600_000)
     else:

@@ -39,19 +39,19 @@ def fill(broker: TriageBroker, n: int) -> None:
     done = 0
     while done < n:
         # now, max messages, max due moved, then no tenant limits (rpm, burst, max in flight)
-        triples, _, _ = broker.scripts["fetch"](keys=fetch_keys, args=[now_ms(), 1000, 1000, 0, 0, 0])
+        fetched, _, _ = broker.scripts["fetch"](keys=fetch_keys, args=[now_ms(), 1000, 1000, 0, 0, 0])
         pipe = broker.client.pipeline(transaction=False)
-        for i in range(0, len(triples), 3):
-            k = done + i // 3
+        for i in range(0, len(fetched), 4):  # id, message, deliveries, ready time
+            k = done + i // 4
             info = {
                 "reason": REASONS[k % 3],
                 "queue": QUEUE,
                 "error": {"type": ERRORS[k % 3], "message": "it failed", "traceback": "x" * 500},
             }
-            args: list[Any] = ["nack", now_ms(), triples[i], json.dumps(info), 0, 0]
+            args: list[Any] = ["nack", now_ms(), fetched[i], json.dumps(info), 0, 0]
             broker.scripts["settle"](keys=settle_keys, args=args, client=pipe)
         pipe.execute()
-        done += len(triples) // 3
+        done += len(fetched) // 4
 
 
 def median_ms(call: Callable[[], object], repeat: int = 5) -> float:

@@ -236,6 +236,8 @@ def delayed_rss(app: str, n: int, settle: float) -> dict[str, float]:
 
 
 def run(quick: bool) -> str:
+    from bench.lateness import lateness  # it builds on this module's helpers
+
     scale = 0.2 if quick else 1.0
     n_enqueue, n_drain, n_retry = int(5000 * scale), int(30_000 * scale), int(10_000 * scale)
     n_background, n_probes = int(20_000 * scale), int(200 * scale)
@@ -258,6 +260,8 @@ def run(quick: bool) -> str:
         res["flood_separate"] = flood_latency(app, True, n_background, n_probes, 20)
         res["fair"] = fairness(app, n_flood, 20)
         res["rss"] = delayed_rss(app, n_delayed, 3 if quick else 5)
+        res["late_idle"] = lateness(app, 10 if quick else 40, loaded=False)
+        res["late_load"] = lateness(app, 10 if quick else 40, loaded=True)
     with fresh_redis() as (env, _):
         results["triage"]["dlq"] = dlq.timings(env["REDIS_URL"], n_dead)
     return report(results, quick, n_drain, n_retry, n_background, n_flood, n_delayed, n_dead)
@@ -408,6 +412,21 @@ def report(
             None,
         ),
     ]
+    for key, name, target in (
+        ("late_idle", "idle worker", "≤ 10 ms"),
+        ("late_load", "worker under 300 msg/s", "≤ 20 ms"),
+    ):
+        for case in ("delay 20 ms", "delay 100 ms", "delay 250 ms", "Retry(delay=100)"):
+            lines.append(
+                row(
+                    f"{case}: start after due, p99, {name}",
+                    s[key][case]["p99"],
+                    t[key][case]["p99"],
+                    "ms",
+                    target,
+                    False,
+                )
+            )
     for key, name in (
         ("page", "a page of 50, newest first"),
         ("page_actor", "a page of 50, one actor (1 in 5)"),

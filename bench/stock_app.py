@@ -41,6 +41,18 @@ def tenant_job(sent_at: float, label: str, ms: float) -> None:
     _probes.sleep_ms(ms)
 
 
+@dramatiq.actor(queue_name="bench")
+def late_probe(due: float, label: str) -> None:
+    """A delayed message: how late after its due time it starts."""
+    _probes.record_lateness(due, label)
+
+
+@dramatiq.actor(queue_name="bench", max_retries=1)
+def retry_probe(token: str, delay_ms: int, label: str) -> None:
+    """Fails its first run with Retry(delay=delay_ms); the retry records how late it started."""
+    _probes.retry_after(token, delay_ms, label)
+
+
 def send(actor: Any, *args: Any, tenant: str | None = None, delay: int | None = None) -> None:
     actor.send_with_options(args=args, delay=delay)  # no tenants in stock Dramatiq
 

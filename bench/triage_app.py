@@ -60,6 +60,18 @@ def tenant_flood(ms: float) -> None:
     _probes.sleep_ms(ms)
 
 
+@default(queue="bench")
+def late_probe(due: float, label: str) -> None:
+    """A delayed message: how late after its due time it starts."""
+    _probes.record_lateness(due, label)
+
+
+@default(queue="bench", max_retries=1)
+def retry_probe(token: str, delay_ms: int, label: str) -> None:
+    """Fails its first run with Retry(delay=delay_ms); the retry records how late it started."""
+    _probes.retry_after(token, delay_ms, label)
+
+
 def _options(tenant: str | None) -> dict[str, Any]:
     return {"tenant": tenant} if tenant else {}
 

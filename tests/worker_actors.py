@@ -11,7 +11,7 @@ import redis
 from dramatiq.middleware import CurrentMessage
 
 from actors import background, critical, default
-from triage import Defer
+from triage import Defer, delivery_count
 
 _client = redis.Redis.from_url(os.environ["REDIS_URL"])
 DONE = "test:done"
@@ -139,4 +139,4 @@ def defers_once(token: str) -> None:
     if _client.incr(f"test:deferrals:{token}") == 1:
         raise Defer(delay_ms=50)
     options = message.options
-    _client.rpush(DONE, json.dumps([token, options.get("retries", 0), options.get("triage_deliveries")]))
+    _client.rpush(DONE, json.dumps([token, options.get("retries", 0), delivery_count(message)]))

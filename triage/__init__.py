@@ -25,6 +25,7 @@ from dramatiq.errors import BrokerConnectionError
 from dramatiq.message import Message
 
 from triage.breakers import BreakerGuard, breaker
+from triage.broker.consumer import delivery_count
 from triage.broker.dedup import DuplicateMessage
 from triage.broker.errors import Backpressure, ReplicationError
 from triage.broker.priority import InvalidPriority
@@ -74,6 +75,7 @@ __all__ = [
     "critical",
     "current",
     "default",
+    "delivery_count",
     "discover",
     "enqueue_batch",
     "install",

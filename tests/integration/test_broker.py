@@ -199,6 +199,35 @@ def round_trips(r: redis.Redis) -> int:
     return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval", "blpop"))
 
 
+def test_waiting_for_a_delayed_message_polls_only_its_last_stretch(
+    r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an idle consumer with a 1 s timeout, and a message due in 600 ms
+    consumer = broker.consume("t_q", prefetch=1, timeout=1000)
+    assert next(consumer) is None  # (it has looked once: nothing ready)
+    t_job.send_with_options(args=(1,), delay=600)
+    before = round_trips(r)
+    checks: list[float] = []  # the consumer's non-blocking checks of the wake-up list (LPOP)
+    lpop = broker.client.lpop
+
+    def counted_lpop(*args: Any, **kwargs: Any) -> Any:
+        checks.append(time.monotonic())
+        return lpop(*args, **kwargs)
+
+    monkeypatch.setattr(broker.client, "lpop", counted_lpop)
+    # When it waits for the message
+    started = time.monotonic()
+    got = None
+    while got is None and time.monotonic() < started + 5:
+        got = next(consumer)
+    # Then it got it, having blocked until the last 150 ms (a few fetches and blocking waits) and
+    # checked the wake-up list every 4 ms only then, not for the whole 600 ms
+    assert got is not None
+    assert round_trips(r) - before <= 6
+    assert 0 < len(checks) <= 40
+    assert checks[0] - started > 0.3
+
+
 def test_pause_holds_messages_and_resume_wakes_consumers(r: redis.Redis) -> None:
     # Given a paused queue with a message
     broker.pause("t_q")

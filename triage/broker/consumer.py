@@ -4,12 +4,21 @@ Guarantees:
 - An idle consumer blocks on its queue's wake-up list (BLPOP) instead of polling; an
   enqueue, a resume or a requeue wakes it within a round trip. It wakes by itself when
   the next delayed message falls due, and at least every `timeout` ms so the worker can
-  check for shutdown. No busy loop.
+  check for shutdown. No busy loop: with nothing due, one call per `timeout`.
+- It wakes on time for a due message by its own clock, not Redis's: Redis ends a blocked
+  call's timeout only on its server tick (every 1000/hz ms: 100 ms at the default `hz 10`),
+  so a BLPOP asked to wait 20 ms can return 190 ms later. The consumer blocks only until
+  `LAST_STRETCH_S` before the due time; for the rest it checks the wake-up list without
+  blocking every `POLL_S` (a new message still wakes it within that) and fetches at the due
+  time. That stretch is the only polling, and only while a message falls due within it.
 - It holds at most `prefetch` messages (Dramatiq passes twice the worker threads) and
   fetches only when no more than half of that is outstanding: a busy worker keeps about
   one message per thread waiting beyond those running, so urgent messages are not stuck
   behind a hoard in another worker's memory.
-- Every delivered message carries its delivery count in `options["triage_deliveries"]`.
+- A delivered message is the message `send()` returned: equal to it, options included. What the
+  broker learns at fetch (the delivery count, when the message became ready to run) stays on
+  the delivered proxy, read with `delivery_count(message)` and `ready_at_ms(message)`, and
+  never travels with a copy of the message that middleware enqueues again.
 - A suspect (a message reclaimed from a worker that died) is fetched alone, and nothing
   more is fetched until it is settled: a poison message crashes its worker alone.
 - A message that cannot be decoded is dead-lettered at once (reason `undecodable`, raw
@@ -53,7 +62,11 @@ from .priority import DEFAULT_PRIORITY
 logger = logging.getLogger(__name__)
 
 MAX_DUE_MOVED_PER_FETCH = 1000
-DELIVERIES_OPTION = "triage_deliveries"
+LAST_STRETCH_S = 0.15  # longer than Redis's default server tick (100 ms) and its lateness under load
+POLL_S = 0.004
+DELIVERIES_OPTION = "triage_deliveries"  # where versions before 0.2 kept the count (dropped on re-enqueue)
+_DELIVERIES = "_triage_deliveries"  # the proxy's attributes
+_READY = "_triage_ready_ms"
 TRACEBACK_LIMIT = 2000  # characters of the traceback's tail kept with a dead letter
 
 
@@ -68,6 +81,21 @@ def failure_info(reason: str, exception: BaseException | None, **extra: Any) -> 
             "traceback": trace[-TRACEBACK_LIMIT:],
         }
     return json.dumps(info)
+
+
+def delivery_count(message: Message[Any] | MessageProxy) -> int:
+    """How many times the broker has handed this message to a worker, this delivery included:
+    1 on a first delivery, more after the worker that held it died (a retry is a new message,
+    delivered for the first time). A message that was not delivered by a Triage broker: 1."""
+    count = message.__dict__.get(_DELIVERIES) if isinstance(message, MessageProxy) else None
+    return int(count) if count else 1
+
+
+def ready_at_ms(message: Message[Any] | MessageProxy) -> int | None:
+    """When the delivered message became ready to run, by Redis's clock (epoch ms): its enqueue,
+    or its eta for a delayed message or a retry. None for a message not delivered by Triage."""
+    ready = message.__dict__.get(_READY) if isinstance(message, MessageProxy) else None
+    return int(ready) if ready else None
 
 
 class TriageMessageProxy(MessageProxy):
@@ -146,20 +174,21 @@ class TriageConsumer(Consumer):
             raise connection_lost(exc) from None
 
     def _fetch(self, count: int) -> bool:
-        triples, next_eta, suspect = self.broker.scripts["fetch"](
+        fetched, next_eta, suspect = self.broker.scripts["fetch"](
             keys=self.fetch_keys, args=[now_ms(), count, MAX_DUE_MOVED_PER_FETCH, *self.limits]
         )
         self.next_eta = int(next_eta)
         if suspect:
-            self.suspect = triples[-3].decode()
-        for i in range(0, len(triples), 3):
-            redis_id, payload, deliveries = triples[i], triples[i + 1], triples[i + 2]
+            self.suspect = fetched[-4].decode()
+        for i in range(0, len(fetched), 4):
+            redis_id, payload, deliveries, ready = fetched[i : i + 4]
             try:
                 proxy = TriageMessageProxy(self._decode(payload))
             except DecodeError as exc:
                 self._dead_letter_undecodable(redis_id, exc)
                 continue
-            proxy.options[DELIVERIES_OPTION] = int(deliveries)
+            proxy.__dict__[_DELIVERIES] = int(deliveries)
+            proxy.__dict__[_READY] = int(ready)
             with self.lock:
                 self.outstanding += 1
             self.cache.append(proxy)
@@ -185,10 +214,22 @@ class TriageConsumer(Consumer):
         self.broker.backlog.run("settle", self.settle_keys, args)
 
     def _block(self) -> None:
-        wait = self.timeout
-        if self.next_eta > 0:
-            wait = min(wait, max(0.001, (self.next_eta - now_ms()) / 1000))
-        self.broker.client.blpop([self.keys.wake], timeout=wait)
+        """Wait for a wake-up token, the next due time, or `timeout`, whichever comes first."""
+        client, wake = self.broker.client, self.keys.wake
+        if self.next_eta <= 0:
+            client.blpop([wake], timeout=self.timeout)
+            return
+        due_in = (self.next_eta - now_ms()) / 1000
+        if due_in > LAST_STRETCH_S:
+            block = min(self.timeout, due_in - LAST_STRETCH_S)
+            if client.blpop([wake], timeout=block) is not None or block == self.timeout:
+                return  # woken by a token, or the timeout came first: the caller fetches or checks shutdown
+            due_in = (self.next_eta - now_ms()) / 1000
+        deadline = time.monotonic() + max(0.0, due_in)
+        while (left := deadline - time.monotonic()) > 0:
+            if client.lpop(wake) is not None:
+                return
+            time.sleep(min(POLL_S, left))
 
     def ack(self, message: MessageProxy) -> None:
         """Forget the delivery; or, when a policy decided so, retry or defer it in the same call."""

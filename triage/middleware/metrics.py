@@ -6,7 +6,8 @@ Guarantees:
   (the default) serves nothing and writes no files.
 - Names: `triage_messages_total{queue,tier,actor,outcome}` (outcome: done, failed, retried,
   deferred, moved, dead, dropped, skipped), `triage_message_wait_seconds{queue,tier}` (from the
-  time the message became due, its send or its eta, to the start of its run; not for a retry,
+  time the message became ready to run, its enqueue or its eta by Redis's clock, to the start
+  of its run; a delay is not a wait; not for a retry,
   whose wait is its backoff, nor for a redelivery after a crash), `triage_message_run_seconds
   {queue,tier}` (runs only: not skipped, deferred or moved messages), and
   `triage_messages_in_progress{queue,tier}`.
@@ -42,7 +43,7 @@ from typing import Any
 import redis
 from dramatiq import Broker, Middleware
 
-from triage.broker.consumer import DELIVERIES_OPTION
+from triage.broker.consumer import delivery_count, ready_at_ms
 from triage.broker.hourly import BUCKETS, MINUTES, WAIT_FIELDS, Tally, current_minute, record
 from triage.broker.keys import QueueKeys
 from triage.broker.outcome import outcome_of
@@ -107,7 +108,7 @@ class WorkerMetrics(Middleware):
         labels = ["queue", "tier"]
         return (
             prom.Counter("triage_messages", "Messages run, by outcome.", [*labels, "actor", "outcome"]),
-            prom.Histogram("triage_message_wait_seconds", "From the send to the start.", labels, buckets=BUCKETS),
+            prom.Histogram("triage_message_wait_seconds", "Ready to start.", labels, buckets=BUCKETS),
             prom.Histogram("triage_message_run_seconds", "Run time.", labels, buckets=BUCKETS),
             prom.Gauge("triage_messages_in_progress", "Messages running.", labels, multiprocess_mode="livesum"),
             prom.Gauge("triage_worker_threads", "Worker threads.", multiprocess_mode="livesum"),
@@ -135,10 +136,10 @@ class WorkerMetrics(Middleware):
         if not self._tallying:
             return
         queue, options = message.queue_name, message.options
-        first_run = not options.get("retries") and options.get(DELIVERIES_OPTION, 1) <= 1
+        first_run = not options.get("retries") and delivery_count(message) <= 1
         with self._lock:
-            if first_run:  # due since its send, or its eta (a delayed or deferred message)
-                due = max(message.message_timestamp, options.get("eta") or 0) / 1000
+            if first_run:  # waiting since it was ready to run: its send, or its eta (a delayed or deferred message)
+                due = (ready_at_ms(message) or max(message.message_timestamp, options.get("eta") or 0)) / 1000
                 self._observe(0, queue, max(0.0, time.time() - due))
             self._running[queue] += 1
         message.__dict__[_STARTED] = time.monotonic()

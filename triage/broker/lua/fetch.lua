@@ -22,9 +22,10 @@
 --   max_in_flight (0: none)
 -- Writes: items, state, delayed, retrying (due ones leave it), stats (running, fetched_total), rr:*,
 --   acks, deliveries, tenants, parked
--- Returns: { {id1, message1, deliveries1, id2, ...}, when to look again (the next delayed
+-- Returns: { {id1, message1, deliveries1, ready1, id2, ...}, when to look again (the next delayed
 --   message's eta or the next parked tenant's time, whichever is first) or -1,
 --   1 if the last message is a suspect else 0 }
+--   ready: when the message became ready to run (ms, Redis's clock): its enqueue, or its eta.
 --   A suspect is a message delivered before and never settled: it was in flight on a worker
 --   that died. It is handed out alone, and its consumer fetches nothing more until it is
 --   settled, so a poison message cannot drag healthy neighbours into its crash loop.
@@ -107,6 +108,7 @@ if redis.call("exists", paused) == 0 then
         out[#out + 1] = id
         out[#out + 1] = payload
         out[#out + 1] = count
+        out[#out + 1] = ready_at
         taken = taken + 1
         if count > 1 then
           suspect = 1
