@@ -220,11 +220,11 @@ def test_waiting_for_a_delayed_message_polls_only_its_last_stretch(
     got = None
     while got is None and time.monotonic() < started + 5:
         got = next(consumer)
-    # Then it got it, having blocked until the last 150 ms (a few fetches and blocking waits) and
-    # checked the wake-up list every 4 ms only then, not for the whole 600 ms
+    # Then it got it, having blocked until the last 150 ms (Redis's tick at hz 10, and a margin)
+    # and checked the wake-up list every 10 ms only then, not for the whole 600 ms
     assert got is not None
     assert round_trips(r) - before <= 6
-    assert 0 < len(checks) <= 40
+    assert 0 < len(checks) <= 20
     assert checks[0] - started > 0.3
 
 

@@ -15,7 +15,7 @@ from dramatiq.middleware import CurrentMessage
 
 from actors import default, runtime
 from tests.helpers import dramatiq_worker, wait_for
-from triage import delivery_count
+from triage import Defer, delivery_count, enqueue_batch
 from triage.admin.dlq_model import Filter
 from triage.admin.ops import Admin
 from triage.broker.consumer import ready_at_ms
@@ -50,6 +50,13 @@ def t_sent_fails_once(label: str) -> None:
     assert message is not None
     if not message.options.get("retries"):
         raise RuntimeError("the first run fails")
+
+
+@default(queue=QUEUE, max_retries=0)
+def t_sent_defers_once(label: str) -> None:
+    record_current(label)
+    if client().incr(f"test:sent:deferrals:{label}") == 1:
+        raise Defer(delay_ms=30)
 
 
 @default(queue=QUEUE, max_retries=0)
@@ -95,6 +102,34 @@ def test_a_consumed_message_equals_the_sent_one(r: redis.Redis) -> None:
     assert "triage_deliveries" not in got[0].options
     for message in got:
         consumer.ack(message)
+
+
+def test_a_batch_is_delivered_as_enqueue_batch_returned_it(r: redis.Redis) -> None:
+    # Given a batch of a plain message and a delayed one
+    sent = enqueue_batch(
+        [t_sent_plain.message("one", {"k": [1, 2]}), (t_sent_plain.message_with_options(args=("two", {})), 20)]
+    )
+    # When the broker delivers them
+    consumer = broker.consume(QUEUE, prefetch=2, timeout=50)
+    got: list[Any] = []
+    deadline = time.monotonic() + 5
+    while len(got) < 2 and time.monotonic() < deadline:
+        message = next(consumer)
+        if message is not None:
+            got.append(message)
+    # Then each equals what enqueue_batch returned for it, options included
+    assert [m.asdict() for m in got] == [m.asdict() for m in sent]
+
+
+def test_a_deferred_message_is_delivered_again_unchanged(r: redis.Redis) -> None:
+    # Given a message whose first run defers it by 30 ms
+    sent = t_sent_defers_once.send("deferred")
+    # When a worker runs it twice
+    with dramatiq_worker("actors", "tests.integration.test_delivered_as_sent", queues=[QUEUE]):
+        wait_for(lambda: len(seen(r)) == 2, 20)
+    # Then both runs saw exactly the message send() returned
+    assert [run["message"] for run in seen(r)] == [as_json(sent), as_json(sent)]
+    assert [run["deliveries"] for run in seen(r)] == [1, 1]
 
 
 def test_what_an_actor_runs_equals_what_was_sent_through_retries_and_requeues(r: redis.Redis) -> None:

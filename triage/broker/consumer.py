@@ -5,12 +5,14 @@ Guarantees:
   enqueue, a resume or a requeue wakes it within a round trip. It wakes by itself when
   the next delayed message falls due, and at least every `timeout` ms so the worker can
   check for shutdown. No busy loop: with nothing due, one call per `timeout`.
-- It wakes on time for a due message by its own clock, not Redis's: Redis ends a blocked
-  call's timeout only on its server tick (every 1000/hz ms: 100 ms at the default `hz 10`),
-  so a BLPOP asked to wait 20 ms can return 190 ms later. The consumer blocks only until
-  `LAST_STRETCH_S` before the due time; for the rest it checks the wake-up list without
-  blocking every `POLL_S` (a new message still wakes it within that) and fetches at the due
-  time. That stretch is the only polling, and only while a message falls due within it.
+- It wakes on time for a delayed message or a retry by its own clock, not Redis's: Redis ends
+  a blocked call's timeout only on its server tick (every 1000/hz ms: 100 ms at the default
+  `hz 10`), so a BLPOP asked to wait 20 ms can return 190 ms later. The consumer blocks only
+  until one tick and `TICK_MARGIN_S` before the due time (the server's `hz` is read once; the
+  default when CONFIG is refused); for the rest it checks the wake-up list without blocking
+  every `POLL_S` (a new message still wakes it within that) and fetches at the due time. That
+  stretch is the only polling, only while a delayed message falls due within it and before
+  the consumer's `timeout` (a tenant parked by its limits is waited for on Redis's tick).
 - It holds at most `prefetch` messages (Dramatiq passes twice the worker threads) and
   fetches only when no more than half of that is outstanding: a busy worker keeps about
   one message per thread waiting beyond those running, so urgent messages are not stuck
@@ -40,6 +42,7 @@ import logging
 import threading
 import time
 import traceback
+import weakref
 from collections import deque
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -62,8 +65,8 @@ from .priority import DEFAULT_PRIORITY
 logger = logging.getLogger(__name__)
 
 MAX_DUE_MOVED_PER_FETCH = 1000
-LAST_STRETCH_S = 0.15  # longer than Redis's default server tick (100 ms) and its lateness under load
-POLL_S = 0.004
+TICK_MARGIN_S = 0.05  # how late Redis's tick can come under load, beyond 1/hz
+POLL_S = 0.01
 DELIVERIES_OPTION = "triage_deliveries"  # where versions before 0.2 kept the count (dropped on re-enqueue)
 _DELIVERIES = "_triage_deliveries"  # the proxy's attributes
 _READY = "_triage_ready_ms"
@@ -83,6 +86,22 @@ def failure_info(reason: str, exception: BaseException | None, **extra: Any) -> 
     return json.dumps(info)
 
 
+_TICKS: weakref.WeakKeyDictionary[redis.Redis, float] = weakref.WeakKeyDictionary()
+
+
+def server_tick_s(client: redis.Redis) -> float:
+    """Redis's server tick, 1/hz seconds, read once per client (0.1 s, the default, when CONFIG
+    GET is refused, as managed services may, or fails)."""
+    if client not in _TICKS:
+        try:
+            config: dict[Any, Any] = client.config_get("hz")
+            hz = int(config.get("hz") or config.get(b"hz") or 10)
+        except (redis.RedisError, OSError, ValueError):
+            hz = 10
+        _TICKS[client] = 1 / max(1, hz)
+    return _TICKS[client]
+
+
 def delivery_count(message: Message[Any] | MessageProxy) -> int:
     """How many times the broker has handed this message to a worker, this delivery included:
     1 on a first delivery, more after the worker that held it died (a retry is a new message,
@@ -92,8 +111,9 @@ def delivery_count(message: Message[Any] | MessageProxy) -> int:
 
 
 def ready_at_ms(message: Message[Any] | MessageProxy) -> int | None:
-    """When the delivered message became ready to run, by Redis's clock (epoch ms): its enqueue,
-    or its eta for a delayed message or a retry. None for a message not delivered by Triage."""
+    """When the delivered message became ready to run (epoch ms): its enqueue, by Redis's clock,
+    or its eta for a delayed message or a retry, by the clock of the process that set it (or
+    Redis's, if that is earlier). None for a message not delivered by Triage."""
     ready = message.__dict__.get(_READY) if isinstance(message, MessageProxy) else None
     return int(ready) if ready else None
 
@@ -149,6 +169,8 @@ class TriageConsumer(Consumer):
         self.lock = threading.Lock()
         self.settled = threading.Event()
         self.next_eta = -1
+        self.next_due = -1  # the next delayed message's eta (next_eta may be a parked tenant's time)
+        self.stretch = server_tick_s(broker.client) + TICK_MARGIN_S
         self.suspect: str | None = None  # a message reclaimed from a dead worker, being run alone
 
     def __next__(self) -> MessageProxy | None:
@@ -174,10 +196,10 @@ class TriageConsumer(Consumer):
             raise connection_lost(exc) from None
 
     def _fetch(self, count: int) -> bool:
-        fetched, next_eta, suspect = self.broker.scripts["fetch"](
+        fetched, next_eta, suspect, next_due = self.broker.scripts["fetch"](
             keys=self.fetch_keys, args=[now_ms(), count, MAX_DUE_MOVED_PER_FETCH, *self.limits]
         )
-        self.next_eta = int(next_eta)
+        self.next_eta, self.next_due = int(next_eta), int(next_due)
         if suspect:
             self.suspect = fetched[-4].decode()
         for i in range(0, len(fetched), 4):
@@ -215,17 +237,19 @@ class TriageConsumer(Consumer):
 
     def _block(self) -> None:
         """Wait for a wake-up token, the next due time, or `timeout`, whichever comes first."""
-        client, wake = self.broker.client, self.keys.wake
-        if self.next_eta <= 0:
-            client.blpop([wake], timeout=self.timeout)
+        client, wake, now = self.broker.client, self.keys.wake, now_ms()
+        wait = self.timeout
+        if self.next_eta > 0:
+            wait = min(wait, max(0.001, (self.next_eta - now) / 1000))
+        due_in = (self.next_due - now) / 1000 if self.next_due > 0 else wait + 1
+        if due_in > wait:  # the timeout or a parked tenant comes first: Redis's tick will do
+            client.blpop([wake], timeout=wait)
             return
-        due_in = (self.next_eta - now_ms()) / 1000
-        if due_in > LAST_STRETCH_S:
-            block = min(self.timeout, due_in - LAST_STRETCH_S)
-            if client.blpop([wake], timeout=block) is not None or block == self.timeout:
-                return  # woken by a token, or the timeout came first: the caller fetches or checks shutdown
-            due_in = (self.next_eta - now_ms()) / 1000
-        deadline = time.monotonic() + max(0.0, due_in)
+        if due_in > self.stretch:  # block until shortly before it is due; a token wakes it sooner
+            if client.blpop([wake], timeout=due_in - self.stretch) is not None:
+                return
+            due_in = (self.next_due - now_ms()) / 1000
+        deadline = time.monotonic() + max(0.001, due_in)
         while (left := deadline - time.monotonic()) > 0:
             if client.lpop(wake) is not None:
                 return

@@ -6,8 +6,9 @@ Guarantees:
   (the default) serves nothing and writes no files.
 - Names: `triage_messages_total{queue,tier,actor,outcome}` (outcome: done, failed, retried,
   deferred, moved, dead, dropped, skipped), `triage_message_wait_seconds{queue,tier}` (from the
-  time the message became ready to run, its enqueue or its eta by Redis's clock, to the start
-  of its run; a delay is not a wait; not for a retry,
+  time the message became ready to run, its enqueue or its eta (`ready_at_ms`), to the start of
+  its run by this process's clock; a delay is not a wait, nor is the hold of load shedding or
+  of a tenant's admission, which gives the message an eta; not for a retry,
   whose wait is its backoff, nor for a redelivery after a crash), `triage_message_run_seconds
   {queue,tier}` (runs only: not skipped, deferred or moved messages), and
   `triage_messages_in_progress{queue,tier}`.

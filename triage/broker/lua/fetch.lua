@@ -24,7 +24,7 @@
 --   acks, deliveries, tenants, parked
 -- Returns: { {id1, message1, deliveries1, ready1, id2, ...}, when to look again (the next delayed
 --   message's eta or the next parked tenant's time, whichever is first) or -1,
---   1 if the last message is a suspect else 0 }
+--   1 if the last message is a suspect else 0, the next delayed message's eta alone or -1 }
 --   ready: when the message became ready to run (ms, Redis's clock): its enqueue, or its eta.
 --   A suspect is a message delivered before and never settled: it was in flight on a worker
 --   that died. It is handed out alone, and its consumer fetches nothing more until it is
@@ -124,11 +124,12 @@ if redis.call("exists", paused) == 0 then
   end
 end
 
-local next_eta = tonumber(redis.call("zrange", delayed, 0, 0, "WITHSCORES")[2] or -1)
+local next_delayed = tonumber(redis.call("zrange", delayed, 0, 0, "WITHSCORES")[2] or -1)
+local next_eta = next_delayed
 local next_parked = tonumber(redis.call("zrange", parked, 0, 0, "WITHSCORES")[2] or -1)
 if parks >= PARKS_PER_FETCH or (next_parked >= 0 and next_parked <= now) then
   next_eta = now -- more tenants to look at, or released ones due: look again at once
 elseif next_parked > 0 and next_parked < SLOT_PARKED and (next_eta < 0 or next_parked < next_eta) then
   next_eta = next_parked
 end
-return { out, next_eta, suspect }
+return { out, next_eta, suspect, next_delayed }
