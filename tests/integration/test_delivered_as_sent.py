@@ -76,18 +76,24 @@ def seen(r: redis.Redis) -> list[dict[str, Any]]:
     return [json.loads(raw) for raw in raws]
 
 
+def delivered(consumer: Any, count: int) -> list[Any]:
+    """The next `count` messages the consumer hands out (within 5 s)."""
+    got: list[Any] = []
+    deadline = time.monotonic() + 5
+    while len(got) < count and time.monotonic() < deadline:
+        message = next(consumer)
+        if message is not None:
+            got.append(message)
+    return got
+
+
 def test_a_consumed_message_equals_the_sent_one(r: redis.Redis) -> None:
     # Given a plain send and a delayed one
     plain = t_sent_plain.send("plain", {"n": 1, "tags": ["a", "b"]})
     delayed = t_sent_plain.send_with_options(args=("delayed", {}), delay=30)
     # When the broker delivers them
     consumer = broker.consume(QUEUE, prefetch=2, timeout=50)
-    got: list[Any] = []
-    deadline = time.monotonic() + 5
-    while len(got) < 2 and time.monotonic() < deadline:
-        message = next(consumer)
-        if message is not None:
-            got.append(message)
+    got = delivered(consumer, 2)
     # Then each is equal to what send() returned, options included, and its delivery count is 1
     assert got[0] == plain
     assert got[0].asdict() == plain.asdict()
@@ -111,12 +117,7 @@ def test_a_batch_is_delivered_as_enqueue_batch_returned_it(r: redis.Redis) -> No
     )
     # When the broker delivers them
     consumer = broker.consume(QUEUE, prefetch=2, timeout=50)
-    got: list[Any] = []
-    deadline = time.monotonic() + 5
-    while len(got) < 2 and time.monotonic() < deadline:
-        message = next(consumer)
-        if message is not None:
-            got.append(message)
+    got = delivered(consumer, 2)
     # Then each equals what enqueue_batch returned for it, options included
     assert [m.asdict() for m in got] == [m.asdict() for m in sent]
 
