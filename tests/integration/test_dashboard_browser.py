@@ -174,6 +174,14 @@ def test_an_operator_sees_the_slas_and_puts_failed_messages_back(
     assert browser.a11y_problems() == []
     browser.visit(stack.url + f"/dead-letters?actor={t_dash_sms.actor_name}")
 
+    # (one box ticks every entry of the page, and unticks them)
+    click(browser, "#pick-all")
+    boxes = browser.driver.find_elements(By.CSS_SELECTOR, 'input[name="ids"]')
+    assert len(boxes) == 8
+    assert all(box.is_selected() for box in boxes)
+    click(browser, "#pick-all")
+    assert not any(box.is_selected() for box in boxes)
+
     # When the gateway is back and the operator requeues all matching, at 20 per second
     r.delete(GATEWAY_DOWN)
     click(browser, "#scope-matching")

@@ -1,6 +1,7 @@
 // Triage dashboard: the one script. Refreshes the parts of a page marked data-refresh (the
-// overview's cards) every data-every milliseconds, while the tab is visible. The pages work
-// without it (the overview then reloads itself every 5 seconds).
+// overview's cards) every data-every milliseconds, while the tab is visible, and shows the
+// "select every entry on this page" boxes (data-select-all). The pages work without it (the
+// overview then reloads itself every 5 seconds; entries are ticked one by one).
 (function () {
   "use strict";
   document.querySelectorAll("[data-refresh]").forEach(function (box) {
@@ -41,5 +42,15 @@
     }
 
     later();
+  });
+
+  document.querySelectorAll("[data-select-all]").forEach(function (all) {
+    var name = all.getAttribute("data-select-all");
+    all.hidden = false;
+    all.addEventListener("change", function () {
+      all.form.querySelectorAll('input[type="checkbox"][name="' + name + '"]').forEach(function (box) {
+        box.checked = all.checked;
+      });
+    });
   });
 })();
