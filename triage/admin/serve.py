@@ -47,7 +47,9 @@ def app_actors(app: str) -> Callable[[], Mapping[str, Any]]:
 
 
 def serve_command(host: str | None, port: int | None, app: str) -> None:
-    import uvicorn  # the web process's own dependencies, not loaded by the other commands
+    # Here, not at the top: the web process's own dependencies (FastAPI, uvicorn, Jinja) would add
+    # 0.17 s to every other `triage` command (0.33 s to import the CLI, 0.50 s with them).
+    import uvicorn
 
     from .web import create_app, is_loopback
 
