@@ -8,9 +8,9 @@ kept by workers). The field names are a public contract (add, never rename); `ti
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from triage.broker.hourly import LastHour, last_hour
+from triage.broker.hourly import LastHour, hour_of, minutes
 from triage.broker.inspection import QueueCounters, QueueDetail, queue_detail, queue_stats
 from triage.broker.redis_broker import TriageBroker
 
@@ -21,12 +21,18 @@ class QueueStats(QueueCounters, QueueDetail, LastHour):
     tier: str
 
 
-def tiered_stats(broker: TriageBroker, queue_tiers: Mapping[str, str]) -> dict[str, QueueStats]:
-    """The counters of each queue of `queue_tiers` (name -> tier), with its tier, in that order."""
+def tiered_stats(
+    broker: TriageBroker,
+    queue_tiers: Mapping[str, str],
+    series: Mapping[str, Sequence[Mapping[str, int]]] | None = None,
+) -> dict[str, QueueStats]:
+    """The counters of each queue of `queue_tiers` (name -> tier), with its tier, in that order.
+    `series`: the queues' last hour already read (`hourly.minutes`), not read again."""
     counters = queue_stats(broker.client, broker.keys, queue_tiers)
     detail = queue_detail(broker.client, broker.keys, queue_tiers)
-    hour = last_hour(broker.client, broker.keys, queue_tiers)
+    if series is None:
+        series = minutes(broker.client, broker.keys, queue_tiers)
     return {
-        queue: QueueStats(tier=queue_tiers[queue], **counters[queue], **detail[queue], **hour[queue])
+        queue: QueueStats(tier=queue_tiers[queue], **counters[queue], **detail[queue], **hour_of(series[queue]))
         for queue in queue_tiers
     }

@@ -14,6 +14,8 @@ Guarantees:
   ends a session for good (`dashboard/site.py` keeps the ended ones in Redis until they expire).
 - A CSRF token is bound to the session it was issued with: a form posted from another site (or
   with another session's token) is refused.
+- `is_loopback` / `request_host` say whether a request came to this machine's own address
+  (the no-token mode serves nothing else; the dashboard's Secure cookie needs it or HTTPS).
 - `audit` writes one INFO line per action to the `triage.audit` logger: who, what, on what, and
   the outcome, with control characters escaped (a name or filter cannot forge a second line).
   Never message arguments.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
 import re
 import secrets
@@ -99,6 +102,21 @@ class Tokens:
     def _sign(self, name: str, text: str) -> str:
         key = self._key(name) or secrets.token_bytes(32)  # an unknown name signs with noise: never valid
         return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address, without port) is this machine's own: localhost, 127.0.0.0/8, ::1."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def request_host(host_header: str | None) -> str:
+    """The host of a Host header, without its port or an IPv6 address's brackets."""
+    return (host_header or "").rsplit(":", 1)[0].strip("[]")
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -24,7 +24,7 @@ import click
 
 from triage import runtime
 
-from .auth import Tokens
+from .auth import Tokens, is_loopback
 from .cli_common import admin_or_exit, fail
 
 
@@ -51,7 +51,7 @@ def serve_command(host: str | None, port: int | None, app: str) -> None:
     # 0.17 s to every other `triage` command (0.33 s to import the CLI, 0.50 s with them).
     import uvicorn
 
-    from .web import create_app, is_loopback
+    from .web import create_app
 
     admin = admin_or_exit()
     settings = admin.settings

@@ -43,7 +43,6 @@ Guarantees:
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at runtime.
 
-import ipaddress
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Annotated, Any, get_type_hints
@@ -64,7 +63,7 @@ from triage.tiers import sla_targets
 
 from . import dlq_model
 from .actions import Actions, describe_selection
-from .auth import LOCAL, Tokens
+from .auth import LOCAL, Tokens, is_loopback, request_host
 from .breakers import MAX_OPEN_SECONDS, BreakerOps
 from .dashboard import install_dashboard
 from .dlq_model import DURATION, NAME, DeadLetter, Filter, Group
@@ -74,15 +73,6 @@ from .ops import Admin, UnknownQueue
 ADMIN_PREFIX = "/api/v1/admin"
 CURSOR = r"^\d{13}-[0-9A-Za-z_.:-]{1,200}$"
 MAX_ACTION = 10_000
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # The stats row as the API answers it: `triage stats` fields (read from the TypedDict, so the
@@ -366,7 +356,7 @@ def create_app(
 
 async def _local_callers_only(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
     """Without a token: only requests to a loopback host, and no change from another site."""
-    host = (request.headers.get("host") or "").rsplit(":", 1)[0].strip("[]")
+    host = request_host(request.headers.get("host"))
     if not is_loopback(host):
         return JSONResponse({"detail": f"without an admin token, only localhost is served (Host: {host!r})"}, 421)
     if request.method not in ("GET", "HEAD", "OPTIONS"):

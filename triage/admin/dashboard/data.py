@@ -21,7 +21,7 @@ from typing import Any
 
 from triage.broker.clock import now_ms
 from triage.broker.hourly import minutes, summed, wait_quantile
-from triage.stats import QueueStats
+from triage.stats import QueueStats, tiered_stats
 
 from ..ops import Admin
 from ..tenants import tenant_listing
@@ -57,8 +57,9 @@ def status_of(oldest: float, p95: float | None, sla: float, waiting: int, worker
 
 def overview_cards(admin: Admin, sla: Mapping[str, float]) -> list[Card]:
     """One card per known queue, tiers first."""
-    stats = admin.stats()
-    series = minutes(admin.broker.client, admin.broker.keys, stats)
+    queues = admin.queues()
+    series = minutes(admin.broker.client, admin.broker.keys, queues)  # the charts' minutes, and the stats' hour
+    stats = tiered_stats(admin.broker, queues, series)
     workers = admin.broker.registry.live_workers()
     cards = []
     for queue, row in stats.items():

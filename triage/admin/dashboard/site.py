@@ -34,7 +34,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from ..auth import LOCAL, Tokens
+from ..auth import LOCAL, Tokens, is_loopback, request_host
 from .charts import bars
 from .data import seconds, when
 
@@ -208,8 +208,7 @@ def plain_http_elsewhere(request: Request) -> bool:
     browser drops the Secure session cookie): not through a TLS proxy, not to localhost."""
     if request.url.scheme == "https" or request.headers.get("x-forwarded-proto", "").lower() == "https":
         return False
-    host = (request.headers.get("host") or "").rsplit(":", 1)[0].strip("[]")
-    return host not in ("localhost", "127.0.0.1", "::1")
+    return not is_loopback(request_host(request.headers.get("host")))
 
 
 def client_address(request: Request) -> str:
