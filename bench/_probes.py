@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import time
 
-import redis
+from triage.broker.connection import client_from_url
 
-_client = redis.Redis.from_url(os.environ["REDIS_URL"])
+_client = client_from_url(os.environ["REDIS_URL"])  # a cluster client for a redis+cluster:// URL
 LATENCY_KEY = "bench:latency"
 
 

@@ -97,3 +97,13 @@ def wait_for(condition: Callable[[], object], timeout: float = 20, interval: flo
             return
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+def append_to_ledger(path: str, event: str, token: str) -> None:
+    """One ledger line (time, event, token, pid), in one O_APPEND write of a short line: a ledger
+    kept outside Redis, so that a Redis fault cannot hide a loss (`tests.chaos.harness.Ledger`)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{time.time():.6f} {event} {token} {os.getpid()}\n".encode())
+    finally:
+        os.close(fd)

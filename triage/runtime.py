@@ -25,10 +25,10 @@ import dramatiq
 import redis
 from dramatiq.encoder import Encoder
 from dramatiq.middleware import GroupCallbacks, Middleware, Retries
-from dramatiq.rate_limits.backends import RedisBackend as RedisRateLimiterBackend
 from dramatiq.results import Results
 from dramatiq.results.backends import RedisBackend as RedisResultBackend
 
+from triage.broker.barriers import BarrierBackend
 from triage.broker.breaker_state import BreakerSpec, CircuitStore
 from triage.broker.connection import client_from_url
 from triage.broker.encoder import encoder_for
@@ -50,7 +50,7 @@ from triage.middleware import (
 from triage.middleware.circuit import Breaker, BreakerBoard
 from triage.middleware.placement import PriorityHook
 from triage.routing import Router
-from triage.settings import ConfigError, Settings, load_settings
+from triage.settings import ConfigError, Settings, load_settings, shard_counter
 from triage.stats import QueueStats, tiered_stats
 from triage.tiers import Taxonomy, Tier, build_taxonomy
 
@@ -182,6 +182,7 @@ def build(settings: Settings, stack: Iterable[StackEntry] = DEFAULT_STACK) -> Ru
         min_replicas=settings.min_replicas,
         replica_timeout_ms=settings.replica_timeout_ms,
         encoder=encoder,
+        shards=shard_counter(settings),
     )
     return Runtime(
         settings=settings, taxonomy=taxonomy, routing=routing, broker=broker, encoder=encoder, breakers=breakers
@@ -238,7 +239,7 @@ def _policy(entry: StackEntry, parts: _Parts) -> Middleware:
         Results: lambda: Results(  # type: ignore[no-untyped-call]
             backend=RedisResultBackend(client=client, namespace=f"{settings.namespace}-results", encoder=encoder)
         ),
-        GroupCallbacks: lambda: GroupCallbacks(RedisRateLimiterBackend(client=client)),
+        GroupCallbacks: lambda: GroupCallbacks(BarrierBackend(client=client)),
     }
     factory = factories.get(entry)
     return factory() if factory is not None else entry()

@@ -19,7 +19,7 @@ Guarantees:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Set
+from collections.abc import Callable, Mapping, Set
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -35,7 +35,7 @@ TIER_NAMES: tuple[TierName, ...] = ("critical", "default", "background")
 MIB = 1024 * 1024
 
 _QUEUE_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9._-]*")
-_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "rediss+cluster")
 
 Priority = Annotated[int, Field(ge=MIN_PRIORITY, le=MAX_PRIORITY)]
 PositiveMs = Annotated[int, Field(gt=0)]
@@ -43,6 +43,18 @@ PositiveMs = Annotated[int, Field(gt=0)]
 
 class ConfigError(Exception):
     """The environment holds an invalid setting; the message names each variable."""
+
+
+MAX_SHARDS = 64
+
+
+class QueueSetting(BaseModel):
+    """A queue's tier, and how many shards spread its messages (`TRIAGE_QUEUES`' object form)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tier: TierName
+    shards: int = Field(default=1, ge=1, le=MAX_SHARDS)
 
 
 class TierOverride(BaseModel):
@@ -135,8 +147,9 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(default=10 * MIB, gt=0, le=512 * MIB)
     encoder: Literal["msgpack", "json"] = "msgpack"
     tiers: dict[TierName, TierOverride] = Field(default_factory=dict)
-    # Extra named queues, each inheriting the policies of a tier: {"email": "default"}.
-    queues: dict[str, TierName] = Field(default_factory=dict)
+    # Extra named queues, each inheriting the policies of a tier: {"email": "default"}; or with
+    # shards spreading one queue over cluster nodes: {"default": {"tier": "default", "shards": 3}}.
+    queues: dict[str, QueueSetting] = Field(default_factory=dict)
     # Ordered routing rules for plain Dramatiq actors: [["erp.orders.*", "critical"], ...].
     # The target is a tier or a queue; there are no built-in rules (unmatched actors go to default).
     routes: list[tuple[str, str]] = Field(default_factory=list)
@@ -194,6 +207,14 @@ class Settings(BaseSettings):
     # The time zone of every periodic actor's cron spec (an IANA name).
     periodic_timezone: str = "UTC"
 
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _queue_tier_alone(cls, value: Any) -> Any:
+        """`{"email": "default"}` is `{"email": {"tier": "default"}}`."""
+        if isinstance(value, Mapping):
+            return {q: {"tier": v} if isinstance(v, str) else v for q, v in value.items()}
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
@@ -244,6 +265,14 @@ class Settings(BaseSettings):
             if not re.fullmatch(BREAKER_NAME, name):
                 raise ValueError(f"breaker name {name!r} must match {BREAKER_NAME} (lower case: env names are)")
         return value
+
+    def queue_tiers(self) -> dict[str, TierName]:
+        """`queues` as queue -> tier."""
+        return {q: v.tier for q, v in self.queues.items()}
+
+    def queue_shards(self) -> dict[str, int]:
+        """The queues given more than one shard, and how many."""
+        return {q: v.shards for q, v in self.queues.items() if v.shards > 1}
 
     def tenant_defaults(self, queue: str, tier: TierName) -> TenantLimit:
         """Every tenant's limits on `queue` (of `tier`): the queue's "*", else the tier's, with the
@@ -379,3 +408,9 @@ def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+def shard_counter(settings: Settings) -> Callable[[str], int]:
+    """A queue's number of shards under `settings` (1 for a queue not sharded)."""
+    shards = settings.queue_shards()
+    return lambda queue: shards.get(queue, 1)

@@ -28,8 +28,8 @@ def tiered_stats(
 ) -> dict[str, QueueStats]:
     """The counters of each queue of `queue_tiers` (name -> tier), with its tier, in that order.
     `series`: the queues' last hour already read (`hourly.minutes`), not read again."""
-    counters = queue_stats(broker.client, broker.keys, queue_tiers)
-    detail = queue_detail(broker.client, broker.keys, queue_tiers)
+    counters = queue_stats(broker.client, broker.shards, queue_tiers)
+    detail = queue_detail(broker.client, broker.shards, queue_tiers)
     if series is None:
         series = minutes(broker.client, broker.keys, queue_tiers)
     return {

@@ -8,6 +8,11 @@ Guarantees:
 - `redis_runtime()` does that and installs Triage on it (with your config and stack), and
   points `REDIS_URL` at it, so actor modules imported inside the block use it. Install is
   once per process: enter it before your actors are imported (in `pytest_configure`).
+- `redis_cluster()` starts a private Redis Cluster (3 masters by default, `replicas` replicas
+  each; `triage.admin.redis_cluster.LocalCluster`) on free ports of 127.0.0.1, with its files
+  in a temporary directory; every node sees the cluster ok and all slots served, and every
+  replica is linked to its master, before the block starts, and every node is stopped, files
+  removed, when the block ends, whatever happened inside.
 - `run_queued()` runs what is queued (and delayed, and what those messages enqueue in turn)
   to completion in this process, with Dramatiq's own `Worker` and the installed stack, and
   returns once the queues have nothing queued, delayed or running (`broker.join`, then
@@ -42,6 +47,7 @@ from typing import Any
 
 from dramatiq import Worker
 
+from triage.admin.redis_cluster import LocalCluster
 from triage.admin.redis_server import RedisServer, free_port
 from triage.broker.errors import join_timeout
 from triage.broker.redis_broker import TriageBroker
@@ -59,6 +65,19 @@ def redis_server(*, appendonly: bool = False) -> Iterator[RedisServer]:
             yield server
         finally:
             server.stop()
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@contextmanager
+def redis_cluster(
+    *, masters: int = 3, replicas: int = 0, appendonly: bool = True, fsync: str = "everysec"
+) -> Iterator[LocalCluster]:
+    """A private Redis Cluster for the duration of the block (its `.url`, `.nodes` to connect)."""
+    data_dir = Path(tempfile.mkdtemp(prefix="triage-test-redis-cluster-"))
+    try:
+        with LocalCluster(data_dir, masters=masters, replicas=replicas, appendonly=appendonly, fsync=fsync) as cluster:
+            yield cluster
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
 

@@ -137,7 +137,7 @@ def build_taxonomy(settings: Settings) -> Taxonomy:
             )
         tiers[name] = tier
     queues: dict[str, TierName] = {name: name for name in TIER_NAMES}
-    for queue_name, tier_name in settings.queues.items():
+    for queue_name, tier_name in settings.queue_tiers().items():
         if queue_name in TIER_NAMES and queue_name != tier_name:
             raise ConfigError(
                 f"invalid configuration:\n  TRIAGE_QUEUES: {queue_name!r} is a tier and cannot join {tier_name!r}"

@@ -9,16 +9,13 @@ import time
 import redis
 
 from actors import default
+from tests.helpers import append_to_ledger
 
 LEDGER = os.environ.get("CHAOS_LEDGER", "/dev/null")
 
 
 def record(event: str, token: str) -> None:
-    fd = os.open(LEDGER, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{time.time():.6f} {event} {token} {os.getpid()}\n".encode())
-    finally:
-        os.close(fd)
+    append_to_ledger(LEDGER, event, token)
 
 
 @default(queue="chaos", max_retries=0)

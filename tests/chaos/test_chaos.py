@@ -265,7 +265,7 @@ def test_redis_kill_9_while_actors_use_redis(chaos: Chaos) -> None:
     # is down, and are retried), 8 threads, and a producer sending a little faster than they run
     seen = redis_kill_9_mid_stream(chaos, "write", threads=8, ms=100)
     written = {t.decode() if isinstance(t, bytes) else t for t in chaos.broker.client.lrange("chaos:written", 0, -1)}
-    retries = queue_stats(chaos.broker.client, chaos.broker.keys, ["chaos"])["chaos"]["retries_total"]
+    retries = queue_stats(chaos.broker.client, chaos.broker.shards, ["chaos"])["chaos"]["retries_total"]
     record_result(
         "Redis kill -9 + restart (AOF always), actors writing to Redis",
         seen["lost"],

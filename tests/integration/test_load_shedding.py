@@ -59,7 +59,7 @@ def send(broker: TriageBroker, tenant: str, *, queue: str = Q, priority: int = 5
 
 
 def stats_of(broker: TriageBroker, queue: str = Q) -> QueueCounters:
-    return queue_stats(broker.client, broker.keys, [queue])[queue]
+    return queue_stats(broker.client, broker.shards, [queue])[queue]
 
 
 def oldest_wait(broker: TriageBroker, queue: str = Q) -> float:

@@ -87,7 +87,7 @@ def test_a_tenant_at_its_in_flight_cap_is_skipped_and_the_others_are_served(
     view = tenant_view(r, broker.keys(Q), int(time.time() * 1000))
     assert (view["A"]["in_flight"], view["A"]["parked"], view["A"]["queued"]) == (2, "slot", 8)
     # And the queue counts two tenants held back (A and B, each parked at one level)
-    assert queue_detail(r, broker.keys, [Q])[Q]["tenants_held_back"] == 2
+    assert queue_detail(r, broker.shards, [Q])[Q]["tenants_held_back"] == 2
     # When one of A's messages is acked
     consumer.ack(next(m for m in first if m.args[0] == "A"))
     # Then exactly one more of A's comes, the next in A's order

@@ -86,7 +86,7 @@ def test_redis_runtime_installs_on_a_private_server_in_a_fresh_process() -> None
             for i in range(3):
                 job.send(i)
             run_queued(queues=["t_q"])
-            print(sorted(int(x) for x in client.lrange("out", 0, -1)), runtime.settings.queues["t_q"])
+            print(sorted(int(x) for x in client.lrange("out", 0, -1)), runtime.settings.queue_tiers()["t_q"])
             print(runtime.broker.client.connection_pool.connection_kwargs["port"] != 1)
         print(os.environ.get("REDIS_URL") == before)
         """

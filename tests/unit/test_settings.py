@@ -38,7 +38,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
             "red",
             "TRIAGE_TIERS__CRITICAL__COLOUR: Extra inputs are not permitted",
         ),
-        ("TRIAGE_QUEUES", '{"email": "urgent"}', "TRIAGE_QUEUES__EMAIL: must be one of"),
+        ("TRIAGE_QUEUES", '{"email": "urgent"}', "TRIAGE_QUEUES__EMAIL__TIER: must be one of"),
         ("TRIAGE_QUEUES", "{not json", "TRIAGE_QUEUES: must be valid JSON"),
     ],
 )
@@ -128,7 +128,7 @@ def test_the_service_config_is_overridden_by_the_environment_field_by_field(monk
     taxonomy = build_taxonomy(settings)
     assert taxonomy.tiers["critical"].max_retries == 7
     assert taxonomy.tiers["critical"].sla_seconds == 1.0
-    assert settings.queues == {"sms": "default", "gpu": "background"}
+    assert settings.queue_tiers() == {"sms": "default", "gpu": "background"}
     assert settings.routes == [("legacy.*", "sms")]
 
 
@@ -139,11 +139,11 @@ def test_a_config_module_is_read_by_its_upper_case_names() -> None:
         helper = "ignored"
 
     # Then only the upper-case names are read
-    assert load_settings(ServiceConfig).queues == {"email": "default"}
+    assert load_settings(ServiceConfig).queue_tiers() == {"email": "default"}
 
 
 def test_a_bad_config_value_names_the_config_entry() -> None:
-    with pytest.raises(ConfigError, match=r"config\.QUEUES\['email'\]: must be one of"):
+    with pytest.raises(ConfigError, match=r"config\.QUEUES\['email'\]\['tier'\]: must be one of"):
         load_settings({"QUEUES": {"email": "urgent"}})
 
 

@@ -14,16 +14,17 @@ import json
 import click
 
 from triage.broker.dedup import KeyHolder, drop, holder
+from triage.broker.keys import QueueKeys
 
 from .cli_common import NOT_FOUND, admin_or_exit, fail, reporting_redis_errors
 from .ops import Admin
 
 
-def holders(admin: Admin, key: str, queue: str | None) -> list[KeyHolder]:
-    """Who holds `key`, on `queue` or on every known queue."""
+def holders(admin: Admin, key: str, queue: str | None) -> list[tuple[KeyHolder, QueueKeys]]:
+    """Who holds `key`, on `queue` or on every known queue (any shard), and where."""
     queues = [queue] if queue else list(admin.queues())
-    found = (holder(admin.broker.client, admin.broker.keys(q), key) for q in queues)
-    return [h for h in found if h is not None]
+    found = ((holder(admin.broker.client, keys, key), keys) for q in queues for keys in admin.broker.shards(q))
+    return [(h, keys) for h, keys in found if h is not None]
 
 
 @click.group("dedup")
@@ -43,9 +44,9 @@ def show(key: str, queue: str | None, as_json: bool) -> None:
     if not found:
         fail(f"dedup key {key!r} is not held" + (f" on queue {queue!r}" if queue else " on any queue"), NOT_FOUND)
     if as_json:
-        click.echo(json.dumps({"holders": found}, indent=2))
+        click.echo(json.dumps({"holders": [h for h, _ in found]}, indent=2))
         return
-    for h in found:
+    for h, _ in found:
         click.echo(
             f"{h['key']}: held on queue {h['queue']} by message {h['message_id']} ({h['mode']}), "
             f"expires in {h['expires_in_seconds']:.0f} s"
@@ -60,9 +61,9 @@ def release(key: str, queue: str | None) -> None:
     admin = admin_or_exit()
     with reporting_redis_errors(admin.settings):
         found = holders(admin, key, queue)
-        for h in found:
-            drop(admin.broker.client, admin.broker.keys(h["queue"]), key)
+        for _, keys in found:
+            drop(admin.broker.client, keys, key)
     if not found:
         fail(f"dedup key {key!r} is not held" + (f" on queue {queue!r}" if queue else " on any queue"), NOT_FOUND)
-    for h in found:
+    for h, _ in found:
         click.echo(f"released {h['key']} on queue {h['queue']} (held by message {h['message_id']})")

@@ -14,6 +14,8 @@ Guarantees:
   interrupted (Ctrl-C, a crash) can be run again and takes what is left. The message is
   the dead one with its attempts reset, its priority and tenant kept, `requeued_from` set
   to the dead letter's id, and a new id in Redis.
+- A sharded queue's dead letters live in the shard where each died; they are listed, grouped
+  and counted as one queue's, and requeued into the shard they came from (one slot per call).
 - An entry whose message cannot be decoded (reason `undecodable`) is not requeued: it is
   counted as skipped and left in place; `purge` removes it.
 """
@@ -27,8 +29,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, replace
 from typing import Any
 
+from triage.broker.keys import QueueKeys
 from triage.broker.priority import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from triage.broker.redis_broker import TriageBroker
+from triage.broker.slots import grouped
 
 from .dlq_model import EVERYTHING, ActionResult, DeadLetter, Filter, Group, record_from
 
@@ -54,7 +58,8 @@ class DeadLetters:
         """A page of dead letters, newest first, and the cursor of the next page (None: no more)."""
         found: list[DeadLetter] = []
         for queue, tier in self._queues(where).items():
-            found += self._page(queue, tier, where, limit + 1, cursor)
+            for shard in range(len(self.broker.shards(queue))):
+                found += self._page(queue, tier, shard, where, limit + 1, cursor)
         found.sort(key=lambda e: (e.dead_lettered_at_ms, e.id), reverse=True)
         page = found[:limit]
         return page, (page[-1].cursor if len(found) > limit else None)
@@ -72,20 +77,19 @@ class DeadLetters:
     def show(self, redis_id: str, queue: str | None = None) -> DeadLetter | None:
         """One dead letter with its decoded message (args, kwargs, options), or None."""
         queues = self.queues()
-        names = [queue] if queue else list(queues)
+        places = [(name, shard, keys) for name in ([queue] if queue else queues) for shard, keys in self._shards(name)]
         pipe = self.broker.client.pipeline(transaction=False)
-        for name in names:
-            keys = self.broker.keys(name)
+        for _name, _shard, keys in places:
             pipe.hget(keys.dead_info, redis_id)
             pipe.hget(keys.dead_msgs, redis_id)
         replies = pipe.execute()
-        for index, name in enumerate(names):
+        for index, (name, shard, _keys) in enumerate(places):
             raw, payload = replies[2 * index], replies[2 * index + 1]
             if raw is not None:
                 entry = record_from(name, queues.get(name, ""), redis_id, raw)
                 decoded = self._decode(payload)
                 message = decoded if decoded is not None else {"undecodable": True}
-                return DeadLetter(**{**asdict(entry), "message": message})
+                return DeadLetter(**{**asdict(entry), "message": message, "shard": shard})
         return None
 
     def summary(self, where: Filter = EVERYTHING) -> list[Group]:
@@ -99,10 +103,10 @@ class DeadLetters:
             raise ValueError(
                 "the summary groups by actor, error type and reason, not by tenant; list by tenant instead"
             )
-        rows: list[Group] = []
-        for queue in self._queues(where):
-            self._ensure_indexed(queue)
-            key = self.broker.keys(queue).dead_idx
+        rows: dict[tuple[str, str, str, str], Group] = {}
+        for queue, _shard, keys in ((q, s, k) for q in self._queues(where) for s, k in self._shards(q)):
+            self._ensure_indexed(keys)
+            key = keys.dead_idx
             wanted: list[tuple[bytes, tuple[str, str, str]]] = []
             for value in self._group_values(key):
                 actor, error, reason = (part.decode(errors="replace") for part in value.split(b"\x01"))
@@ -124,8 +128,16 @@ class DeadLetters:
                 count, first, last = replies[3 * index : 3 * index + 3]
                 if count:
                     first_ms, last_ms = _split(first[0], b"g", b"")[1], _split(last[0], b"g", b"")[1]
-                    rows.append(Group(queue, actor, error, reason, count=count, first_ms=first_ms, last_ms=last_ms))
-        return sorted(rows, key=lambda g: (-g.count, g.queue, g.actor, g.error_type, g.reason))
+                    seen = rows.get((queue, actor, error, reason))
+                    if seen is not None:  # the same group in another shard of the queue
+                        count, first_ms, last_ms = (
+                            count + seen.count,
+                            min(first_ms, seen.first_ms),
+                            max(last_ms, seen.last_ms),
+                        )
+                    group = Group(queue, actor, error, reason, count=count, first_ms=first_ms, last_ms=last_ms)
+                    rows[(queue, actor, error, reason)] = group
+        return sorted(rows.values(), key=lambda g: (-g.count, g.queue, g.actor, g.error_type, g.reason))
 
     def _group_values(self, key: str) -> Iterator[bytes]:
         """The distinct groups (actor \x01 error type \x01 reason) of a queue's index, one call each."""
@@ -169,8 +181,7 @@ class DeadLetters:
         result = ActionResult(matched=len(entries))
         started = time.monotonic()
         for chunk in _chunks(entries, max(1, min(ACTION_CHUNK, int(rate or ACTION_CHUNK)))):
-            pipe = self.broker.client.pipeline(transaction=False)
-            sent = []
+            calls: list[tuple[DeadLetter, list[Any]]] = []
             payloads = self._payloads(chunk)
             for entry, payload in zip(chunk, payloads, strict=True):
                 if payload is False:  # gone since it was listed: requeued or purged by someone else
@@ -181,11 +192,8 @@ class DeadLetters:
                     result.skipped.append(entry.id)
                     continue
                 new_id, encoded, level, tenant, max_deliveries = prepared
-                keys = self.broker.keys(entry.queue).dead_letter_keys()
-                args: list[Any] = ["requeue", entry.id, new_id, encoded, level, tenant, max_deliveries]
-                self.broker.scripts["dlq"](keys=keys, args=args, client=pipe)
-                sent.append(entry)
-            for moved in pipe.execute() if sent else []:
+                calls.append((entry, ["requeue", entry.id, new_id, encoded, level, tenant, max_deliveries]))
+            for moved in self._run_dlq(calls):
                 result.done += int(moved)
                 result.gone += 1 - int(moved)
             if progress is not None:
@@ -201,12 +209,7 @@ class DeadLetters:
     ) -> ActionResult:
         result = ActionResult(matched=len(entries))
         for chunk in _chunks(entries, ACTION_CHUNK):
-            pipe = self.broker.client.pipeline(transaction=False)
-            for entry in chunk:
-                self.broker.scripts["dlq"](
-                    keys=self.broker.keys(entry.queue).dead_letter_keys(), args=["purge", entry.id], client=pipe
-                )
-            for removed in pipe.execute():
+            for removed in self._run_dlq([(entry, ["purge", entry.id]) for entry in chunk]):
                 result.done += int(removed)
                 result.gone += 1 - int(removed)
             if progress is not None:
@@ -215,15 +218,45 @@ class DeadLetters:
 
     # -- internals -----------------------------------------------------------------------
 
+    def _shards(self, queue: str) -> list[tuple[int, QueueKeys]]:
+        return list(enumerate(self.broker.shards(queue)))
+
+    def _keys(self, entry: DeadLetter) -> QueueKeys:
+        return self.broker.shards(entry.queue)[entry.shard]
+
+    def _run_dlq(self, calls: Sequence[tuple[DeadLetter, list[Any]]]) -> list[Any]:
+        """dlq.lua for each (entry, args), pipelined per shard (one slot each); replies in order."""
+        by_tag: dict[str, list[int]] = {}
+        for index, (entry, _args) in enumerate(calls):
+            by_tag.setdefault(self._keys(entry).tag, []).append(index)
+
+        def commands(indexes: list[int]) -> Callable[[Any], None]:
+            def queue_commands(pipe: Any) -> None:
+                for index in indexes:
+                    entry, args = calls[index]
+                    self.broker.scripts["dlq"](keys=self._keys(entry).dead_letter_keys(), args=args, client=pipe)
+
+            return queue_commands
+
+        replies = grouped(self.broker.client, {tag: (tag, commands(ix)) for tag, ix in by_tag.items()})
+        ordered: list[Any] = [None] * len(calls)
+        for tag, indexes in by_tag.items():
+            for index, reply in zip(indexes, replies[tag], strict=True):
+                ordered[index] = reply
+        return ordered
+
     def _queues(self, where: Filter) -> dict[str, str]:
         queues = self.queues()
         if where.queue is not None:
             return {where.queue: queues.get(where.queue, "")}
         return queues
 
-    def _page(self, queue: str, tier: str, where: Filter, want: int, cursor: str | None) -> list[DeadLetter]:
-        """Up to `want` matching entries of one queue, newest first, older than `cursor`."""
-        self._ensure_indexed(queue)
+    def _page(
+        self, queue: str, tier: str, shard: int, where: Filter, want: int, cursor: str | None
+    ) -> list[DeadLetter]:
+        """Up to `want` matching entries of one queue shard, newest first, older than `cursor`."""
+        keys = self.broker.shards(queue)[shard]
+        self._ensure_indexed(keys)
         dim, value = where.index()
         prefix = dim + SEP + value + SEP
         upper = b"[" + prefix + TOP
@@ -231,7 +264,6 @@ class DeadLetters:
             at, _, redis_id = cursor.partition("-")
             upper = b"(" + prefix + at.encode() + SEP + redis_id.encode()
         lower = b"[" + prefix + (f"{where.since_ms:013d}".encode() if where.since_ms else b"")
-        keys = self.broker.keys(queue)
         out: list[DeadLetter] = []
         while len(out) < want:
             members: list[bytes] = self.broker.client.zrevrangebylex(  # type: ignore[assignment]
@@ -245,30 +277,29 @@ class DeadLetters:
                 if raw is not None:
                     entry = record_from(queue, tier, redis_id, raw)
                     if where.matches(entry):
-                        out.append(entry)
+                        out.append(replace(entry, shard=shard) if shard else entry)
             upper = b"(" + members[-1]
         return out[:want]
 
-    def _ensure_indexed(self, queue: str) -> None:
+    def _ensure_indexed(self, keys: QueueKeys) -> None:
         """Index the dead letters that have no index entry (written by an earlier version)."""
-        keys = self.broker.keys(queue)
         pipe = self.broker.client.pipeline(transaction=True)
         pipe.zcard(keys.dead)
         pipe.zlexcount(keys.dead_idx, b"[*" + SEP, b"[*" + SEP + TOP)
         dead, indexed = pipe.execute()
         if dead == indexed:
             return
-        have = {member.rpartition(SEP)[2] for member in self._index_members(queue, b"*")}
+        have = {member.rpartition(SEP)[2] for member in self._index_members(keys, b"*")}
         ids: list[bytes] = self.broker.client.zrange(keys.dead, 0, -1)  # type: ignore[assignment]
         missing = [i for i in ids if i not in have]
         for start in range(0, len(missing), ACTION_CHUNK):
             args: list[Any] = ["index", *missing[start : start + ACTION_CHUNK]]
             self.broker.scripts["dlq"](keys=keys.dead_letter_keys(), args=args)
 
-    def _index_members(self, queue: str, dim: bytes) -> Iterator[bytes]:
+    def _index_members(self, keys: QueueKeys, dim: bytes) -> Iterator[bytes]:
         """Every index member of one dimension, in index order."""
         lower, upper = b"[" + dim + SEP, b"[" + dim + SEP + TOP
-        key = self.broker.keys(queue).dead_idx
+        key = keys.dead_idx
         while True:
             members: list[bytes] = self.broker.client.zrangebylex(  # type: ignore[assignment]
                 key, lower, upper, start=0, num=INDEX_CHUNK
@@ -282,7 +313,7 @@ class DeadLetters:
         """Each entry's message; False if the entry is gone, True if it is there without a message."""
         pipe = self.broker.client.pipeline(transaction=False)
         for entry in entries:
-            keys = self.broker.keys(entry.queue)
+            keys = self._keys(entry)
             pipe.hget(keys.dead_msgs, entry.id)
             pipe.hexists(keys.dead_info, entry.id)
         replies = pipe.execute()

@@ -97,6 +97,7 @@ class DeadLetter:
     first_failure_ms: int
     dead_lettered_at_ms: int
     message: dict[str, Any] | None = field(default=None, compare=False)  # show(): the decoded message
+    shard: int = 0  # of a sharded queue: which shard holds it (`TriageBroker.shards`)
 
     @property
     def cursor(self) -> str:
@@ -108,6 +109,8 @@ class DeadLetter:
             data.pop("traceback")
         if self.message is None:
             data.pop("message")
+        if not self.shard:
+            data.pop("shard")
         return data
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from triage.broker.encoder import encoder_for
 from triage.broker.redis_broker import TriageBroker
-from triage.settings import TIER_NAMES, Settings, load_settings
+from triage.settings import TIER_NAMES, Settings, load_settings, shard_counter
 from triage.stats import QueueStats, tiered_stats
 
 from .dlq import DeadLetters
@@ -42,12 +42,13 @@ class Admin:
             namespace=self.settings.namespace,
             middleware=[],
             encoder=encoder_for(self.settings.encoder),
+            shards=shard_counter(self.settings),
         )
         self.dead_letters = DeadLetters(self.broker, self.queues)
 
     def queues(self) -> dict[str, str]:
         """Every known queue and its tier: the tiers first, then the others by name."""
-        known: dict[str, str] = dict(self.settings.queues)
+        known: dict[str, str] = dict(self.settings.queue_tiers())
         known.update(self.broker.registry.known_queues())
         tiers = {name: name for name in TIER_NAMES}
         return tiers | {q: known[q] for q in sorted(known) if q not in tiers}

@@ -8,12 +8,13 @@ shared tenant (messages sent without one) is not listed. `--top N` bounds the li
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import click
 
 from triage.broker.clock import now_ms
-from triage.broker.limits import tenant_view
+from triage.broker.limits import TenantRow, tenant_view
 
 from .cli_common import admin_or_exit, reporting_redis_errors
 from .ops import Admin
@@ -26,10 +27,29 @@ def tenant_listing(admin: Admin, tier: str | None, top: int) -> dict[str, dict[s
     for queue, queue_tier in admin.queues().items():
         if tier is not None and queue_tier != tier:
             continue
-        rows = tenant_view(admin.broker.client, admin.broker.keys(queue), now)
+        rows = merged(tenant_view(admin.broker.client, keys, now) for keys in admin.broker.shards(queue))
         if rows:
             listing[queue] = {"tier": queue_tier, "tenants": dict(list(rows.items())[:top])}
     return listing
+
+
+SUMMED = ("queued", "in_flight", "pending", "throttled_total", "admission_denied_total", "admission_deferred_total")
+
+
+def merged(views: Iterable[dict[str, TenantRow]]) -> dict[str, TenantRow]:
+    """A sharded queue's tenants over its shards (a tenant's messages are in one shard, but for
+    those left where the queue was before it was sharded), largest backlog first."""
+    rows: dict[str, TenantRow] = {}
+    for view in views:
+        for tenant, row in view.items():
+            seen = rows.get(tenant)
+            if seen is None:
+                rows[tenant] = row
+                continue
+            for field in SUMMED:
+                seen[field] += row[field]  # type: ignore[literal-required]
+            seen["parked"] = seen["parked"] or row["parked"]
+    return dict(sorted(rows.items(), key=lambda item: (-item[1]["queued"], item[0])))
 
 
 def _limits(row: dict[str, Any]) -> str:

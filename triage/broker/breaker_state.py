@@ -113,7 +113,7 @@ class CircuitStore:
         self.namespace = namespace
         self.script = load(client, "breaker")
         self.channel = f"{namespace}:breakers:events"
-        self.names_key = f"{namespace}:breakers"
+        self.names_key = f"{{{namespace}:breaker-names}}"  # one key, hash-tagged like every other
         self.on_transition = on_transition
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[Verdict, float]] = {}

@@ -3,16 +3,13 @@
 Guarantees:
 - An idle consumer blocks on its queue's wake-up list (BLPOP) instead of polling; an
   enqueue, a resume or a requeue wakes it within a round trip. It wakes by itself when
-  the next delayed message falls due, and at least every `timeout` ms so the worker can
-  check for shutdown. No busy loop: with nothing due, one call per `timeout`.
-- It wakes on time for a delayed message or a retry by its own clock, not Redis's: Redis ends
-  a blocked call's timeout only on its server tick (every 1000/hz ms: 100 ms at the default
-  `hz 10`), so a BLPOP asked to wait 20 ms can return 190 ms later. The consumer blocks only
-  until one tick and `TICK_MARGIN_S` before the due time (the server's `hz` is read once; the
-  default when CONFIG is refused); for the rest it checks the wake-up list without blocking
-  every `POLL_S` (a new message still wakes it within that) and fetches at the due time. That
-  stretch is the only polling, only while a delayed message falls due within it and before
-  the consumer's `timeout` (a tenant parked by its limits is waited for on Redis's tick).
+  the next delayed message falls due, on time by its own clock (`waiting.py`), and at least
+  every `timeout` ms so the worker can check for shutdown. No busy loop: with nothing due,
+  one call per `timeout`.
+- A sharded queue's consumer serves its shards in turn: each fetch starts at the shard after
+  the one that last gave work, and takes from the first that has some. Every delivered
+  message is settled on its own shard (`shard_of`). The queue's own keys (where it lived
+  before it was sharded) are served too, but once found empty only every `LEGACY_RECHECK_S`.
 - It holds at most `prefetch` messages (Dramatiq passes twice the worker threads) and
   fetches only when no more than half of that is outstanding: a busy worker keeps about
   one message per thread waiting beyond those running, so urgent messages are not stuck
@@ -28,7 +25,9 @@ Guarantees:
   policy's reason, `unknown-actor`, `expired`, else `failed`) with the error type,
   message and a truncated traceback.
 - An ack applies the policy's decision (`outcome.py`): a retry or a deferral is stored in
-  the same script call that forgets the delivery.
+  the same script call that forgets the delivery. On a cluster, a retry or move to another
+  slot (another queue) is two idempotent steps: stored there under a window key named after
+  the delivery (stored once, however often the step runs), then forgotten here (`handed`).
 - A delivered message prints as `actor(id=…)`: its arguments stay out of Dramatiq's logs.
 - Ack, nack and requeue may be called from any worker thread. When Redis is unreachable
   they do not block or fail the worker thread: they wait in the broker's backlog
@@ -37,12 +36,9 @@ Guarantees:
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-import traceback
-import weakref
 from collections import deque
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -59,47 +55,21 @@ from .clock import now_ms
 from .errors import CONNECTION_ERRORS, connection_lost
 from .keys import QueueKeys
 from .limits import Limits
-from .outcome import outcome_of
+from .outcome import Placed, failure_info, outcome_of
 from .priority import DEFAULT_PRIORITY
+from .storing import Group, Storer
+from .waiting import TICK_MARGIN_S, ShardWaker, client_socket_timeout, server_tick_s, wait_one
 
 logger = logging.getLogger(__name__)
 
 MAX_DUE_MOVED_PER_FETCH = 1000
-TICK_MARGIN_S = 0.05  # how late Redis's tick can come under load, beyond 1/hz
-POLL_S = 0.01
+LEGACY_RECHECK_S = 5.0
+HANDED_KEY_PREFIX = "triage.handed:"
+HANDED_KEY_TTL_MS = 7 * 86_400_000
 DELIVERIES_OPTION = "triage_deliveries"  # where versions before 0.2 kept the count (dropped on re-enqueue)
 _DELIVERIES = "_triage_deliveries"  # the proxy's attributes
 _READY = "_triage_ready_ms"
-TRACEBACK_LIMIT = 2000  # characters of the traceback's tail kept with a dead letter
-
-
-def failure_info(reason: str, exception: BaseException | None, **extra: Any) -> str:
-    """The JSON kept with a dead letter: why, and the last error (type, message, traceback tail)."""
-    info: dict[str, Any] = {"reason": reason, **extra}
-    if exception is not None:
-        trace = "".join(traceback.format_exception(type(exception), exception, exception.__traceback__))
-        info["error"] = {
-            "type": type(exception).__name__,
-            "message": str(exception)[:1000],
-            "traceback": trace[-TRACEBACK_LIMIT:],
-        }
-    return json.dumps(info)
-
-
-_TICKS: weakref.WeakKeyDictionary[redis.Redis, float] = weakref.WeakKeyDictionary()
-
-
-def server_tick_s(client: redis.Redis) -> float:
-    """Redis's server tick, 1/hz seconds, read once per client (0.1 s, the default, when CONFIG
-    GET is refused, as managed services may, or fails)."""
-    if client not in _TICKS:
-        try:
-            config: dict[Any, Any] = client.config_get("hz")
-            hz = int(config.get("hz") or config.get(b"hz") or 10)
-        except (redis.RedisError, OSError, ValueError):
-            hz = 10
-        _TICKS[client] = 1 / max(1, hz)
-    return _TICKS[client]
+_SHARD = "_triage_shard"
 
 
 def delivery_count(message: Message[Any] | MessageProxy) -> int:
@@ -116,6 +86,24 @@ def ready_at_ms(message: Message[Any] | MessageProxy) -> int | None:
     Redis's, if that is earlier). None for a message not delivered by Triage."""
     ready = message.__dict__.get(_READY) if isinstance(message, MessageProxy) else None
     return int(ready) if ready else None
+
+
+def shard_of(message: Message[Any] | MessageProxy) -> int:
+    """Which shard of its queue the delivered message came from (0 when not sharded)."""
+    shard = message.__dict__.get(_SHARD) if isinstance(message, MessageProxy) else None
+    return int(shard or 0)
+
+
+class Shard:
+    """One shard of a consumer's queue: its keys and the key lists of its scripts."""
+
+    def __init__(self, keys: QueueKeys, consumer_id: str) -> None:
+        self.keys = keys
+        self.fetch_keys = keys.fetch_keys(consumer_id)
+        self.settle_keys = keys.settle_keys(consumer_id)
+        self.requeue_keys = keys.requeue_keys(consumer_id)
+        self.next_eta = -1
+        self.next_due = -1  # the next delayed message's eta (next_eta may be a parked tenant's time)
 
 
 class TriageMessageProxy(MessageProxy):
@@ -139,6 +127,8 @@ class ConsumerHost(Protocol):
     draining: bool
     backlog: SettleBacklog
     scripts: dict[str, Script]
+    storer: Storer
+    cluster: bool
 
     def dead_letter_limits(self, queue_name: str) -> tuple[int, int]: ...
 
@@ -146,21 +136,24 @@ class ConsumerHost(Protocol):
 
     def keys(self, queue_name: str) -> QueueKeys: ...
 
+    def shards(self, queue_name: str) -> list[QueueKeys]: ...
+
 
 class TriageConsumer(Consumer):
     def __init__(self, broker: ConsumerHost, queue_name: str, prefetch: int, timeout: int) -> None:
         self.broker = broker
         self.queue_name = queue_name
-        self.keys = broker.keys(queue_name)
         self.consumer_id = broker.broker_id
-        self.fetch_keys = self.keys.fetch_keys(self.consumer_id)
-        self.settle_keys = self.keys.settle_keys(self.consumer_id)
-        self.requeue_keys = self.keys.requeue_keys(self.consumer_id)
+        self.shards = [Shard(keys, self.consumer_id) for keys in broker.shards(queue_name)]
+        self.keys = self.shards[0].keys
+        self.turn = 0  # the shard the next fetch starts at
+        self.legacy = len(self.shards) - 1 if len(self.shards) > 1 else -1  # see `_fetch`
+        self.legacy_due = 0.0
         self.limits = broker.tenant_defaults(queue_name)[:3]  # every tenant's (rpm, burst, max in flight)
         self.prefetch = max(1, prefetch)
         self.low_water = max(1, self.prefetch // 2)
         # A blocking wait must end before the client's socket timeout (redis-py's default is 5 s).
-        socket_timeout = broker.client.connection_pool.connection_kwargs.get("socket_timeout")
+        socket_timeout = client_socket_timeout(broker.client)
         self.timeout = max(timeout, 10) / 1000
         if socket_timeout:
             self.timeout = min(self.timeout, socket_timeout * 0.8)
@@ -168,10 +161,17 @@ class TriageConsumer(Consumer):
         self.outstanding = 0  # fetched and not settled yet, cache included
         self.lock = threading.Lock()
         self.settled = threading.Event()
-        self.next_eta = -1
-        self.next_due = -1  # the next delayed message's eta (next_eta may be a parked tenant's time)
         self.stretch = server_tick_s(broker.client) + TICK_MARGIN_S
         self.suspect: str | None = None  # a message reclaimed from a dead worker, being run alone
+        self.waker: ShardWaker | None = None
+        if len(self.shards) > 1:
+            wakes = [shard.keys.wake for shard in self.shards]
+            self.waker = ShardWaker(broker.client, wakes, self.timeout, f"triage-{queue_name}")
+
+    @property
+    def next_eta(self) -> int:
+        """When the next delayed message or parked tenant of any shard is due (epoch ms; -1: none)."""
+        return min((shard.next_eta for shard in self.shards if shard.next_eta > 0), default=-1)
 
     def __next__(self) -> MessageProxy | None:
         try:
@@ -196,10 +196,27 @@ class TriageConsumer(Consumer):
             raise connection_lost(exc) from None
 
     def _fetch(self, count: int) -> bool:
+        """Fetch from the shards in turn, from the one after the last that gave work, until one
+        gives some. The queue's own keys of a sharded queue (where it lived before it was
+        sharded) are asked again only `LEGACY_RECHECK_S` after they were found empty."""
+        for step in range(len(self.shards)):
+            index = (self.turn + step) % len(self.shards)
+            legacy = index == self.legacy
+            if legacy and time.monotonic() < self.legacy_due:
+                continue
+            if self._fetch_shard(index, count):
+                self.turn = (index + 1) % len(self.shards)
+                return True
+            if legacy and self.shards[index].next_eta < 0:
+                self.legacy_due = time.monotonic() + LEGACY_RECHECK_S
+        return False
+
+    def _fetch_shard(self, index: int, count: int) -> bool:
+        shard = self.shards[index]
         fetched, next_eta, suspect, next_due = self.broker.scripts["fetch"](
-            keys=self.fetch_keys, args=[now_ms(), count, MAX_DUE_MOVED_PER_FETCH, *self.limits]
+            keys=shard.fetch_keys, args=[now_ms(), count, MAX_DUE_MOVED_PER_FETCH, *self.limits]
         )
-        self.next_eta, self.next_due = int(next_eta), int(next_due)
+        shard.next_eta, shard.next_due = int(next_eta), int(next_due)
         if suspect:
             self.suspect = fetched[-4].decode()
         for i in range(0, len(fetched), 4):
@@ -207,10 +224,12 @@ class TriageConsumer(Consumer):
             try:
                 proxy = TriageMessageProxy(self._decode(payload))
             except DecodeError as exc:
-                self._dead_letter_undecodable(redis_id, exc)
+                self._dead_letter_undecodable(shard, redis_id, exc)
                 continue
             proxy.__dict__[_DELIVERIES] = int(deliveries)
             proxy.__dict__[_READY] = int(ready)
+            if index:
+                proxy.__dict__[_SHARD] = index
             with self.lock:
                 self.outstanding += 1
             self.cache.append(proxy)
@@ -225,7 +244,7 @@ class TriageConsumer(Consumer):
         except Exception as exc:
             raise DecodeError("Failed to decode message.", payload, exc) from exc  # type: ignore[no-untyped-call]
 
-    def _dead_letter_undecodable(self, redis_id: bytes, exc: DecodeError) -> None:
+    def _dead_letter_undecodable(self, shard: Shard, redis_id: bytes, exc: DecodeError) -> None:
         logger.error(
             "Message %s on queue %r cannot be decoded (%s); moved to the dead letters.",
             redis_id.decode(errors="replace"),
@@ -233,34 +252,27 @@ class TriageConsumer(Consumer):
             exc.__cause__ or exc,
         )
         args = self._nack_args(redis_id, "undecodable", exc.__cause__ or exc)
-        self.broker.backlog.run("settle", self.settle_keys, args)
+        self.broker.backlog.run("settle", shard.settle_keys, args)
 
     def _block(self) -> None:
         """Wait for a wake-up token, the next due time, or `timeout`, whichever comes first."""
-        client, wake, now = self.broker.client, self.keys.wake, now_ms()
-        wait = self.timeout
+        now, wait = now_ms(), self.timeout
         if self.next_eta > 0:
             wait = min(wait, max(0.001, (self.next_eta - now) / 1000))
-        due_in = (self.next_due - now) / 1000 if self.next_due > 0 else wait + 1
-        if due_in > wait:  # the timeout or a parked tenant comes first: Redis's tick will do
-            client.blpop([wake], timeout=wait)
+        if self.waker is not None:
+            self.waker.wait(wait)
             return
-        if due_in > self.stretch:  # block until shortly before it is due; a token wakes it sooner
-            if client.blpop([wake], timeout=due_in - self.stretch) is not None:
-                return
-            due_in = (self.next_due - now_ms()) / 1000
-        deadline = time.monotonic() + max(0.001, due_in)
-        while (left := deadline - time.monotonic()) > 0:
-            if client.lpop(wake) is not None:
-                return
-            time.sleep(min(POLL_S, left))
+        shard = self.shards[0]
+        due_in = (shard.next_due - now) / 1000 if shard.next_due > 0 else wait + 1
+        wait_one(self.broker.client, shard.keys.wake, wait=wait, due_in=due_in, stretch=self.stretch)
 
     def ack(self, message: MessageProxy) -> None:
         """Forget the delivery; or, when a policy decided so, retry or defer it in the same call."""
         redis_id = message.options["redis_message_id"]
+        shard = self.shards[shard_of(message)]
         outcome = outcome_of(message)
         if outcome is None or outcome.kind == "ack":
-            self._settle("settle", self.settle_keys, ["ack", now_ms(), redis_id], redis_id)
+            self._settle("settle", shard.settle_keys, ["ack", now_ms(), redis_id], redis_id)
         elif outcome.kind == "dead":  # decided dead but not failed: dead-letter it all the same
             self.nack(message)
         elif outcome.kind == "defer":
@@ -268,11 +280,14 @@ class TriageConsumer(Consumer):
             level = message.options.get("priority", DEFAULT_PRIORITY)
             tenant = message.options.get("tenant") or ""
             args = ["defer", now, redis_id, "", "", level, tenant, now + outcome.delay_ms, 0]
-            self._settle_retry(message, self.keys.retry_keys(self.keys, self.consumer_id), args)
+            self._settle_retry(message, shard.keys.retry_keys(shard.keys, self.consumer_id), args)
         else:
             placed = outcome.placed
             assert placed is not None
-            target = self.broker.keys(placed.message.queue_name)
+            target = self.broker.shards(placed.message.queue_name)[placed.shard]
+            if self.broker.cluster and target.tag != shard.keys.tag:
+                self._hand_over(message, shard, target, placed, outcome.kind)
+                return
             new_id = placed.message.options["redis_message_id"]
             args = [
                 outcome.kind,  # "retry" or "move"
@@ -285,12 +300,35 @@ class TriageConsumer(Consumer):
                 placed.eta,
                 placed.max_deliveries,
             ]
-            self._settle_retry(message, target.retry_keys(self.keys, self.consumer_id), args)
+            self._settle_retry(message, target.retry_keys(shard.keys, self.consumer_id), args)
+
+    def _hand_over(self, message: MessageProxy, shard: Shard, target: QueueKeys, placed: Placed, kind: str) -> None:
+        """A retry or move to another cluster slot: two steps, each idempotent. First the new
+        message is stored there under a window key named after this delivery (a second run
+        finds the key held and stores nothing); then the delivery is forgotten here. If the
+        first step cannot reach Redis, the delivery stays in flight (redelivered, or reclaimed);
+        if Redis refuses it, the message is dead-lettered as `retry-failed`."""
+        redis_id = message.options["redis_message_id"]
+        keyed = placed._replace(dedup_key=HANDED_KEY_PREFIX + redis_id, dedup_mode="w", dedup_ttl_ms=HANDED_KEY_TTL_MS)
+        step = Group(target, [0, 0])
+        step.fields.extend(keyed.fields())
+        step.members.append(0)
+        try:
+            self.broker.storer.store([step], [keyed], now_ms())
+        except redis.ResponseError as exc:
+            logger.error("Retry of message %s refused by Redis (%s); dead-lettered instead.", message, exc)
+            self._nack(message, "retry-failed", exc)
+            return
+        except BaseException:
+            self._release([redis_id])
+            raise
+        counter = "retries_total" if kind == "retry" else "moved_total"
+        self._settle("settle", shard.settle_keys, ["handed", now_ms(), redis_id, counter], redis_id)
 
     def _settle_retry(self, message: MessageProxy, keys: list[str], args: list[Any]) -> None:
         """Run retry.lua; if Redis refuses it (not unreachable: an error of the script or of the
-        keys, such as a retry queue in another cluster slot), dead-letter the message instead
-        (reason `retry-failed`) rather than leave it in flight for good."""
+        keys), dead-letter the message instead (reason `retry-failed`) rather than leave it in
+        flight for good."""
         try:
             self.broker.backlog.run("retry", keys, args)
         except redis.ResponseError as exc:
@@ -317,7 +355,7 @@ class TriageConsumer(Consumer):
     def _nack(self, message: MessageProxy, reason: str, exception: BaseException | None) -> None:
         redis_id = message.options["redis_message_id"]
         args = self._nack_args(redis_id, reason, exception, actor=message.actor_name)
-        self._settle("settle", self.settle_keys, args, redis_id)
+        self._settle("settle", self.shards[shard_of(message)].settle_keys, args, redis_id)
 
     def _nack_args(self, redis_id: Any, reason: str, exception: BaseException | None, **extra: Any) -> list[Any]:
         """settle.lua's arguments for a nack: why, the last error, the queue's retention."""
@@ -331,13 +369,14 @@ class TriageConsumer(Consumer):
             self._release([redis_id])
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
-        ids = [m.options["redis_message_id"] for m in messages]
-        if not ids:
-            return
-        try:
-            self.broker.backlog.run("requeue", self.requeue_keys, ids)
-        finally:
-            self._release(ids)
+        by_shard: dict[int, list[str]] = {}
+        for m in messages:
+            by_shard.setdefault(shard_of(m), []).append(m.options["redis_message_id"])
+        for index, ids in by_shard.items():
+            try:
+                self.broker.backlog.run("requeue", self.shards[index].requeue_keys, ids)
+            finally:
+                self._release(ids)
 
     def _release(self, ids: list[str]) -> None:
         with self.lock:
@@ -347,6 +386,8 @@ class TriageConsumer(Consumer):
         self.settled.set()
 
     def close(self) -> None:
+        if self.waker is not None:
+            self.waker.stop()
         cached: list[Any] = list(self.cache)
         self.cache.clear()
         self.requeue(cached)

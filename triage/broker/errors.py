@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import redis
 from dramatiq.errors import BrokerError, ConnectionClosed, QueueJoinTimeout
+from redis.exceptions import AskError, ClusterError, SlotNotCoveredError, TryAgainError
 
-# What redis-py raises when Redis cannot be reached or does not answer in time.
-CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+# What redis-py raises when Redis cannot be reached or does not answer in time, and, on a
+# cluster, while a slot has no reachable primary or is moving (a failover, a resharding; the
+# cluster client retries these first): the command did not run, or may not have.
+CLUSTER_TRANSIENT = (ClusterError, TryAgainError, AskError, SlotNotCoveredError)
+CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, *CLUSTER_TRANSIENT)
 
 
 def connection_lost(exc: Exception) -> ConnectionClosed:
@@ -21,7 +25,8 @@ def join_timeout(queue_name: str) -> QueueJoinTimeout:
 class Backpressure(BrokerError):
     """A send refused by admission: the tenant has `max_pending` messages pending on the queue
     already. Nothing of the send (nor of its batch) was stored; try again after `retry_after`
-    seconds (an HTTP app answers 429 with Retry-After)."""
+    seconds (an HTTP app answers 429 with Retry-After). On a Redis Cluster, a batch spanning
+    slots may have been stored in part: see `stored`."""
 
     def __init__(self, tenant: str, queue: str, pending: int, max_pending: int, retry_after: float) -> None:
         super().__init__(  # type: ignore[no-untyped-call]
@@ -30,6 +35,9 @@ class Backpressure(BrokerError):
         )
         self.tenant, self.queue, self.pending, self.max_pending = tenant, queue, pending, max_pending
         self.retry_after = retry_after
+        # On a Redis Cluster, a batch over several slots is stored slot by slot: the message ids
+        # that earlier slots stored before this refusal (sending the batch again stores the rest).
+        self.stored: list[str] = []
 
 
 class ReplicationError(BrokerError):

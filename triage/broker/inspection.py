@@ -2,7 +2,9 @@
 
 Guarantees:
 - One round trip (MULTI/EXEC: one consistent snapshot) for every queue, no
-  `KEYS`/`SCAN`.
+  `KEYS`/`SCAN`. On a Redis Cluster, one transaction per queue shard (each a snapshot of its
+  slot), on the node that serves it (`slots.grouped`).
+- A sharded queue is one row: its shards' counts summed, its oldest wait the oldest of any.
 - Field names are a public contract (`queued`, `delayed`, `retrying`, `running`,
   `dead_letters_total`, `paused`, ...): fields may be added, never renamed.
 - A queue's messages are counted once each: `queued` (waiting in the queue), `delayed`
@@ -31,13 +33,14 @@ Guarantees:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import redis
 
 from .clock import now_ms
 from .keys import LEVELS, QueueKeys
 from .scripts import load
+from .slots import grouped
 
 
 class QueueCounters(TypedDict):
@@ -73,18 +76,25 @@ AGE_SAMPLE = 200
 
 
 def queue_detail(
-    client: redis.Redis, keys_of: Callable[[str], QueueKeys], queues: Iterable[str]
+    client: redis.Redis, shards_of: Callable[[str], list[QueueKeys]], queues: Iterable[str]
 ) -> dict[str, QueueDetail]:
     """Each queue's depth per priority, mean queued age and tenants held back, in the order given."""
     names = list(queues)
     detail = load(client, "detail")
-    pipe = client.pipeline(transaction=False)
-    for queue in names:
-        keys = keys_of(queue)
-        detail(keys=[keys.items, keys.state, keys.since, keys.parked], args=[AGE_SAMPLE], client=pipe)
+
+    def commands(keys: QueueKeys) -> Callable[[Any], None]:
+        return lambda pipe: detail(
+            keys=[keys.items, keys.state, keys.since, keys.parked], args=[AGE_SAMPLE], client=pipe
+        )
+
+    replies = grouped(client, {keys.tag: (keys.tag, commands(keys)) for q in names for keys in shards_of(q)})
     found: dict[str, QueueDetail] = {}
-    for queue, reply in zip(names, pipe.execute(), strict=True):
-        *levels, sampled, age_ms, held = (int(value) for value in reply)
+    for queue in names:
+        levels, sampled, age_ms, held = [0] * len(LEVELS), 0, 0, 0
+        for keys in shards_of(queue):
+            *counts, shard_sampled, shard_age, shard_held = (int(value) for value in replies[keys.tag][0])
+            levels = [a + b for a, b in zip(levels, counts, strict=True)]
+            sampled, age_ms, held = sampled + shard_sampled, age_ms + shard_age, held + shard_held
         found[queue] = QueueDetail(
             queued_by_priority={str(level): n for level, n in zip(LEVELS, levels, strict=True)},
             avg_queue_age_seconds=round(age_ms / sampled / 1000, 3) if sampled else 0.0,
@@ -94,26 +104,37 @@ def queue_detail(
 
 
 def queue_stats(
-    client: redis.Redis, keys_of: Callable[[str], QueueKeys], queues: Iterable[str]
+    client: redis.Redis, shards_of: Callable[[str], list[QueueKeys]], queues: Iterable[str]
 ) -> dict[str, QueueCounters]:
     """Counters of each queue in `queues`, in the order given."""
     names = list(queues)
-    pipe = client.pipeline(transaction=True)  # one snapshot: delayed - retrying is never negative
     oldest = load(client, "oldest")
-    for queue in names:
-        keys = keys_of(queue)
-        pipe.hlen(keys.items)
-        pipe.zcard(keys.delayed)
-        pipe.zcard(keys.retrying)
-        pipe.hgetall(keys.stats)
-        pipe.zcard(keys.dead)
-        pipe.exists(keys.paused)
-        oldest(keys=[keys.state, keys.heads, keys.delayed], args=[now_ms()], client=pipe)
-    replies = iter(pipe.execute())
+
+    def commands(keys: QueueKeys) -> Callable[[Any], None]:
+        def queue_commands(pipe: Any) -> None:
+            pipe.hlen(keys.items)
+            pipe.zcard(keys.delayed)
+            pipe.zcard(keys.retrying)
+            pipe.hgetall(keys.stats)
+            pipe.zcard(keys.dead)
+            pipe.exists(keys.paused)
+            oldest(keys=[keys.state, keys.heads, keys.delayed], args=[now_ms()], client=pipe)
+
+        return queue_commands
+
+    # One snapshot per shard: delayed - retrying is never negative.
+    groups = {keys.tag: (keys.tag, commands(keys)) for q in names for keys in shards_of(q)}
+    replies = grouped(client, groups, transaction=True)
     stats: dict[str, QueueCounters] = {}
     for queue in names:
-        queued, delayed, retrying, raw, dead, paused, waited_ms = (next(replies) for _ in range(7))
-        counters = {k.decode(): int(v) for k, v in raw.items()}
+        queued = delayed = retrying = dead = paused = waited_ms = 0
+        counters: dict[str, int] = {}
+        for keys in shards_of(queue):
+            shard = replies[keys.tag]
+            queued, delayed, retrying = queued + shard[0], delayed + shard[1], retrying + shard[2]
+            for k, v in shard[3].items():
+                counters[k.decode()] = counters.get(k.decode(), 0) + int(v)
+            dead, paused, waited_ms = dead + shard[4], paused or shard[5], max(waited_ms, int(shard[6]))
         stats[queue] = QueueCounters(
             queued=queued,
             delayed=delayed - retrying,
@@ -130,7 +151,7 @@ def queue_stats(
             admission_deferred_total=counters.get("admission_deferred_total", 0),
             shed_total=counters.get("shed_total", 0),
             duplicates_total=counters.get("duplicates_total", 0),
-            oldest_waiting_seconds=int(waited_ms) / 1000,
+            oldest_waiting_seconds=waited_ms / 1000,
             dead_letters_by_reason={k[5:]: v for k, v in sorted(counters.items()) if k.startswith("dead:")},
             dead_letters_trimmed_total=counters.get("dead_trimmed_total", 0),
             requeued_total=counters.get("requeued_total", 0),

@@ -4,9 +4,19 @@ Guarantees: every key of a queue carries the queue's hash tag `{namespace:queue}
 one queue's keys live in one Redis Cluster slot and a script over one queue is a legal
 cluster script. `QueueKeys.block()` is the block of `BLOCK_SIZE` keys of `lua/_fifo.lua`, in its
 order.
+
+A sharded queue (`shards=N`, N > 1) is N queues' worth of keys, each with a hash tag of its own
+(`shard_tags`): shard i's tag is `{namespace:queue~i.j}` with the first j whose slot falls in the
+middle of the i-th N-th of the slot space, so N shards land on N different masters of a cluster
+whose slots are split evenly (as `redis-cli --cluster create` splits them). The tags are a
+function of the names and N alone: every process finds the same ones.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from .priority import MAX_PRIORITY, MIN_PRIORITY
 
@@ -14,12 +24,28 @@ LEVELS = range(MIN_PRIORITY, MAX_PRIORITY + 1)  # one FIFO/round-robin level per
 BLOCK_SIZE = 9 + len(LEVELS)  # msgs .. wake, heads, since, then one rr key per level (`lua/_fifo.lua`)
 
 
-class QueueKeys:
-    """The key names of one queue, computed once."""
+@lru_cache(maxsize=1024)
+def shard_tags(namespace: str, queue: str, shards: int) -> tuple[str, ...]:
+    """The hash tags of a queue's shards: the queue's own tag when it has one shard."""
+    if shards <= 1:
+        return (f"{{{namespace}:{queue}}}",)
+    width = REDIS_CLUSTER_HASH_SLOTS / shards
+    tags = []
+    for shard in range(shards):
+        middle, spread = (shard + 0.5) * width, max(1.0, width / 8)
+        j = 0
+        while abs(key_slot(f"{namespace}:{queue}~{shard}.{j}".encode()) - middle) > spread:
+            j += 1
+        tags.append(f"{{{namespace}:{queue}~{shard}.{j}}}")
+    return tuple(tags)
 
-    def __init__(self, namespace: str, queue: str) -> None:
+
+class QueueKeys:
+    """The key names of one queue (or of one shard of it: `tag`), computed once."""
+
+    def __init__(self, namespace: str, queue: str, tag: str | None = None) -> None:
         self.namespace, self.queue = namespace, queue
-        self.tag = tag = f"{{{namespace}:{queue}}}"
+        self.tag = tag = tag or f"{{{namespace}:{queue}}}"
         self.msgs = f"{tag}:msgs"
         self.items = f"{tag}:items"
         self.state = f"{tag}:state"

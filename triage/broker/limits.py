@@ -59,17 +59,17 @@ def write_limits(client: redis.Redis, key: str, defaults: Limits, own: dict[str,
 
 def refusal(
     reply: list[Any],
-    queues: list[str],
-    groups: dict[str, list[Any]],
+    queue: str,
+    fields: list[Any],
     tenant_limits: Callable[[str], tuple[Limits, dict[str, Limits]]],
 ) -> Backpressure:
-    """The `Backpressure` for the enqueue script's refusal `{tenant, queue position, pending, cap}`;
-    `groups` are the script's message fields per queue (ENQUEUE_FIELDS each, the tenant fourth)."""
-    tenant, position, pending, cap = as_text(reply[0]), int(reply[1]), int(reply[2]), int(reply[3])
-    queue = queues[position - 1]
+    """The `Backpressure` for the enqueue script's refusal `{tenant, queue position, pending, cap}`
+    of a tenant on `queue`; `fields` are the script's message fields for that queue (shard)
+    (ENQUEUE_FIELDS each, the tenant fourth)."""
+    tenant, pending, cap = as_text(reply[0]), int(reply[2]), int(reply[3])
     defaults, own = tenant_limits(queue)
     rpm = own.get(tenant, defaults)[0]
-    adding = sum(1 for i in range(3, len(groups[queue]), ENQUEUE_FIELDS) if groups[queue][i] == tenant)
+    adding = sum(1 for i in range(3, len(fields), ENQUEUE_FIELDS) if fields[i] == tenant)
     # At the tenant's rate, the time for the excess to drain; without a rate, a few seconds.
     retry_after = max(1.0, (pending + adding - cap) * 60 / rpm) if rpm else ADMISSION_RETRY_AFTER_S
     return Backpressure(tenant, queue, pending, cap, retry_after)

@@ -7,16 +7,21 @@ records its decision on the delivered message with `set_outcome`; nothing is wri
 then. The consumer applies the decision when Dramatiq settles the delivery, in one script call
 together with forgetting the delivery (`retry.lua`, `settle.lua`), so a decision that cannot
 be written leaves the message in flight, to be settled when Redis answers or reclaimed.
+A dead letter keeps why it failed (`failure_info`): the reason, and the last error's type,
+message and the tail of its traceback.
 """
 
 from __future__ import annotations
 
+import json
+import traceback
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 from dramatiq.broker import MessageProxy
 from dramatiq.message import Message
 
+TRACEBACK_LIMIT = 2000  # characters of the traceback's tail kept with a dead letter
 ENQUEUE_FIELDS = 11  # values per message in the enqueue script's call (`Placed.fields`)
 
 
@@ -34,6 +39,7 @@ class Placed(NamedTuple):
     dedup_key: str = ""  # "": not deduplicated
     dedup_mode: str = ""  # "d" until_done, "s" until_start, "w" window
     dedup_ttl_ms: int = 0
+    shard: int = 0  # which of its queue's shards (`TriageBroker.shards`)
 
     def fields(self) -> tuple[Any, ...]:
         """Its ENQUEUE_FIELDS values, in the enqueue script's order."""
@@ -71,3 +77,16 @@ def set_outcome(message: MessageProxy, outcome: Outcome) -> None:
 def outcome_of(message: MessageProxy) -> Outcome | None:
     outcome = message.__dict__.get(_ATTRIBUTE)
     return outcome if isinstance(outcome, Outcome) else None
+
+
+def failure_info(reason: str, exception: BaseException | None, **extra: Any) -> str:
+    """The JSON kept with a dead letter: why, and the last error (type, message, traceback tail)."""
+    info: dict[str, Any] = {"reason": reason, **extra}
+    if exception is not None:
+        trace = "".join(traceback.format_exception(type(exception), exception, exception.__traceback__))
+        info["error"] = {
+            "type": type(exception).__name__,
+            "message": str(exception)[:1000],
+            "traceback": trace[-TRACEBACK_LIMIT:],
+        }
+    return json.dumps(info)

@@ -35,9 +35,17 @@ The life of a message, in plain words:
 
 Costs: every enqueue, fetch and settle is one round trip and O(1) Redis work in the
 number of queued messages and tenants (a fetch scans at most the ten levels). No KEYS,
-no SCAN, no polling. All keys of a queue share a hash tag, so each call touches one
-cluster slot; a batch spanning queues touches one block of keys per queue and needs
-them on one node (any single Redis or Sentinel setup).
+no SCAN, no polling. All keys of a queue (of a shard of it) share a hash tag, so each call
+touches one cluster slot; a batch spanning queues is one call on a single Redis and one call
+per slot on a cluster (`storing.py`).
+
+Sharded queues (`shards`: N > 1): a queue's messages are spread over N shards, each its own
+set of keys with its own hash tag (`keys.shard_tags`), so one hot queue spans N cluster nodes.
+A message goes to the shard of its tenant (hashed), else of its dedup key, else round-robin;
+a retry stays in its shard. Consumers serve the shards in turn. Each shard is a queue as
+above: priority, tenant round-robin and FIFO hold within it; across shards a consumer serves
+the shards' heads in turn (a priority-1 message in one shard can wait behind a priority-9 one
+of another for one turn).
 """
 
 from __future__ import annotations
@@ -49,7 +57,6 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import msgpack
 import redis
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.encoder import Encoder
@@ -58,21 +65,22 @@ from dramatiq.middleware import CurrentMessage, Middleware
 
 from .backlog import SettleBacklog
 from .clock import now_ms
-from .connection import client_from_url
-from .consumer import DELIVERIES_OPTION, TriageConsumer
+from .connection import client_from_url, is_cluster
+from .consumer import DELIVERIES_OPTION, TriageConsumer, shard_of
 from .dedup import DuplicateMessage, as_duplicate, dedup_of
 from .dispatch import FastDispatch
 from .encoder import MsgpackEncoder
-from .errors import CONNECTION_ERRORS, ReplicationError, connection_lost, join_timeout
+from .errors import CONNECTION_ERRORS, connection_lost, join_timeout
 from .keys import QueueKeys
-from .limits import NO_LIMITS, Limits, refusal, write_limits
+from .limits import NO_LIMITS, Limits, write_limits
 from .operations import QueueOperations
 from .outcome import Outcome, Placed, set_outcome
 from .priority import DEFAULT_PRIORITY, check_priority
 from .registry import WorkerRegistry
 from .scripts import register
+from .sharding import Sharding
 from .shedding import LoadShedder, Shedding
-from .text import as_text
+from .storing import Group, Storer, group, with_batch_keys
 
 SHARED_TENANT = ""
 logger = logging.getLogger(__name__)
@@ -81,7 +89,7 @@ logger = logging.getLogger(__name__)
 REGISTRY_REFRESH_S = 60.0
 
 
-class TriageBroker(QueueOperations, FastDispatch):
+class TriageBroker(Sharding, QueueOperations, FastDispatch):
     """A Dramatiq broker on Redis with priority levels, tenant round-robin and liveness.
 
     Parameters:
@@ -106,6 +114,7 @@ class TriageBroker(QueueOperations, FastDispatch):
         else raise `ReplicationError` (0: do not wait).
       encoder: how messages are encoded (msgpack by default); the broker reads what it writes
         with this encoder, whatever Dramatiq's global one is.
+      shards: a queue's number of shards (1: not sharded).
     """
 
     def __init__(
@@ -125,6 +134,7 @@ class TriageBroker(QueueOperations, FastDispatch):
         min_replicas: int = 0,
         replica_timeout_ms: int = 1000,
         encoder: Encoder | None = None,
+        shards: Callable[[str], int] = lambda queue_name: 1,
     ) -> None:
         super().__init__(middleware=middleware)
         if client is None and url is None:
@@ -148,11 +158,12 @@ class TriageBroker(QueueOperations, FastDispatch):
             heartbeat_timeout_ms=heartbeat_timeout_ms,
             max_deliveries=max_deliveries,
             dead_letter_limits=dead_letter_limits,
+            shards=self.shards,
         )
         self.dead_letter_limits = dead_letter_limits
         self.tenant_limits = tenant_limits
         self.admission_delay_ms = admission_delay_ms
-        self.shedder = LoadShedder(self.client, self.keys, shedding)
+        self.shedder = LoadShedder(self.client, self.shards, shedding)
         self._limits_published: set[str] = set()
         self.queue_label = queue_label
         # When this process last recorded each queue in the registry (monotonic seconds): again
@@ -160,6 +171,10 @@ class TriageBroker(QueueOperations, FastDispatch):
         self._registered: dict[str, float] = {}
         self.draining = False  # set when the worker shuts down: consumers stop fetching
         self.backlog = SettleBacklog(self.scripts)
+        self.shard_count = shards
+        self._shards, self._turns = {}, {}
+        self.storer = Storer(self.client, self.scripts["enqueue"], tenant_limits, min_replicas, replica_timeout_ms)
+        self.cluster = is_cluster(self.client)
 
     # -- declaration ---------------------------------------------------------------------
 
@@ -167,6 +182,8 @@ class TriageBroker(QueueOperations, FastDispatch):
         """Declare a queue. Delayed messages live in Redis, so there is no delay queue."""
         if queue_name not in self.queues:
             self.emit_before("declare_queue", queue_name)
+            if self.cluster:
+                self.check_slots(queue_name)
             self.queues.add(queue_name)
             self.emit_after("declare_queue", queue_name)
 
@@ -177,6 +194,7 @@ class TriageBroker(QueueOperations, FastDispatch):
         return set()
 
     def keys(self, queue_name: str) -> QueueKeys:
+        """The keys of the queue (of an unsharded queue; of where a sharded one lived before)."""
         keys = self._keys.get(queue_name)
         if keys is None:
             keys = self._keys[queue_name] = QueueKeys(self.namespace, queue_name)
@@ -222,7 +240,9 @@ class TriageBroker(QueueOperations, FastDispatch):
         the same script call that forgets the failed delivery (see `outcome.py`). A retry is
         not a new submission: the producer hooks (`before_enqueue`: payload guard, priority
         hook, ...) do not run again, so it keeps the priority and tenant it had."""
-        set_outcome(message, Outcome("retry", placed=self._place(retried, delay_ms, hooks=False)))
+        # A retry stays in its shard (its slot: on a cluster, one script settles and stores it).
+        shard = shard_of(message) if retried.queue_name == message.queue_name else None
+        set_outcome(message, Outcome("retry", placed=self._place(retried, delay_ms, hooks=False, shard=shard)))
 
     def move_later(self, message: MessageProxy, moved: Message[Any], *, delay_ms: int) -> None:
         """Settle `message` by storing `moved` (on another queue, after `delay_ms`) as `retry_later`
@@ -243,7 +263,9 @@ class TriageBroker(QueueOperations, FastDispatch):
         set_outcome(message, Outcome("dead", reason=reason))
         message.fail()
 
-    def _place(self, message: Message[Any], delay: int | None, *, hooks: bool = True) -> Placed:
+    def _place(
+        self, message: Message[Any], delay: int | None, *, hooks: bool = True, shard: int | None = None
+    ) -> Placed:
         if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int) or delay < 0):
             raise ValueError(f"actor {message.actor_name!r}: delay must be a whole number of ms >= 0, got {delay!r}")
         # A fresh id per enqueue: a retried message keeps its message_id but is a new delivery,
@@ -285,6 +307,8 @@ class TriageBroker(QueueOperations, FastDispatch):
             }
         )  # Message.asdict(), without its per-field reflection
         key, mode, ttl_ms = dedup_of(message) if hooks else ("", "", 0)
+        if shard is None:
+            shard = self._shard_of(message.queue_name, str(tenant), key)
         return Placed(
             message,
             delay,
@@ -297,63 +321,40 @@ class TriageBroker(QueueOperations, FastDispatch):
             key,
             mode,
             ttl_ms,
+            shard,
         )
 
     def _store(self, placed: Sequence[Placed]) -> dict[int, str]:
-        """Store the messages in one script call; the duplicates (their index in `placed`, the
+        """Store the messages (`storing.py`); the duplicates (their index in `placed`, the
         holder's message_id), which were not stored."""
-        groups: dict[str, list[Any]] = {}
-        members: dict[str, list[int]] = {}  # per queue, the index in `placed` of each of its messages
-        for i, p in enumerate(placed):
-            groups.setdefault(p.message.queue_name, []).extend(p.fields())
-            members.setdefault(p.message.queue_name, []).append(i)
-        keys: list[str] = []
-        for queue_name in groups:
-            keys += self.keys(queue_name).enqueue_keys()
-        # Lua's cmsgpack reads byte strings as msgpack "raw": no bin type.
+        groups = self._groups(placed)
+        if self.cluster and len(groups) > 1:  # stored slot by slot: each message once, sent again or not
+            placed = with_batch_keys(placed)
+            groups = self._groups(placed)
+        stale = time.monotonic() - REGISTRY_REFRESH_S
+        queues = {g.keys.queue for g in groups}
+        unregistered = [q for q in sorted(queues) if self._registered.get(q, stale) <= stale]
+        try:
+            for queue_name in queues:  # once per process and queue: tenants' own limits, for admission
+                self.publish_tenant_limits(queue_name, replace=False)
+            if unregistered:  # a queue's first enqueue from this process: in the registry
+                self.registry.record_queues({q: self.queue_label(q) for q in unregistered})
+        except CONNECTION_ERRORS as exc:
+            raise connection_lost(exc) from None
+        duplicates = self.storer.store(groups, placed, now_ms())
+        self._registered.update(dict.fromkeys(unregistered, time.monotonic()))
+        return duplicates
+
+    def _groups(self, placed: Sequence[Placed]) -> list[Group]:
         # Admission is for new work from outside: what a running message sends (fan-out, a
         # pipeline's next step, a callback) was admitted with it, and an after-hook could not
         # give a refusal back to anyone.
         inside = CurrentMessage.get_current_message() is not None
-        admission = [[0 if inside else self.tenant_defaults(q)[3], self.admission_delay_ms(q)] for q in groups]
-        args = [now_ms(), msgpack.packb(list(groups.values()), use_bin_type=False), msgpack.packb(admission)]
-        stale = time.monotonic() - REGISTRY_REFRESH_S
-        unregistered = [q for q in groups if self._registered.get(q, stale) <= stale]
-        try:
-            for queue_name in groups:  # once per process and queue: tenants' own limits, for admission
-                self.publish_tenant_limits(queue_name, replace=False)
-            if not self.min_replicas and not unregistered:
-                return self._stored(self.scripts["enqueue"](keys=keys, args=args), groups, members, placed)
-            # The same round trip records a queue's first enqueue in the registry, and waits
-            # for replicas (durable enqueue: WAIT on the same connection, right after the script).
-            pipe = self.client.pipeline(transaction=False)
-            self.registry.record_queues({q: self.queue_label(q) for q in unregistered}, pipe)
-            self.scripts["enqueue"](keys=keys, args=args, client=pipe)
-            if self.min_replicas:
-                pipe.execute_command("WAIT", self.min_replicas, self.replica_timeout_ms)  # type: ignore[no-untyped-call]
-            replies = pipe.execute()
-        except CONNECTION_ERRORS as exc:
-            raise connection_lost(exc) from None
-        self._registered.update(dict.fromkeys(unregistered, time.monotonic()))
-        duplicates = self._stored(replies[-2] if self.min_replicas else replies[-1], groups, members, placed)
-        if self.min_replicas and replies[-1] < self.min_replicas:
-            raise ReplicationError(len(placed), int(replies[-1]), self.min_replicas, self.replica_timeout_ms)
-        return duplicates
 
-    def _stored(
-        self, reply: list[Any], groups: dict[str, list[Any]], members: dict[str, list[int]], placed: Sequence[Placed]
-    ) -> dict[int, str]:
-        """The duplicates of the enqueue script's reply; `Backpressure` if it refused a tenant (it
-        then stored nothing)."""
-        if as_text(reply[0]) == "refused":
-            raise refusal(reply[1:], list(groups), groups, self.tenant_limits)
-        queues = list(members)
-        duplicates = {}
-        for at in range(2, len(reply), 3):
-            index, holder = members[queues[int(reply[at]) - 1]][int(reply[at + 1]) - 1], as_text(reply[at + 2])
-            if holder != placed[index].message.message_id:  # else: sent again after a lost reply, stored already
-                duplicates[index] = holder
-        return duplicates
+        def admission(queue: str) -> list[int]:
+            return [0 if inside else self.tenant_defaults(queue)[3], self.admission_delay_ms(queue)]
+
+        return group(placed, lambda p: self.shards(p.message.queue_name)[p.shard], admission)
 
     def queue_labels(self) -> dict[str, str]:
         """Every declared queue and its label, for the registry."""
@@ -378,7 +379,8 @@ class TriageBroker(QueueOperations, FastDispatch):
         configuration wrote; a producer only adds its own, never erasing the workers'."""
         if queue_name in self._limits_published:
             return
-        write_limits(self.client, self.keys(queue_name).limits, *self.tenant_limits(queue_name), replace=replace)
+        for keys in self.shards(queue_name):
+            write_limits(self.client, keys.limits, *self.tenant_limits(queue_name), replace=replace)
         self._limits_published.add(queue_name)
 
     def join(self, queue_name: str, *, interval: int = 100, timeout: int | None = None) -> None:

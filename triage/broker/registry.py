@@ -1,17 +1,19 @@
 """The registry in Redis: which worker processes are alive, which queues exist, and the reaper.
 
 The life of a worker process, in plain words: before it consumes anything it registers
-(`{ns}:workers`: its queues, pid and host) and heartbeats (`{ns}:heartbeats`, a sorted set
-by time); the heartbeat middleware (`triage.middleware.heartbeat`) keeps beating and calls
+(`{ns:registry}:workers`: its queues, pid and host) and heartbeats (`{ns:registry}:heartbeats`,
+a sorted set by time); the heartbeat middleware (`triage.middleware.heartbeat`) keeps beating and calls
 `reap()`. Any worker whose heartbeat is older than the timeout is presumed dead, and its
 in-flight messages on each of its queues are taken back atomically (`reclaim.lua`),
 keeping their priority and tenant; a message that already killed `max_deliveries` workers
 is dead-lettered as `crash-loop` instead. Reaping is idempotent: two reapers racing
 reclaim each message once.
 
-Queues are registered too (`{ns}:queues`, queue -> label, the tier in practice), by
+Queues are registered too (`{ns:registry}:queues`, queue -> label, the tier in practice), by
 workers when they boot and by producers when they first enqueue to a queue, so operator
 commands list every queue from Redis alone, without importing any application code.
+
+The registry's keys share one hash tag, so its transactions are legal on Redis Cluster.
 
 Failure mode: a worker cut off from Redis for longer than the timeout is presumed dead;
 its messages are redelivered elsewhere and may run twice (delivery is at-least-once).
@@ -41,12 +43,13 @@ class WorkerRegistry:
 
     Parameters:
       client: the Redis client.
-      namespace: the key prefix (`{ns}:workers`, `{ns}:heartbeats`, `{ns}:queues`).
+      namespace: the key prefix (`{ns:registry}:workers`, `:heartbeats`, `:queues`).
       worker_id: this process's id (the broker's id, which names its in-flight sets).
       scripts: the broker's loaded scripts (`reclaim` is used).
       heartbeat_timeout_ms: a heartbeat older than this means the worker is dead.
       max_deliveries: a queue's default limit of deliveries that killed their worker.
       dead_letter_limits: a queue's dead-letter retention (max entries, max age in ms).
+      shards: the keys of a queue's shards (`TriageBroker.shards`; default: the queue's own).
     """
 
     def __init__(
@@ -59,17 +62,20 @@ class WorkerRegistry:
         heartbeat_timeout_ms: int,
         max_deliveries: Callable[[str], int],
         dead_letter_limits: Callable[[str], tuple[int, int]],
+        shards: Callable[[str], list[QueueKeys]] | None = None,
     ) -> None:
         self.client = client
+        self.shards = shards or (lambda queue: [QueueKeys(namespace, queue)])
         self.namespace = namespace
         self.worker_id = worker_id
         self.scripts = scripts
         self.heartbeat_timeout_ms = heartbeat_timeout_ms
         self.max_deliveries = max_deliveries
         self.dead_letter_limits = dead_letter_limits
-        self.heartbeats = f"{namespace}:heartbeats"
-        self.workers = f"{namespace}:workers"
-        self.queues_key = f"{namespace}:queues"
+        tag = f"{{{namespace}:registry}}"
+        self.heartbeats = f"{tag}:heartbeats"
+        self.workers = f"{tag}:workers"
+        self.queues_key = f"{tag}:queues"
 
     # -- queues --------------------------------------------------------------------------
 
@@ -124,10 +130,11 @@ class WorkerRegistry:
         pipe = self.client.pipeline(transaction=False)
         for row in rows:
             for queue in row.get("queues", []):
-                pipe.hlen(QueueKeys(self.namespace, queue).acks(row["id"]))
+                for keys in self.shards(queue):
+                    pipe.hlen(keys.acks(row["id"]))
         counts = iter(pipe.execute() if rows else [])
         for row in rows:
-            row["in_flight"] = sum(int(next(counts)) for _ in row.get("queues", []))
+            row["in_flight"] = sum(int(next(counts)) for q in row.get("queues", []) for _ in self.shards(q))
         return sorted(rows, key=lambda row: (row.get("started_ms", 0), row["id"]))
 
     def beat(self) -> None:
@@ -159,12 +166,12 @@ class WorkerRegistry:
             queues = json.loads(info)["queues"] if info else sorted(fallback_queues)
             worker_back = worker_quarantined = 0
             for queue_name in queues:
-                keys = QueueKeys(self.namespace, queue_name)
-                put_back, dead_lettered = self.scripts["reclaim"](
-                    keys=keys.reclaim_keys(worker_id),
-                    args=[now, self.max_deliveries(queue_name), worker_id, *self.dead_letter_limits(queue_name)],
-                )
-                worker_back, worker_quarantined = worker_back + put_back, worker_quarantined + dead_lettered
+                for keys in self.shards(queue_name):
+                    put_back, dead_lettered = self.scripts["reclaim"](
+                        keys=keys.reclaim_keys(worker_id),
+                        args=[now, self.max_deliveries(queue_name), worker_id, *self.dead_letter_limits(queue_name)],
+                    )
+                    worker_back, worker_quarantined = worker_back + put_back, worker_quarantined + dead_lettered
             self._forget(worker_id)
             logger.warning(
                 "Worker %s presumed dead (no heartbeat for %d ms): reclaimed %d message(s), quarantined %d.",

@@ -42,7 +42,7 @@ PRELUDES: dict[str, tuple[str, ...]] = {
 }
 SCRIPT_NAMES = tuple(PRELUDES)  # the scripts over a queue's keys, loaded by the broker
 # Scripts over keys of their own (not a queue's), loaded by their owner with `load`.
-STANDALONE = ("breaker", "actor_limits", "oldest", "detail")
+STANDALONE = ("breaker", "actor_limits", "oldest", "detail", "counter")
 
 
 def header() -> str:

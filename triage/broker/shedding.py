@@ -49,7 +49,7 @@ class LoadShedder:
     def __init__(
         self,
         client: redis.Redis,
-        keys_of: Callable[[str], QueueKeys],
+        keys_of: Callable[[str], list[QueueKeys]],
         policy: Shedding | None,
         *,
         check_every_s: float = 1.0,

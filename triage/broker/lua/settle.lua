@@ -1,5 +1,6 @@
--- settle: finish an in-flight message: ack (forget it) or nack (move it to the dead letters
--- with why it failed, then apply the queue's retention).
+-- settle: finish an in-flight message: ack (forget it), nack (move it to the dead letters
+-- with why it failed, then apply the queue's retention), or handed (its retry or move was
+-- stored on another cluster slot already: forget it as retry.lua does, its dedup key held).
 --
 -- KEYS (not the queue's block; keys.settle_keys() order):
 --   msgs        KEYS[1]  {ns:Q}:msgs, hash id -> encoded message
@@ -15,8 +16,9 @@
 --   wake        KEYS[11] {ns:Q}:wake (a token when they do)
 --   dedup       KEYS[12] {ns:Q}:dedup (the dedup key the message holds is released, _dedup.lua)
 --   dedup_exp   KEYS[13] {ns:Q}:dedup.exp
--- ARGV: "ack" or "nack", now_ms, id; for nack: the JSON description of the failure (reason,
---   error, queue, actor), the queue's max dead letters and their max age in ms (0: no limit)
+-- ARGV: "ack", "nack" or "handed", now_ms, id; for nack: the JSON description of the failure
+--   (reason, error, queue, actor), the queue's max dead letters and their max age in ms (0: no
+--   limit); for handed: the counter to add one to (retries_total or moved_total)
 -- Writes: msgs, stats, acks, deliveries, dead, dead.msgs, dead.info, dead.idx, tenants, parked, wake,
 --   dedup, dedup.exp
 -- Returns: 1, or 0 when the message was not in flight for this consumer (already settled,
@@ -47,10 +49,16 @@ local _, tenant = split_meta(meta)
 tenant_release(tenants, parked, wake, tenant)
 tenant_pending(tenants, tenant, -1)  -- acked or dead-lettered: no longer pending
 redis.call("hincrby", stats, "running", -1)
-dedup_release(dedup, dedup_exp, deliveries, id)  -- acked or dead-lettered: done, for its dedup key
+if ARGV[1] ~= "handed" then
+  dedup_release(dedup, dedup_exp, deliveries, id)  -- acked or dead-lettered: done, for its dedup key
+end
 if ARGV[1] == "nack" then
   dead_letter(msgs, deliveries, dead, dead_msgs, dead_info, dead_idx, stats, id, cjson.decode(ARGV[4]), now)
   dead_trim(dead, dead_msgs, dead_info, dead_idx, stats, now, tonumber(ARGV[5]), tonumber(ARGV[6]))
+elseif ARGV[1] == "handed" then
+  redis.call("hincrby", stats, ARGV[4], 1)
+  redis.call("hdel", msgs, id)
+  redis.call("hdel", deliveries, id, id .. ":max", id .. ":dedup")
 else
   redis.call("hincrby", stats, "acked_total", 1)
   redis.call("hdel", msgs, id)
