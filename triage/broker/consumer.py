@@ -57,7 +57,7 @@ from .keys import QueueKeys
 from .limits import Limits
 from .outcome import Placed, failure_info, outcome_of
 from .priority import DEFAULT_PRIORITY
-from .storing import Group, Storer
+from .storing import Storer, group
 from .waiting import TICK_MARGIN_S, ShardWaker, client_socket_timeout, server_tick_s, wait_one
 
 logger = logging.getLogger(__name__)
@@ -310,11 +310,9 @@ class TriageConsumer(Consumer):
         if Redis refuses it, the message is dead-lettered as `retry-failed`."""
         redis_id = message.options["redis_message_id"]
         keyed = placed._replace(dedup_key=HANDED_KEY_PREFIX + redis_id, dedup_mode="w", dedup_ttl_ms=HANDED_KEY_TTL_MS)
-        step = Group(target, [0, 0])
-        step.fields.extend(keyed.fields())
-        step.members.append(0)
+        steps = group([keyed], lambda _: target, lambda _: [0, 0])  # no admission: it was admitted once
         try:
-            self.broker.storer.store([step], [keyed], now_ms())
+            self.broker.storer.store(steps, [keyed], now_ms())
         except redis.ResponseError as exc:
             logger.error("Retry of message %s refused by Redis (%s); dead-lettered instead.", message, exc)
             self._nack(message, "retry-failed", exc)

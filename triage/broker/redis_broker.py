@@ -39,13 +39,9 @@ no SCAN, no polling. All keys of a queue (of a shard of it) share a hash tag, so
 touches one cluster slot; a batch spanning queues is one call on a single Redis and one call
 per slot on a cluster (`storing.py`).
 
-Sharded queues (`shards`: N > 1): a queue's messages are spread over N shards, each its own
-set of keys with its own hash tag (`keys.shard_tags`), so one hot queue spans N cluster nodes.
-A message goes to the shard of its tenant (hashed), else of its dedup key, else round-robin;
-a retry stays in its shard. Consumers serve the shards in turn. Each shard is a queue as
-above: priority, tenant round-robin and FIFO hold within it; across shards a consumer serves
-the shards' heads in turn (a priority-1 message in one shard can wait behind a priority-9 one
-of another for one turn).
+Sharded queues (`shards`: N > 1, `sharding.py`): a queue's messages are spread over N shards,
+each a queue as above with its own hash tag, so one hot queue spans N cluster nodes; consumers
+serve the shards in turn, and a retry stays in its shard.
 """
 
 from __future__ import annotations
