@@ -39,11 +39,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import redis
 from dramatiq import Broker, Middleware
 
+from triage.broker.connection import is_cluster
 from triage.broker.consumer import delivery_count, ready_at_ms
 from triage.broker.hourly import BUCKETS, MINUTES, WAIT_FIELDS, Tally, current_minute, record
 from triage.broker.keys import QueueKeys
@@ -91,8 +92,9 @@ class WorkerMetrics(Middleware):
 
     def after_process_boot(self, broker: Broker) -> None:
         client, keys = getattr(broker, "client", None), getattr(broker, "keys", None)
-        if self.hourly and isinstance(client, redis.Redis) and callable(keys):
-            self._store = (client, keys)
+        # The Triage broker's client: a Redis, or a cluster client (which is not a redis.Redis).
+        if self.hourly and (isinstance(client, redis.Redis) or is_cluster(client)) and callable(keys):
+            self._store = (cast(redis.Redis, client), keys)
         if self.enabled:
             self._metrics = self._prometheus_metrics()
         self._tallying = self._metrics is not None or self._store is not None
