@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install tools run test lint format clean bench bench-cluster chaos cluster
+.PHONY: install tools run test lint format clean bench bench-cluster profile chaos cluster
 
 install: $(STAMP)
 
@@ -70,6 +70,9 @@ cluster: install tools  ## Redis Cluster suite: a local 3-master cluster (and a 
 
 bench-cluster: install  ## one hot queue's drain: one Redis vs a local 3-master cluster, 1 vs 3 shards (a few minutes)
 	$(BIN)/python -m bench.cluster
+
+profile: install  ## where a message's time goes: producer (cProfile), worker (py-spy), Redis (SLOWLOG, script costs)
+	$(BIN)/python -m bench.profile
 
 chaos: install  ## slow fault-injection suite (real kills, Redis crash, Sentinel failover); prints a table
 	$(BIN)/pytest tests/chaos
