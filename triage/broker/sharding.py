@@ -4,7 +4,8 @@ Guarantees:
 - `shards(queue)` is the same list in every process that has the same `shards` setting: the
   N shards producers write to (`keys.shard_tags`), then, for a sharded queue, the queue's own
   keys, where its messages were before it was sharded (served until empty; new messages never
-  go there, a retry of one of its messages stays there).
+  go there, a retry of one of its messages stays there). The shards' tags depend on N: a
+  queue already sharded whose N changes leaves its old shards unserved (drain it first).
 - A new message goes to its tenant's shard (a hash of the tenant, so a tenant's FIFO and its
   limits live in one shard), else its dedup key's (so a key is held in one place), else the
   next shard in turn (per process and queue). So on a sharded queue a dedup key is unique per
