@@ -40,7 +40,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import redis
@@ -311,32 +311,30 @@ class TriageConsumer(Consumer):
         redis_id = message.options["redis_message_id"]
         keyed = placed._replace(dedup_key=HANDED_KEY_PREFIX + redis_id, dedup_mode="w", dedup_ttl_ms=HANDED_KEY_TTL_MS)
         steps = group([keyed], lambda _: target, lambda _: [0, 0])  # no admission: it was admitted once
-        try:
-            self.broker.storer.store(steps, [keyed], now_ms())
-        except redis.ResponseError as exc:
-            logger.error("Retry of message %s refused by Redis (%s); dead-lettered instead.", message, exc)
-            self._nack(message, "retry-failed", exc)
-            return
-        except BaseException:
-            self._release([redis_id])
-            raise
-        counter = "retries_total" if kind == "retry" else "moved_total"
-        self._settle("settle", shard.settle_keys, ["handed", now_ms(), redis_id, counter], redis_id)
+        if self._retry_written(message, lambda: self.broker.storer.store(steps, [keyed], now_ms())):
+            counter = "retries_total" if kind == "retry" else "moved_total"
+            self._settle("settle", shard.settle_keys, ["handed", now_ms(), redis_id, counter], redis_id)
 
     def _settle_retry(self, message: MessageProxy, keys: list[str], args: list[Any]) -> None:
-        """Run retry.lua; if Redis refuses it (not unreachable: an error of the script or of the
-        keys), dead-letter the message instead (reason `retry-failed`) rather than leave it in
-        flight for good."""
+        """Run retry.lua (it stores the retry and forgets the delivery in one call)."""
+        if self._retry_written(message, lambda: self.broker.backlog.run("retry", keys, args)):
+            self._release([message.options["redis_message_id"]])
+
+    def _retry_written(self, message: MessageProxy, write: Callable[[], object]) -> bool:
+        """Write the message's retry, deferral or move. If Redis refuses it (not unreachable: an
+        error of the script or of the keys), dead-letter the message instead (reason
+        `retry-failed`) rather than leave it in flight for good, and say False; on any other
+        error the delivery stays in flight and the error is raised."""
         try:
-            self.broker.backlog.run("retry", keys, args)
+            write()
         except redis.ResponseError as exc:
             logger.error("Retry of message %s refused by Redis (%s); dead-lettered instead.", message, exc)
             self._nack(message, "retry-failed", exc)  # releases it
-            return
+            return False
         except BaseException:
             self._release([message.options["redis_message_id"]])
             raise
-        self._release([message.options["redis_message_id"]])
+        return True
 
     def nack(self, message: MessageProxy) -> None:
         """Move the message to the dead letters, with why (the policy's reason, else what failed)."""
