@@ -238,7 +238,7 @@ def test_durable_enqueue_waits_for_a_replica(tmp_path: Path, private_redis: Redi
     try:
         wait_for(lambda: own.client.info("replication")["connected_slaves"] == 1, timeout=20)
         wait_for(lambda: redis.Redis(port=replica.port).info("replication")["master_link_status"] == "up")
-        own.replica_timeout_ms = 5_000  # a replica that just finished its sync can take more than 200 ms to ack
+        own.storer.replica_timeout_ms = 5_000  # a replica that just finished its sync can take more than 200 ms to ack
         own.enqueue(plain("q", 2))
         replica_client = redis.Redis(port=replica.port)
         assert replica_client.hlen(own.keys("q").msgs) == 2

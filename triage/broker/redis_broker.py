@@ -144,8 +144,6 @@ class TriageBroker(Sharding, QueueOperations, FastDispatch):
         self._keys: dict[str, QueueKeys] = {}
         self.scripts = register(self.client)
         self.heartbeat_timeout_ms = heartbeat_timeout_ms
-        self.min_replicas = min_replicas
-        self.replica_timeout_ms = replica_timeout_ms
         self.registry = WorkerRegistry(
             client=self.client,
             namespace=namespace,
