@@ -70,9 +70,10 @@ class Worker:
 
 @contextmanager
 def dramatiq_worker(
-    *modules: str, queues: list[str], threads: int = 2, new_session: bool = False, **env: str
+    *modules: str, queues: list[str], threads: int = 2, processes: int = 1, new_session: bool = False, **env: str
 ) -> Iterator[Worker]:
-    args = [str(BIN / "dramatiq"), *modules, "--processes", "1", "--threads", str(threads), "--queues", *queues]
+    args = [str(BIN / "dramatiq"), *modules, "--processes", str(processes), "--threads", str(threads)]
+    args += ["--queues", *queues]
     process = subprocess.Popen(
         args,
         cwd=ROOT,

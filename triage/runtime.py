@@ -42,6 +42,7 @@ from triage.middleware import (
     PayloadGuard,
     Periodic,
     Placement,
+    Recycling,
     RetryPolicy,
     Routing,
     StackEntry,
@@ -235,6 +236,9 @@ def _policy(entry: StackEntry, parts: _Parts) -> Middleware:
         Periodic: lambda: Periodic(client=client, namespace=settings.namespace, timezone=settings.periodic_timezone),
         PayloadGuard: lambda: PayloadGuard(max_bytes=settings.max_payload_bytes, encoder=encoder),
         Routing: lambda: routing,
+        Recycling: lambda: Recycling(
+            max_messages=settings.max_messages_per_process, max_rss_mb=settings.max_rss_mb_per_process
+        ),
         Placement: lambda: Placement(taxonomy=taxonomy, hook=load_hook(settings.priority_hook)),
         Results: lambda: Results(  # type: ignore[no-untyped-call]
             backend=RedisResultBackend(client=client, namespace=f"{settings.namespace}-results", encoder=encoder)

@@ -122,6 +122,10 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     # The last hour's figures (succeeded_last_hour, ...): per-minute buckets in Redis, written by workers.
     hourly_stats: bool = True
+    # Worker recycling: a worker process that has run this many messages, or holds this much
+    # resident memory, is replaced by a fresh one (none: never).
+    max_messages_per_process: int | None = Field(default=None, gt=0)
+    max_rss_mb_per_process: int | None = Field(default=None, gt=0, le=1_048_576)
     # The time zone of every periodic actor's cron spec (an IANA name).
     periodic_timezone: str = "UTC"
 

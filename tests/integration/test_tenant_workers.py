@@ -141,6 +141,7 @@ def test_a_kill_9_leaks_no_tenant_slot(r: redis.Redis, tmp_path: Path) -> None:
         "tests.tenant_actors",
         queues=[ta.QUEUE],
         threads=4,
+        processes=1,
         new_session=True,
         **env,
     ) as doomed:

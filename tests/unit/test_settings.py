@@ -40,6 +40,8 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         ),
         ("TRIAGE_QUEUES", '{"email": "urgent"}', "TRIAGE_QUEUES__EMAIL__TIER: must be one of"),
         ("TRIAGE_QUEUES", "{not json", "TRIAGE_QUEUES: must be valid JSON"),
+        ("TRIAGE_MAX_MESSAGES_PER_PROCESS", "0", "TRIAGE_MAX_MESSAGES_PER_PROCESS: Input should be greater than 0"),
+        ("TRIAGE_MAX_RSS_MB_PER_PROCESS", "lots", "TRIAGE_MAX_RSS_MB_PER_PROCESS: Input should be a valid integer"),
     ],
 )
 def test_invalid_value_names_the_variable(

@@ -32,6 +32,7 @@ from .metrics import WorkerMetrics
 from .payload_guard import PayloadGuard, PayloadTooLarge, PayloadTypeError
 from .periodic import Periodic
 from .placement import InvalidTenant, Placement
+from .recycling import Recycling
 from .retries import Defer, RetryPolicy
 from .routing import Routing, RoutingError
 from .shutdown import GracefulShutdown
@@ -47,6 +48,7 @@ DEFAULT_STACK: tuple[StackEntry, ...] = (
     # Worker side: liveness first, then Dramatiq's own policies, fed by the tiers' actor options.
     Heartbeats,
     GracefulShutdown,
+    Recycling,  # TRIAGE_MAX_MESSAGES_PER_PROCESS / TRIAGE_MAX_RSS_MB_PER_PROCESS (off: neither set)
     CurrentMessage,  # the running message, for priority and tenant inheritance
     AgeLimit,
     TimeLimit,
@@ -83,6 +85,7 @@ __all__ = [
     "Periodic",
     "Placement",
     "RateLimited",
+    "Recycling",
     "RetryPolicy",
     "Routing",
     "RoutingError",
