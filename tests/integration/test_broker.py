@@ -370,3 +370,34 @@ def test_a_broker_encodes_with_its_own_encoder_whatever_the_global_one(r: redis.
     finally:
         dramatiq.set_encoder(previous)
         other.close()
+
+
+def test_acks_made_together_by_many_threads_share_settle_calls_and_all_count(r: redis.Redis) -> None:
+    # Given 400 messages fetched by one consumer, and a tenant holding some of them
+    enqueue_batch([t_job.message_with_options(args=(i,), tenant="acme" if i % 4 else None) for i in range(400)])
+    consumer = broker.consume("t_q", prefetch=400, timeout=50)
+    fetched = [next(consumer) for _ in range(400)]
+    assert all(message is not None for message in fetched)
+    assert r.hgetall(broker.keys("t_q").tenants) != {}  # acme's messages in flight and pending
+    r.config_resetstat()
+    # When 8 threads ack them all at once
+    start = threading.Barrier(8)
+
+    def ack_share(share: list[Any]) -> None:
+        start.wait()
+        for message in share:
+            consumer.ack(message)
+
+    threads = [threading.Thread(target=ack_share, args=(fetched[i::8],)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    # Then every message is acked, the queue's and the tenant's counters agree
+    assert broker.counts("t_q") == (0, 0, 0)
+    assert int(r.hget(broker.keys("t_q").stats, "acked_total") or 0) == 400
+    assert runtime.queue_stats()["t_q"]["running"] == 0
+    assert r.hgetall(broker.keys("t_q").tenants) == {}
+    # And Redis ran fewer settle calls than there were acks
+    settle_calls = int(r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+    assert 0 < settle_calls < 400

@@ -1,4 +1,4 @@
-"""The consumer: blocks while idle, fetches in small batches, settles messages one by one.
+"""The consumer: blocks while idle, fetches in small batches, settles messages as they finish.
 
 Guarantees:
 - An idle consumer blocks on its queue's wake-up list (BLPOP) instead of polling; an
@@ -29,6 +29,8 @@ Guarantees:
   slot (another queue) is two idempotent steps: stored there under a window key named after
   the delivery (stored once, however often the step runs), then forgotten here (`handed`).
 - A delivered message prints as `actor(id=…)`: its arguments stay out of Dramatiq's logs.
+- Acks that worker threads make while another ack is being written go to Redis together, in
+  one call (group commit, `acks.py`): each ack still returns only once it is written.
 - Ack, nack and requeue may be called from any worker thread. When Redis is unreachable
   they do not block or fail the worker thread: they wait in the broker's backlog
   (`backlog.py`) and are applied, in order, as soon as Redis answers again.
@@ -50,6 +52,7 @@ from dramatiq.errors import ActorNotFound, DecodeError
 from dramatiq.message import Message
 from redis.commands.core import Script
 
+from .acks import GroupCommit
 from .backlog import SettleBacklog
 from .clock import now_ms
 from .errors import CONNECTION_ERRORS, connection_lost
@@ -97,8 +100,9 @@ def shard_of(message: Message[Any] | MessageProxy) -> int:
 class Shard:
     """One shard of a consumer's queue: its keys and the key lists of its scripts."""
 
-    def __init__(self, keys: QueueKeys, consumer_id: str) -> None:
+    def __init__(self, keys: QueueKeys, consumer_id: str, write_acks: Callable[[Shard, list[str]], None]) -> None:
         self.keys = keys
+        self.acks = GroupCommit(lambda ids: write_acks(self, ids))
         self.fetch_keys = keys.fetch_keys(consumer_id)
         self.settle_keys = keys.settle_keys(consumer_id)
         self.requeue_keys = keys.requeue_keys(consumer_id)
@@ -144,7 +148,7 @@ class TriageConsumer(Consumer):
         self.broker = broker
         self.queue_name = queue_name
         self.consumer_id = broker.broker_id
-        self.shards = [Shard(keys, self.consumer_id) for keys in broker.shards(queue_name)]
+        self.shards = [Shard(keys, self.consumer_id, self._write_acks) for keys in broker.shards(queue_name)]
         self.keys = self.shards[0].keys
         self.turn = 0  # the shard the next fetch starts at
         self.legacy = len(self.shards) - 1 if len(self.shards) > 1 else -1  # see `_fetch`
@@ -272,7 +276,7 @@ class TriageConsumer(Consumer):
         shard = self.shards[shard_of(message)]
         outcome = outcome_of(message)
         if outcome is None or outcome.kind == "ack":
-            self._settle("settle", shard.settle_keys, ["ack", now_ms(), redis_id], redis_id)
+            shard.acks.ack(redis_id)  # with the acks other threads make meanwhile, in one call
         elif outcome.kind == "dead":  # decided dead but not failed: dead-letter it all the same
             self.nack(message)
         elif outcome.kind == "defer":
@@ -358,11 +362,14 @@ class TriageConsumer(Consumer):
         info = failure_info(reason, exception, queue=self.queue_name, **extra)
         return ["nack", now_ms(), redis_id, info, *self.broker.dead_letter_limits(self.queue_name)]
 
-    def _settle(self, script: str, keys: list[str], args: list[Any], redis_id: str) -> None:
+    def _settle(self, script: str, keys: list[str], args: list[Any], *ids: str) -> None:
         try:
             self.broker.backlog.run(script, keys, args)
         finally:
-            self._release([redis_id])
+            self._release(list(ids))
+
+    def _write_acks(self, shard: Shard, ids: list[str]) -> None:
+        self._settle("settle", shard.settle_keys, ["ack", now_ms(), *ids], *ids)
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
         by_shard: dict[int, list[str]] = {}

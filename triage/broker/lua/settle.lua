@@ -16,13 +16,14 @@
 --   wake        KEYS[11] {ns:Q}:wake (a token when they do)
 --   dedup       KEYS[12] {ns:Q}:dedup (the dedup key the message holds is released, _dedup.lua)
 --   dedup_exp   KEYS[13] {ns:Q}:dedup.exp
--- ARGV: "ack", "nack" or "handed", now_ms, id; for nack: the JSON description of the failure
---   (reason, error, queue, actor), the queue's max dead letters and their max age in ms (0: no
---   limit); for handed: the counter to add one to (retries_total or moved_total)
+-- ARGV: "ack", "nack" or "handed", now_ms, id; for ack: more ids may follow (acks written
+--   together, `acks.py`); for nack: the JSON description of the failure (reason, error, queue,
+--   actor), the queue's max dead letters and their max age in ms (0: no limit); for handed: the
+--   counter to add one to (retries_total or moved_total)
 -- Writes: msgs, stats, acks, deliveries, dead, dead.msgs, dead.info, dead.idx, tenants, parked, wake,
 --   dedup, dedup.exp
--- Returns: 1, or 0 when the message was not in flight for this consumer (already settled,
---   or reclaimed after this worker was presumed dead).
+-- Returns: how many messages were settled: an id not in flight for this consumer (already
+--   settled, or reclaimed after this worker was presumed dead) counts 0.
 
 local msgs = KEYS[1]
 local stats = KEYS[2]
@@ -37,31 +38,42 @@ local parked = KEYS[10]
 local wake = KEYS[11]
 local dedup = KEYS[12]
 local dedup_exp = KEYS[13]
+local mode = ARGV[1]
 local now = tonumber(ARGV[2])
-local id = ARGV[3]
 
-local meta = redis.call("hget", acks, id)
-if not meta then
-  return 0
+local function settle(id)
+  local meta = redis.call("hget", acks, id)
+  if not meta then
+    return 0
+  end
+  redis.call("hdel", acks, id)
+  local _, tenant = split_meta(meta)
+  tenant_release(tenants, parked, wake, tenant)
+  tenant_pending(tenants, tenant, -1)  -- acked or dead-lettered: no longer pending
+  redis.call("hincrby", stats, "running", -1)
+  if mode ~= "handed" then
+    dedup_release(dedup, dedup_exp, deliveries, id)  -- acked or dead-lettered: done, for its dedup key
+  end
+  if mode == "nack" then
+    dead_letter(msgs, deliveries, dead, dead_msgs, dead_info, dead_idx, stats, id, cjson.decode(ARGV[4]), now)
+    dead_trim(dead, dead_msgs, dead_info, dead_idx, stats, now, tonumber(ARGV[5]), tonumber(ARGV[6]))
+  elseif mode == "handed" then
+    redis.call("hincrby", stats, ARGV[4], 1)
+    redis.call("hdel", msgs, id)
+    redis.call("hdel", deliveries, id, id .. ":max", id .. ":dedup")
+  else
+    redis.call("hincrby", stats, "acked_total", 1)
+    redis.call("hdel", msgs, id)
+    redis.call("hdel", deliveries, id, id .. ":max")
+  end
+  return 1
 end
-redis.call("hdel", acks, id)
-local _, tenant = split_meta(meta)
-tenant_release(tenants, parked, wake, tenant)
-tenant_pending(tenants, tenant, -1)  -- acked or dead-lettered: no longer pending
-redis.call("hincrby", stats, "running", -1)
-if ARGV[1] ~= "handed" then
-  dedup_release(dedup, dedup_exp, deliveries, id)  -- acked or dead-lettered: done, for its dedup key
+
+if mode ~= "ack" then
+  return settle(ARGV[3])
 end
-if ARGV[1] == "nack" then
-  dead_letter(msgs, deliveries, dead, dead_msgs, dead_info, dead_idx, stats, id, cjson.decode(ARGV[4]), now)
-  dead_trim(dead, dead_msgs, dead_info, dead_idx, stats, now, tonumber(ARGV[5]), tonumber(ARGV[6]))
-elseif ARGV[1] == "handed" then
-  redis.call("hincrby", stats, ARGV[4], 1)
-  redis.call("hdel", msgs, id)
-  redis.call("hdel", deliveries, id, id .. ":max", id .. ":dedup")
-else
-  redis.call("hincrby", stats, "acked_total", 1)
-  redis.call("hdel", msgs, id)
-  redis.call("hdel", deliveries, id, id .. ":max")
+local settled = 0
+for i = 3, #ARGV do
+  settled = settled + settle(ARGV[i])
 end
-return 1
+return settled
