@@ -28,6 +28,7 @@ from triage.middleware import (
     PayloadGuard,
     Periodic,
     Placement,
+    ProcessTuning,
     Recycling,
     RetryPolicy,
     Routing,
@@ -44,6 +45,7 @@ STACK: list[StackEntry] = [
     # Worker side:
     Heartbeats,  # liveness: register, heartbeat, reap dead workers
     GracefulShutdown,  # one SIGTERM is one request; unstarted work goes back at once
+    ProcessTuning,  # TRIAGE_SWITCH_INTERVAL_MS: the worker processes' thread switch interval
     Recycling,  # TRIAGE_MAX_MESSAGES_PER_PROCESS / TRIAGE_MAX_RSS_MB_PER_PROCESS: a fresh process past either
     CurrentMessage,  # the running message, for priority and tenant inheritance
     AgeLimit,

@@ -42,6 +42,7 @@ from triage.middleware import (
     PayloadGuard,
     Periodic,
     Placement,
+    ProcessTuning,
     Recycling,
     RetryPolicy,
     Routing,
@@ -236,6 +237,7 @@ def _policy(entry: StackEntry, parts: _Parts) -> Middleware:
         Periodic: lambda: Periodic(client=client, namespace=settings.namespace, timezone=settings.periodic_timezone),
         PayloadGuard: lambda: PayloadGuard(max_bytes=settings.max_payload_bytes, encoder=encoder),
         Routing: lambda: routing,
+        ProcessTuning: lambda: ProcessTuning(switch_interval_ms=settings.switch_interval_ms),
         Recycling: lambda: Recycling(
             max_messages=settings.max_messages_per_process, max_rss_mb=settings.max_rss_mb_per_process
         ),

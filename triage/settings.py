@@ -126,6 +126,8 @@ class Settings(BaseSettings):
     # resident memory, is replaced by a fresh one (none: never).
     max_messages_per_process: int | None = Field(default=None, gt=0)
     max_rss_mb_per_process: int | None = Field(default=None, gt=0, le=1_048_576)
+    # Worker processes' thread switch interval in ms (sys.setswitchinterval; none: Python's 5 ms).
+    switch_interval_ms: float | None = Field(default=None, gt=0, le=1000)
     # The time zone of every periodic actor's cron spec (an IANA name).
     periodic_timezone: str = "UTC"
 

@@ -36,6 +36,7 @@ from .recycling import Recycling
 from .retries import Defer, RetryPolicy
 from .routing import Routing, RoutingError
 from .shutdown import GracefulShutdown
+from .tuning import ProcessTuning
 
 StackEntry = type[Middleware] | Middleware
 
@@ -48,6 +49,7 @@ DEFAULT_STACK: tuple[StackEntry, ...] = (
     # Worker side: liveness first, then Dramatiq's own policies, fed by the tiers' actor options.
     Heartbeats,
     GracefulShutdown,
+    ProcessTuning,  # TRIAGE_SWITCH_INTERVAL_MS (none: Python's 5 ms)
     Recycling,  # TRIAGE_MAX_MESSAGES_PER_PROCESS / TRIAGE_MAX_RSS_MB_PER_PROCESS (off: neither set)
     CurrentMessage,  # the running message, for priority and tenant inheritance
     AgeLimit,
@@ -84,6 +86,7 @@ __all__ = [
     "PayloadTypeError",
     "Periodic",
     "Placement",
+    "ProcessTuning",
     "RateLimited",
     "Recycling",
     "RetryPolicy",
