@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install tools run test lint format clean bench bench-cluster profile chaos cluster
+.PHONY: install tools run test lint format clean bench bench-targets bench-cluster profile chaos cluster
 
 install: $(STAMP)
 
@@ -64,6 +64,9 @@ clean:
 
 bench: install  ## stock Dramatiq vs Triage, same run; prints the table (a few minutes)
 	$(BIN)/python -m bench.run
+
+bench-targets: install  ## the performance targets: stock Dramatiq, Triage and Celery, 3 rounds, spread per figure (about 25 min)
+	$(BIN)/python -m bench.targets --rounds 3
 
 cluster: install tools  ## Redis Cluster suite: a local 3-master cluster (and a 3+3 one) it starts itself, faults included
 	$(BIN)/pytest -m cluster tests/cluster

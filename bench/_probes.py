@@ -15,6 +15,14 @@ def noop() -> None:
     return None
 
 
+CALLS_KEY = "bench:calls"
+
+
+def one_redis_call() -> None:
+    """What a real actor does: one round trip to Redis (here, a counter)."""
+    _client.incr(CALLS_KEY)
+
+
 def sleep_ms(ms: float) -> None:
     time.sleep(ms / 1000)
 

@@ -7,6 +7,7 @@ Prints one JSON object. Commands:
   enqueue_bg N      single sends of background messages (each asks load shedding); rate in msg/s
   batch N           batches of 1000 (Triage's enqueue_batch; stock sends one by one)
   prefill_noop N    N no-op messages on `bench`
+  prefill_redis_call N   N messages on `bench` whose actor makes one Redis call
   prefill_noop_breaker N   N no-op messages behind a closed circuit breaker (Triage only)
   prefill_noop_rate_limited N   N no-op messages of an actor with a (never binding) rate limit (Triage only)
   prefill_bg N MS   N background messages of MS ms each
@@ -52,6 +53,8 @@ def main(argv: list[str]) -> dict[str, Any]:
             app.send(app.background_work, 0.0)
     elif command == "batch" or command == "prefill_noop":
         app.send_many(app.noop, [() for _ in range(int(args[0]))])
+    elif command == "prefill_redis_call":
+        app.send_many(app.redis_call, [() for _ in range(int(args[0]))])
     elif command == "prefill_noop_breaker":
         app.send_many(app.noop_breaker, [() for _ in range(int(args[0]))])
     elif command == "prefill_noop_rate_limited":

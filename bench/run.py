@@ -66,9 +66,15 @@ def client(app: str, env: dict[str, str], *args: object) -> dict[str, float]:
 def workers(app: str, env: dict[str, str], queues: list[str], processes: int, threads: int = 8) -> Iterator[int]:
     """A `dramatiq` master with `processes` worker processes; yields the master's pid once all are ready."""
     args = [str(BIN / "dramatiq"), f"bench.{app}_app", "--processes", str(processes), "--threads", str(threads)]
-    proc = subprocess.Popen(
-        [*args, "--queues", *queues], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    with supervised([*args, "--queues", *queues], env, "Worker process is ready for action", processes) as pid:
+        yield pid
+
+
+@contextmanager
+def supervised(args: list[str], env: dict[str, str], ready_line: str, ready_count: int = 1) -> Iterator[int]:
+    """A worker command, started; yields its pid once its output said `ready_line` `ready_count`
+    times; SIGTERM at the end (SIGKILL after 60 s)."""
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ready = threading.Semaphore(0)
     log: list[str] = []
 
@@ -76,15 +82,15 @@ def workers(app: str, env: dict[str, str], queues: list[str], processes: int, th
         assert proc.stdout is not None
         for line in proc.stdout:
             log.append(line)
-            if "Worker process is ready for action" in line:
+            if ready_line in line:
                 ready.release()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        for _ in range(processes):
+        for _ in range(ready_count):
             if not ready.acquire(timeout=60):
-                raise RuntimeError("workers did not boot:\n" + "".join(log[-30:]))
+                raise RuntimeError(f"{args[0]} did not boot:\n" + "".join(log[-30:]))
         yield proc.pid
     finally:
         proc.send_signal(signal.SIGTERM)

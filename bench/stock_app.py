@@ -19,6 +19,11 @@ def noop() -> None:
     _probes.noop()
 
 
+@dramatiq.actor(queue_name="bench")
+def redis_call() -> None:
+    _probes.one_redis_call()
+
+
 @dramatiq.actor(queue_name="bench", min_backoff=1, max_backoff=10)
 def fails_once(token: int) -> None:
     _probes.fail_once(token)

@@ -14,6 +14,12 @@ def noop() -> None:
     _probes.noop()
 
 
+@default(queue="bench")
+def redis_call() -> None:
+    """What a real actor does: one round trip to Redis."""
+    _probes.one_redis_call()
+
+
 @default(queue="bench", circuit="telegram")
 def noop_breaker() -> None:
     """The no-op behind a closed circuit breaker: what the gate and the recording cost."""

@@ -1,8 +1,9 @@
-"""Actors for the worker-recycling tests: each run records which interpreter ran it, and leaks."""
+"""Actors for the worker-process tests (recycling, tuning): each run records which interpreter ran it."""
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 import uuid
 
@@ -23,3 +24,9 @@ def leaky(token: str, leak_kb: int) -> None:
     _leaked.append(b"\x01" * (leak_kb * 1024))
     time.sleep(0.002)
     _client.rpush(RAN, f"{token} {BOOT} {os.getpid()} {rss_mb():.1f}")
+
+
+@default
+def switch_interval() -> None:
+    """Records the interpreter's thread switch interval in this worker process (seconds)."""
+    _client.rpush(RAN, f"switch {BOOT} {os.getpid()} {sys.getswitchinterval()}")

@@ -1,5 +1,5 @@
-"""Worker recycling in real `dramatiq` processes: a process past its message or memory limit is
-replaced by a fresh interpreter, and every message runs exactly once."""
+"""Worker processes in real `dramatiq` masters: a process past its message or memory limit is
+replaced by a fresh interpreter, and every message runs exactly once; the process tuning applies."""
 
 from __future__ import annotations
 
@@ -114,3 +114,15 @@ def test_a_stop_requested_while_recycling_wins_and_the_running_message_finishes(
     assert "Worker process is ready for action" not in log.split("Recycling this worker process")[1]
     assert [as_text(x) for x in r.lrange(worker_actors.DONE, 0, -1)] == ["started:held"]
     assert broker.counts("default") == (0, 0, 0)
+
+
+def test_worker_processes_take_the_configured_switch_interval(r: redis.Redis) -> None:
+    # Given a worker started with TRIAGE_SWITCH_INTERVAL_MS=0.5
+    with dramatiq_worker(
+        "actors", "tests.recycling_actors", queues=["default"], threads=1, TRIAGE_SWITCH_INTERVAL_MS="0.5"
+    ):
+        # When an actor reads its process's switch interval
+        recycling_actors.switch_interval.send()
+        wait_for(lambda: r.llen(recycling_actors.RAN) == 1)
+    # Then it is 0.5 ms (Python's default is 5 ms)
+    assert float(as_text(r.lindex(recycling_actors.RAN, 0)).split()[3]) == pytest.approx(0.0005)
