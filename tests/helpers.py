@@ -91,6 +91,19 @@ def dramatiq_worker(
         worker.stop()
 
 
+def start_dramatiq(args: list[str], **env: str) -> Worker:
+    """`dramatiq` with these exact arguments (modules, options), started; stop it with `.stop()`."""
+    process = subprocess.Popen(
+        [str(BIN / "dramatiq"), *args],
+        cwd=ROOT,
+        env=env_with(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return Worker(process)
+
+
 def wait_for(condition: Callable[[], object], timeout: float = 20, interval: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

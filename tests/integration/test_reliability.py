@@ -17,7 +17,7 @@ from dramatiq.message import Message
 
 from actors import default, runtime
 from tests import worker_actors as wa
-from tests.helpers import dramatiq_worker, wait_for
+from tests.helpers import dramatiq_worker, start_dramatiq, wait_for
 from triage import delivery_count
 from triage.admin.processes import descendants
 from triage.admin.redis_server import RedisServer, free_port
@@ -174,6 +174,25 @@ def test_a_platform_sigterm_to_every_process_still_lets_tasks_finish(r: redis.Re
         assert worker.process.wait(20) == 0
     assert r.lrange(wa.DONE, 0, -1) == [b"start:long", b"finish:long"]
     assert not any("Killing worker process" in line for line in worker.log)
+
+
+def test_a_task_that_outlives_the_shutdown_grace_runs_again_on_another_worker(r: redis.Redis) -> None:
+    # Given a worker with a 0.3 s shutdown grace running a 4-second task (heartbeat timeout 1 s)
+    wa.sleepy.send("long", 4000)
+    args = ["actors", "tests.worker_actors", "--processes", "1", "--threads", "1"]
+    first = start_dramatiq(
+        [*args, "--worker-shutdown-timeout", "300", "--queues", "t_slow"], TRIAGE_HEARTBEAT_TIMEOUT="1"
+    )
+    first.wait_ready()
+    wait_for(lambda: r.lrange(wa.DONE, 0, -1) == [b"start:long"])
+    # When it is stopped before the task ends (the task dies with the process)
+    assert first.stop() == 0
+    assert broker.counts("t_slow") == (0, 0, 1)
+    # Then another worker's reaper gives the message back once the heartbeat times out, and it runs again
+    with dramatiq_worker("actors", "tests.worker_actors", queues=["t_slow"], threads=1, TRIAGE_HEARTBEAT_TIMEOUT="1"):
+        wait_for(lambda: r.lrange(wa.DONE, 0, -1) == [b"start:long", b"start:long", b"finish:long"], timeout=20)
+        wait_for(lambda: broker.counts("t_slow") == (0, 0, 0))
+    assert any("still running at shutdown" in line for line in first.log)
 
 
 def test_task_arguments_stay_out_of_worker_logs(r: redis.Redis) -> None:

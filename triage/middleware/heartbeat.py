@@ -11,7 +11,9 @@ Guarantees:
   or a flush would otherwise hide them from operator commands until the next boot), and
   applies the dead-letter retention of its queues (so that an idle queue is trimmed too).
 - At shutdown the worker deregisters; if Redis is unreachable then, the reaper of another
-  worker takes over (its messages run again, at-least-once).
+  worker takes over (its messages run again, at-least-once). A worker whose tasks outlive the
+  shutdown grace does not deregister: those tasks die with the process, and the reaper gives
+  their messages to another worker once its heartbeat times out (they run again).
 - Declares the `max_deliveries` actor option: deliveries that killed their worker before
   the message is dead-lettered as `crash-loop` (the broker applies it).
 Failure mode: while Redis is unreachable heartbeats fail quietly (one warning) and resume
@@ -78,6 +80,15 @@ class Heartbeats(Middleware):
         if self._thread is not None:
             self._thread.join(5)
         triage = triage_broker(broker, needed_by=self)
+        running = sum(thread.is_alive() for thread in worker.workers)
+        if running:  # past the shutdown grace: they die with the process, their messages are in flight
+            logger.warning(
+                "%d task(s) still running at shutdown: not deregistering, so that the reaper "
+                "gives their messages to another worker once the heartbeat times out.",
+                running,
+            )
+            triage.backlog.flush()
+            return
         try:
             triage.backlog.flush()
             triage.registry.deregister()
