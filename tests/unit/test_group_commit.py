@@ -20,13 +20,17 @@ class Writes:
         self.hold.set()
         self.entered = threading.Event()
         self.fail_with: BaseException | None = None
+        self.fail_once = False
 
     def __call__(self, ids: list[str]) -> None:
         self.entered.set()
         self.hold.wait(10)
         self.calls.append(list(ids))
-        if self.fail_with is not None:
-            raise self.fail_with
+        failure = self.fail_with
+        if self.fail_once:
+            self.fail_with = None
+        if failure is not None:
+            raise failure
 
 
 def _ack_in_thread(commit: GroupCommit, redis_id: str, errors: dict[str, BaseException]) -> threading.Thread:
@@ -48,6 +52,27 @@ def _wait_queued(commit: GroupCommit, count: int) -> None:
         time.sleep(0.001)
 
 
+def _queued_behind_a_write(
+    commit: GroupCommit, writes: Writes, queued: list[str]
+) -> tuple[list[threading.Thread], dict[str, BaseException]]:
+    """Ack "a" in a thread whose write is held, then ack `queued` in threads of their own, queued
+    behind it; the threads ("a" first) and the errors their acks raised (filled as they end)."""
+    writes.hold.clear()
+    errors: dict[str, BaseException] = {}
+    threads = [_ack_in_thread(commit, "a", errors)]
+    assert writes.entered.wait(5)
+    threads += [_ack_in_thread(commit, redis_id, errors) for redis_id in queued]
+    _wait_queued(commit, len(queued))
+    return threads, errors
+
+
+def _release(writes: Writes, threads: list[threading.Thread]) -> None:
+    writes.hold.set()
+    for thread in threads:
+        thread.join(5)
+    assert not any(thread.is_alive() for thread in threads)
+
+
 def test_acks_one_after_the_other_are_written_one_by_one() -> None:
     # Given a group commit with nobody else acking
     writes = Writes()
@@ -62,41 +87,26 @@ def test_acks_one_after_the_other_are_written_one_by_one() -> None:
 def test_acks_that_arrive_during_a_write_share_the_next_one() -> None:
     # Given a write under way for message a
     writes = Writes()
-    writes.hold.clear()
     commit = GroupCommit(writes)
-    errors: dict[str, BaseException] = {}
-    first = _ack_in_thread(commit, "a", errors)
-    assert writes.entered.wait(5)
     # When three more threads ack meanwhile
-    others = [_ack_in_thread(commit, redis_id, errors) for redis_id in ("b", "c", "d")]
-    _wait_queued(commit, 3)
-    assert all(thread.is_alive() for thread in others)  # none returns before its ack is written
-    writes.hold.set()
-    for thread in [first, *others]:
-        thread.join(5)
+    threads, errors = _queued_behind_a_write(commit, writes, ["b", "c", "d"])
+    assert all(thread.is_alive() for thread in threads)  # none returns before its ack is written
+    _release(writes, threads)
     # Then their three acks were written in one call after a's, and every thread returned
     assert writes.calls[0] == ["a"]
     assert sorted(writes.calls[1]) == ["b", "c", "d"]
     assert len(writes.calls) == 2
     assert errors == {}
-    assert not any(thread.is_alive() for thread in [first, *others])
 
 
 def test_a_failed_write_fails_every_ack_in_it_and_the_next_acks_still_go_through() -> None:
     # Given a write under way that will fail, and two acks queued behind it
     writes = Writes()
-    writes.hold.clear()
     writes.fail_with = ConnectionError("refused")
     commit = GroupCommit(writes)
-    errors: dict[str, BaseException] = {}
-    threads = [_ack_in_thread(commit, "a", errors)]
-    assert writes.entered.wait(5)
-    threads += [_ack_in_thread(commit, redis_id, errors) for redis_id in ("b", "c")]
-    _wait_queued(commit, 2)
+    threads, errors = _queued_behind_a_write(commit, writes, ["b", "c"])
     # When the writes fail
-    writes.hold.set()
-    for thread in threads:
-        thread.join(5)
+    _release(writes, threads)
     # Then each ack raised the error of the call that held it
     assert sorted(errors) == ["a", "b", "c"]
     assert all(isinstance(exc, ConnectionError) for exc in errors.values())
@@ -110,18 +120,30 @@ def test_no_call_writes_more_than_max_batch_acks(monkeypatch: pytest.MonkeyPatch
     # Given batches of at most 2, and five acks queued behind a write under way
     monkeypatch.setattr(acks, "MAX_BATCH", 2)
     writes = Writes()
-    writes.hold.clear()
     commit = GroupCommit(writes)
-    errors: dict[str, BaseException] = {}
-    threads = [_ack_in_thread(commit, "a", errors)]
-    assert writes.entered.wait(5)
-    threads += [_ack_in_thread(commit, str(i), errors) for i in range(5)]
-    _wait_queued(commit, 5)
+    threads, errors = _queued_behind_a_write(commit, writes, [str(i) for i in range(5)])
     # When the write ends
-    writes.hold.set()
-    for thread in threads:
-        thread.join(5)
+    _release(writes, threads)
     # Then the five were written in calls of at most two, each exactly once
     assert [len(call) for call in writes.calls] == [1, 2, 2, 1]
     assert sorted(i for call in writes.calls[1:] for i in call) == ["0", "1", "2", "3", "4"]
     assert errors == {}
+
+
+class Interrupted(BaseException):
+    """Like Dramatiq's Interrupt (a time limit, a shutdown): raised in one thread, not an error of the write."""
+
+
+def test_an_interrupt_in_the_writing_thread_leaves_the_other_acks_to_the_next_write() -> None:
+    # Given a write under way that will be interrupted in its thread, and two acks queued behind it
+    writes = Writes()
+    writes.fail_with, writes.fail_once = Interrupted(), True
+    commit = GroupCommit(writes)
+    threads, errors = _queued_behind_a_write(commit, writes, ["b", "c"])
+    # When the interrupt lands (and the next write succeeds)
+    _release(writes, threads)
+    # Then only the interrupted thread raised; the other two acks were written by a later call
+    assert list(errors) == ["a"]
+    assert isinstance(errors["a"], Interrupted)
+    assert writes.calls[0] == ["a"]
+    assert sorted(writes.calls[1]) == ["b", "c"]

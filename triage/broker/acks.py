@@ -33,7 +33,11 @@ class _Ack:
 
 
 class GroupCommit:
-    """Acks of one shard, written together when they arrive together (see the module's docstring)."""
+    """Acks of one shard, written together when they arrive together (see the module's docstring).
+
+    `write`: writes the acks of the ids it is given, in one call (the consumer's settle call);
+    what it raises is raised by the ack of every id it was given.
+    """
 
     def __init__(self, write: Callable[[list[str]], None]) -> None:
         self._write = write
@@ -47,35 +51,41 @@ class GroupCommit:
             self._queued.append(mine)
             mine.lead = not self._writing
             self._writing = True
-        if mine.lead:
-            self._lead(mine)
-        else:
-            try:
+        try:
+            if not mine.lead:
                 mine.done.wait()  # written by the call of a thread ahead, or handed the lead
-            finally:  # (an exception raised in this thread while it waits still passes the lead on)
-                if mine.lead:
-                    self._lead(mine)
+        finally:  # (an exception raised in this thread while it waits still passes the lead on)
+            if mine.lead:
+                self._lead(mine)
         if mine.error is not None:
             raise mine.error
 
     def _lead(self, mine: _Ack) -> None:
         """Write the oldest queued ids (this thread's own first: a leader is always the oldest
-        queued), then hand the lead to the oldest one left, if any."""
+        queued), then hand the lead to the oldest one left, if any. An exception that is not an
+        error of the write (an interrupt raised in this thread: Dramatiq's time limit, shutdown)
+        is this thread's alone: the other ids of the batch go back to the head of the queue, to
+        be written by the next leader (an ack written twice is a no-op)."""
         with self._lock:
             batch, self._queued = self._queued[:MAX_BATCH], self._queued[MAX_BATCH:]
-        error: BaseException | None = None
         try:
             self._write([ack.redis_id for ack in batch])
-        except BaseException as exc:
-            error = exc
-        for ack in batch:
-            ack.error = error
-            if ack is not mine:
-                ack.done.set()
-        with self._lock:
-            if self._queued:
-                following = self._queued[0]
-                following.lead = True
-                following.done.set()
-            else:
-                self._writing = False
+        except Exception as exc:
+            for ack in batch:
+                ack.error = exc
+        except BaseException:
+            with self._lock:
+                self._queued[:0] = [ack for ack in batch if ack is not mine]
+            batch = [mine]
+            raise
+        finally:
+            for ack in batch:
+                if ack is not mine:
+                    ack.done.set()
+            with self._lock:
+                if self._queued:
+                    following = self._queued[0]
+                    following.lead = True
+                    following.done.set()
+                else:
+                    self._writing = False
