@@ -393,6 +393,7 @@ def test_acks_made_together_by_many_threads_share_settle_calls_and_all_count(r: 
         thread.start()
     for thread in threads:
         thread.join(10)
+    assert not any(thread.is_alive() for thread in threads)
     # Then every message is acked, the queue's and the tenant's counters agree
     assert broker.counts("t_q") == (0, 0, 0)
     assert int(r.hget(broker.keys("t_q").stats, "acked_total") or 0) == 400

@@ -11,7 +11,7 @@ import redis
 
 from actors import runtime
 from tests import recycling_actors, worker_actors
-from tests.helpers import dramatiq_worker, wait_for
+from tests.helpers import dramatiq_worker, start_dramatiq, wait_for
 from triage.broker.text import as_text
 
 broker = runtime.broker
@@ -126,3 +126,24 @@ def test_worker_processes_take_the_configured_switch_interval(r: redis.Redis) ->
         wait_for(lambda: r.llen(recycling_actors.RAN) == 1)
     # Then it is 0.5 ms (Python's default is 5 ms)
     assert float(as_text(r.lindex(recycling_actors.RAN, 0)).split()[3]) == pytest.approx(0.0005)
+
+
+def test_recycling_waits_for_a_running_message_however_long_the_shutdown_grace(r: redis.Redis) -> None:
+    # Given a worker process that recycles after one message, with a 0.3 s shutdown grace
+    args = ["actors", "tests.worker_actors", "tests.recycling_actors", "--processes", "1", "--threads", "2"]
+    args += ["--worker-shutdown-timeout", "300", "--queues", "default", "t_slow"]
+    worker = start_dramatiq(args, TRIAGE_MAX_MESSAGES_PER_PROCESS="1")
+    try:
+        worker.wait_ready()
+        # When a 2-second message is running as a quick one finishes and starts the recycling
+        worker_actors.sleepy.send("long", 2000)
+        wait_for(lambda: r.lrange(worker_actors.DONE, 0, -1) == [b"start:long"])
+        recycling_actors.leaky.send("quick", 1)
+        wait_for(lambda: "Recycling this worker process" in "".join(worker.log))
+        # Then the long message finishes in the old process, once, and a fresh one boots after it
+        wait_for(lambda: "".join(worker.log).count("Worker process is ready for action") == 2, timeout=20)
+        assert r.lrange(worker_actors.DONE, 0, -1) == [b"start:long", b"finish:long"]
+        assert broker.counts("t_slow") == (0, 0, 0)
+        assert worker.process.poll() is None
+    finally:
+        assert worker.stop() == 0

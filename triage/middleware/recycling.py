@@ -3,31 +3,40 @@
 Guarantees:
 - With `TRIAGE_MAX_MESSAGES_PER_PROCESS` (runs, failed or not) or `TRIAGE_MAX_RSS_MB_PER_PROCESS`
   (resident memory, read from /proc after every run) set, a `dramatiq` worker process that
-  passes either limit stops fetching, gives back at once what it fetched and has not started
-  (`GracefulShutdown`), lets its running messages finish and settle, waits until every
-  settle has reached Redis, deregisters, and then replaces itself with a fresh interpreter
-  (`execv` of `python -m triage.admin.recycled`: the same pid, so Dramatiq's master keeps
-  supervising it, and none of the old process's memory). The fresh process boots as the
-  worker process it replaces: same arguments, same worker id, same log pipe.
-- Nothing is lost or run twice: a message runs in the old process (and is acked there) or
-  is given back unstarted; the fresh process registers anew before it fetches.
-- A SIGTERM or SIGHUP during recycling wins: the process stops as Dramatiq's worker process
-  would, without replacing itself.
-- Neither limit set (the default): this middleware does nothing per message.
+  passes either limit: stops fetching and gives back at once what it fetched and has not
+  started; waits for its running messages to finish, however long they take (their time limit
+  still applies); stops its worker (which settles and deregisters); waits until every settle
+  has reached Redis; and replaces itself with a fresh interpreter (`execv` of
+  `python -m triage.middleware.recycled`, with the same interpreter flags: the same pid, so
+  Dramatiq's master keeps supervising it, and none of the old process's memory). The fresh
+  process boots as the worker process it replaces: same arguments, worker id and log pipe,
+  and Dramatiq's signals blocked until its handlers are in place, as at a first boot.
+- Nothing is lost or run twice by recycling: a message runs in the old process and is acked
+  there, or is given back unstarted; the fresh process registers anew before it fetches.
+- A stop requested (SIGTERM, SIGHUP) before the replacement wins: while running messages
+  finish, Dramatiq's own shutdown takes over at once (the shutdown grace applies); after
+  that, the process stops instead of replacing itself. No recycling starts once a stop was
+  requested.
+- If `execv` fails, the process exits with status 1 (Dramatiq's master then stops the group
+  and says so), rather than staying alive without a worker.
+- Neither limit set (the default): one early return per message.
 Failure mode: outside Dramatiq's CLI (a `Worker` built in-process, as in tests) there is no
-worker process to resume, so a limit only logs once that it cannot recycle; a signal landing in
-the microseconds of the `execv` itself is lost, and the master's next one is obeyed.
+worker process to resume: a limit only logs once that it cannot recycle. A signal that lands
+between the last check and the `execv` itself (a few bytecodes) is lost; the master's next
+one is obeyed. Processes started together reach a message limit at about the same time.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
+import json
 import logging
 import multiprocessing
 import os
-import pickle
 import resource
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -35,30 +44,40 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from dramatiq import Broker, Middleware, Worker
+from dramatiq import Broker, Middleware, Worker, cli
 
-from triage.broker.errors import CONNECTION_ERRORS
-from triage.broker.redis_broker import TriageBroker, triage_broker
+from triage.broker.redis_broker import triage_broker
+
+from .shutdown import give_back_unstarted
 
 logger = logging.getLogger(__name__)
 
-RECYCLED_MODULE = "triage.admin.recycled"
+RECYCLED_MODULE = "triage.middleware.recycled"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass(frozen=True)
 class WorkerProcess:
     """What it takes to start a Dramatiq CLI worker process again: its arguments, id and log pipe."""
 
-    args: Any  # dramatiq.cli's argparse namespace
+    args: argparse.Namespace  # dramatiq.cli's arguments
     worker_id: int
     log_fd: int
 
     def encoded(self) -> str:
-        """This worker process and the import path, as one command-line argument."""
-        return base64.urlsafe_b64encode(pickle.dumps((self.args, self.worker_id, self.log_fd, sys.path))).decode()
+        """This worker process and the import path, as one command-line argument (JSON)."""
+        state = {"args": vars(self.args), "worker_id": self.worker_id, "log_fd": self.log_fd, "path": sys.path}
+        return base64.urlsafe_b64encode(json.dumps(state).encode()).decode()
+
+    @staticmethod
+    def decoded(encoded: str) -> tuple[WorkerProcess, list[str]]:
+        """The worker process and the import path that `encoded()` wrote."""
+        state = json.loads(base64.urlsafe_b64decode(encoded))
+        process = WorkerProcess(argparse.Namespace(**state["args"]), int(state["worker_id"]), int(state["log_fd"]))
+        return process, [str(entry) for entry in state["path"]]
 
 
-_resumed: WorkerProcess | None = None  # set by triage.admin.recycled in a process it started
+_resumed: WorkerProcess | None = None  # set by triage.middleware.recycled in a process it started
 
 
 def resumed_as(process: WorkerProcess) -> None:
@@ -71,8 +90,6 @@ def current_worker_process() -> WorkerProcess | None:
     """This process as a Dramatiq CLI worker process, or None when it is not one."""
     if _resumed is not None:
         return _resumed
-    from dramatiq import cli
-
     process = multiprocessing.current_process()
     if getattr(process, "_target", None) is not cli.worker_process:
         return None
@@ -99,46 +116,62 @@ class ResidentMemory:
 
 
 def rss_mb() -> float:
-    """This process's resident memory in MiB now (one read)."""
-    return ResidentMemory().mb()
+    """This process's resident memory in MiB now (one read of /proc, or the peak without it)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return ResidentMemory().mb()
 
 
 class Recycling(Middleware):
-    """Replaces a worker process past its message or memory limit (see the module's docstring)."""
+    """Replaces a worker process past its message or memory limit (see the module's docstring).
+
+    `max_messages`: runs after which the process is replaced (None: no limit); `max_rss_mb`:
+    the resident memory, in MiB, at which it is (None: no limit).
+    """
 
     def __init__(self, *, max_messages: int | None = None, max_rss_mb: int | None = None) -> None:
         self.max_messages = max_messages
         self.max_rss_mb = max_rss_mb
         self._lock = threading.Lock()
         self._runs = 0
+        self._running: set[int] = set()  # the messages started and not finished (their proxies' ids)
+        self._idle = threading.Condition(self._lock)
         self._reason: str | None = None
-        self._terminating = False
+        self._stop_requested = False
+        self._held_signal: tuple[Any, int, FrameType | None] | None = None  # while the worker stops
         self._worker: Worker | None = None
         self._process: WorkerProcess | None = None
         self._memory: ResidentMemory
 
-    @property
-    def enabled(self) -> bool:
-        return self.max_messages is not None or self.max_rss_mb is not None
-
     def after_process_boot(self, broker: Broker) -> None:
-        if not self.enabled or threading.current_thread() is not threading.main_thread():
+        if self.max_messages is None and self.max_rss_mb is None:
+            return
+        if threading.current_thread() is not threading.main_thread():
             return
         self._process = current_worker_process()
-        self._memory = ResidentMemory()
         if self._process is None:
             logger.warning("Worker recycling needs a `dramatiq` worker process; this process will not recycle.")
             return
-        for signum in (signal.SIGTERM, signal.SIGHUP):
-            self._note_stop(signum)
+        self._memory = ResidentMemory()
+        for signum in STOP_SIGNALS:
+            self._note_stops(signum)
 
-    def _note_stop(self, signum: signal.Signals) -> None:
+    def _note_stops(self, signum: signal.Signals) -> None:
+        """A stop request is noted; it goes on to Dramatiq's handler at once, except while the
+        recycling stops the worker itself (then once that is done: see `_recycle`)."""
         original = signal.getsignal(signum)
         if not callable(original):
             return
 
         def noted(number: int, frame: FrameType | None) -> Any:
-            self._terminating = True
+            with self._lock:
+                self._stop_requested = True
+                self._idle.notify_all()
+                if self._held_signal is not None:
+                    self._held_signal = (original, number, frame)
+                    return None
             return original(number, frame)
 
         signal.signal(signum, noted)
@@ -146,55 +179,92 @@ class Recycling(Middleware):
     def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
         self._worker = worker
 
+    def before_process_message(self, broker: Broker, message: Any) -> None:
+        if self._process is not None:
+            with self._lock:
+                self._running.add(id(message))
+
+    def after_skip_message(self, broker: Broker, message: Any) -> None:
+        self._finished(broker, message, counts=False)
+
     def after_process_message(
         self, broker: Broker, message: Any, *, result: Any = None, exception: BaseException | None = None
     ) -> None:
-        if self._process is None or self._reason is not None:
+        self._finished(broker, message, counts=True)
+
+    def _finished(self, broker: Broker, message: Any, *, counts: bool) -> None:
+        if self._process is None:
             return
-        reason = None
         with self._lock:
-            self._runs += 1
-            if self.max_messages is not None and self._runs >= self.max_messages:
-                reason = f"{self._runs} messages run (limit {self.max_messages})"
-            elif self.max_rss_mb is not None:
-                reason = self._over_memory(self.max_rss_mb)
-            if reason is None or self._reason is not None:
+            self._running.discard(id(message))
+            self._runs += counts
+            if not self._running:
+                self._idle.notify_all()
+            if self._reason is not None or self._stop_requested:
                 return
-            self._reason = reason
+            self._reason = self._over_limit()
+            if self._reason is None:
+                return
         threading.Thread(target=self._recycle, args=(broker,), name="triage-recycle", daemon=True).start()
 
-    def _over_memory(self, limit: float) -> str | None:
-        resident = self._memory.mb()
-        return f"{resident:.0f} MiB resident (limit {limit:.0f} MiB)" if resident >= limit else None
+    def _over_limit(self) -> str | None:
+        if self.max_messages is not None and self._runs >= self.max_messages:
+            return f"{self._runs} messages run (limit {self.max_messages})"
+        if self.max_rss_mb is not None:
+            resident = self._memory.mb()
+            if resident >= self.max_rss_mb:
+                return f"{resident:.0f} MiB resident (limit {self.max_rss_mb} MiB)"
+        return None
 
     def _recycle(self, broker: Broker) -> None:
         process, worker = self._process, self._worker
         if process is None or worker is None:
             return
-        logger.info("Recycling this worker process: %s.", self._reason)
-        worker.stop(timeout=process.args.worker_shutdown_timeout)
         triage = triage_broker(broker, needed_by=self)
-        warned = False
-        while not self._terminating and (triage.backlog.pending or not self._deregistered(triage)):
-            if not warned:
-                logger.warning("Recycling waits for Redis: settles are still to be written.")
-                warned = True
+        logger.info("Recycling this worker process: %s.", self._reason)
+        give_back_unstarted(triage, worker)
+        with self._lock:  # the running messages finish, unless a stop is requested meanwhile
+            while self._running and not self._stop_requested:
+                self._idle.wait()
+            if self._stop_requested:
+                return  # Dramatiq's handler has it: its shutdown, with its grace
+            self._held_signal = (None, 0, None)  # from here, a stop request waits for the worker to stop
+        worker.stop(timeout=process.args.worker_shutdown_timeout)
+        while triage.backlog.pending and not self._stop_requested:
+            logger.warning("Recycling waits for Redis: %d settle(s) still to be written.", len(triage.backlog.pending))
             time.sleep(1.0)
             triage.backlog.flush()
-        if self._terminating:
-            logger.info("Stopping instead of recycling: a stop was requested.")
-            return
         broker.close()
-        logging.shutdown()
+        for handler in logging.getLogger().handlers:
+            handler.flush()
         sys.stdout.flush()
         sys.stderr.flush()
-        os.set_inheritable(process.log_fd, True)
-        os.execv(sys.executable, [sys.executable, "-m", RECYCLED_MODULE, process.encoded()])  # noqa: S606
+        # Dramatiq's signals, blocked in this thread: the fresh process starts with them blocked,
+        # as a first boot does (the master blocks them before it forks); its handlers unblock them.
+        cli.try_block_signals()  # type: ignore[no-untyped-call]
+        with self._lock:
+            original, number, frame = self._held_signal
+            self._held_signal = None
+        if self._stop_requested:
+            logger.info("Stopping instead of recycling: a stop was requested.")
+            cli.try_unblock_signals()
+            if original is not None:
+                original(number, frame)  # Dramatiq's handler: its main loop ends the process
+            return
+        self._replace(process)
 
     @staticmethod
-    def _deregistered(triage: TriageBroker) -> bool:
+    def _replace(process: WorkerProcess) -> None:
+        """execv the fresh interpreter, holding the log handlers' locks (no record is cut in two)."""
+        os.set_inheritable(process.log_fd, True)
+        flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
+        handlers = logging.getLogger().handlers
+        for handler in handlers:
+            handler.acquire()
         try:
-            triage.registry.deregister()
-        except CONNECTION_ERRORS:
-            return False
-        return True
+            os.execv(sys.executable, [sys.executable, *flags, "-m", RECYCLED_MODULE, process.encoded()])  # noqa: S606
+        except OSError as exc:
+            for handler in handlers:
+                handler.release()
+            logger.critical("Recycling failed: cannot start %s (%s); exiting.", sys.executable, exc)
+            os._exit(1)

@@ -24,7 +24,7 @@ from typing import Any
 
 from dramatiq import Broker, Middleware, Worker
 
-from triage.broker.redis_broker import triage_broker
+from triage.broker.redis_broker import TriageBroker, triage_broker
 
 logger = logging.getLogger(__name__)
 
@@ -61,15 +61,21 @@ class GracefulShutdown(Middleware):
 
     def before_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
         """Give back at once what was fetched and not started; running tasks get the grace period."""
-        triage_broker(broker, needed_by=self).draining = True
-        by_queue: dict[str, list[Any]] = {}
-        while True:
-            try:
-                item = worker.work_queue.get_nowait()
-            except queue.Empty:
-                break
-            by_queue.setdefault(item.message.queue_name, []).append(item.message)
-            worker.work_queue.task_done()
-        for queue_name, messages in by_queue.items():
-            worker.consumers[queue_name].requeue_messages(messages)
-            logger.info("Gave back %d unstarted message(s) of %r.", len(messages), queue_name)
+        give_back_unstarted(triage_broker(broker, needed_by=self), worker)
+
+
+def give_back_unstarted(broker: TriageBroker, worker: Worker) -> None:
+    """Stop fetching, and give back what the worker fetched and has not started, to the head of
+    its queue (its running tasks go on)."""
+    broker.draining = True
+    by_queue: dict[str, list[Any]] = {}
+    while True:
+        try:
+            item = worker.work_queue.get_nowait()
+        except queue.Empty:
+            break
+        by_queue.setdefault(item.message.queue_name, []).append(item.message)
+        worker.work_queue.task_done()
+    for queue_name, messages in by_queue.items():
+        worker.consumers[queue_name].requeue_messages(messages)
+        logger.info("Gave back %d unstarted message(s) of %r.", len(messages), queue_name)
