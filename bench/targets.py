@@ -7,12 +7,14 @@ full default stack (dedup, breakers, tenant limits, metrics' last hour on). Cele
 users' documents run it (bench/celery_app.py): threads pool of 8 per process, `-Q` per tier,
 prefetch multiplier 4, `acks_late`. Writes bench/last-targets.md.
 
-  python -m bench.targets [--rounds 3] [--quick]
+  python -m bench.targets [--rounds 3] [--quick] [--apps triage] [--env TRIAGE_SWITCH_INTERVAL_MS=1]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
 import statistics
 import sys
@@ -170,15 +172,13 @@ def report(results: dict[str, list[Figures]], rounds: int, quick: bool) -> str:
         cols = {app: [r[key] for r in results[app] if key in r] for app in APPS}
         cells = [f"{spread(cols[app])} {unit}" if cols[app] else "—" for app in APPS]
         vs = ratios(cols["triage"], cols["stock"]) if unit == "msg/s" else ""
-        lines.append(
-            f"| {label.format(n=int(20_000 * (0.2 if quick else 1)))} | {' | '.join(cells)} | {vs} | {target} |"
-        )
+        vs_celery = ratios(cols["triage"], cols["celery"]) if unit == "msg/s" else ""
+        name = label.format(n=int(20_000 * (0.2 if quick else 1)))
+        lines.append(f"| {name} | {' | '.join(cells)} | {vs} | {vs_celery} | {target} |")
     return "\n".join(lines) + "\n"
 
 
 def _cores() -> int:
-    import os
-
     return os.cpu_count() or 0
 
 
@@ -187,14 +187,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="a fifth of the volumes")
     parser.add_argument("--apps", default=",".join(APPS))
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for every worker and client")
     opts = parser.parse_args()
     apps = opts.apps.split(",")
+    extra_env = dict(item.split("=", 1) for item in opts.env)
     results: dict[str, list[Figures]] = {app: [] for app in APPS}
     for i in range(opts.rounds):
         for app in apps:
             print(f"bench.targets: round {i + 1}, {app} …", file=sys.stderr, flush=True)
-            results[app].append(one_round(app, 0.2 if opts.quick else 1.0))
-            print(f"  {results[app][-1]}", file=sys.stderr, flush=True)
+            results[app].append(one_round(app, 0.2 if opts.quick else 1.0, extra_env))
+            print(f"  {json.dumps(results[app][-1])}", file=sys.stderr, flush=True)
     table = report(results, opts.rounds, opts.quick)
     print(table)
     Path(ROOT / "bench" / "last-targets.md").write_text(table)
