@@ -195,6 +195,18 @@ def test_a_task_that_outlives_the_shutdown_grace_runs_again_on_another_worker(r:
     assert any("still running at shutdown" in line for line in first.log)
 
 
+def test_an_idle_worker_with_a_short_grace_deregisters_at_shutdown(r: redis.Redis) -> None:
+    # Given an idle worker of 4 threads with a 0.3 s shutdown grace (shorter than the threads' 1 s wait for work)
+    worker = start_dramatiq(["actors", "--processes", "1", "--threads", "4", "--worker-shutdown-timeout", "300"])
+    worker.wait_ready()
+    wait_for(lambda: len(broker.registry.worker_details()) == 1)
+    # When it is stopped
+    assert worker.stop() == 0
+    # Then it deregistered: no task was running, however slowly its idle threads noticed the stop
+    assert broker.registry.worker_details() == []
+    assert not any("still running at shutdown" in line for line in worker.log)
+
+
 def test_task_arguments_stay_out_of_worker_logs(r: redis.Redis) -> None:
     # Given an actor that fails with a sensitive argument
     wa.fails_with_secret.send("4111-1111-1111-1111")

@@ -80,7 +80,7 @@ class Heartbeats(Middleware):
         if self._thread is not None:
             self._thread.join(5)
         triage = triage_broker(broker, needed_by=self)
-        running = sum(thread.is_alive() for thread in worker.workers)
+        running = _still_running(worker)
         if running:  # past the shutdown grace: they die with the process, their messages are in flight
             logger.warning(
                 "%d task(s) still running at shutdown: not deregistering, so that the reaper "
@@ -94,3 +94,12 @@ class Heartbeats(Middleware):
             triage.registry.deregister()
         except redis.RedisError as exc:
             logger.warning("Could not deregister from Redis (%s); the reaper will.", exc)
+
+
+def _still_running(worker: Worker) -> int:
+    """Worker threads still running a task. An idle thread notices the stop within the worker's
+    timeout (its wait for work), so the threads still alive after that are busy."""
+    deadline = time.monotonic() + worker.worker_timeout / 1000 + 0.1
+    for thread in worker.workers:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return sum(thread.is_alive() for thread in worker.workers)
