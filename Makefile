@@ -65,7 +65,7 @@ clean:
 bench: install  ## stock Dramatiq vs Triage, same run; prints the table (a few minutes)
 	$(BIN)/python -m bench.run
 
-bench-targets: install  ## the performance targets: stock Dramatiq, Triage and Celery, 3 rounds, spread per figure (about 25 min)
+bench-targets: install  ## the performance targets: stock Dramatiq, Triage and Celery, 3 rounds, spread per figure (about 20 min)
 	$(BIN)/python -m bench.targets --rounds 3
 
 cluster: install tools  ## Redis Cluster suite: a local 3-master cluster (and a 3+3 one) it starts itself, faults included
