@@ -134,7 +134,7 @@ class Interrupted(BaseException):
     """Like Dramatiq's Interrupt (a time limit, a shutdown): raised in one thread, not an error of the write."""
 
 
-def test_an_interrupt_in_the_writing_thread_leaves_the_other_acks_to_the_next_write() -> None:
+def test_an_interrupt_in_the_writing_thread_leaves_its_batch_to_the_next_write() -> None:
     # Given a write under way that will be interrupted in its thread, and two acks queued behind it
     writes = Writes()
     writes.fail_with, writes.fail_once = Interrupted(), True
@@ -142,8 +142,23 @@ def test_an_interrupt_in_the_writing_thread_leaves_the_other_acks_to_the_next_wr
     threads, errors = _queued_behind_a_write(commit, writes, ["b", "c"])
     # When the interrupt lands (and the next write succeeds)
     _release(writes, threads)
-    # Then only the interrupted thread raised; the other two acks were written by a later call
+    # Then only the interrupted thread raised, and a later call wrote its ack again with the other two
     assert list(errors) == ["a"]
     assert isinstance(errors["a"], Interrupted)
     assert writes.calls[0] == ["a"]
-    assert sorted(writes.calls[1]) == ["b", "c"]
+    assert sorted(writes.calls[1]) == ["a", "b", "c"]
+
+
+def test_an_ack_whose_thread_left_is_written_by_the_next_ack_or_by_flush() -> None:
+    # Given an ack queued by a thread that left before it was written (the write of "a" was interrupted)
+    writes = Writes()
+    writes.fail_with, writes.fail_once = Interrupted(), True
+    commit = GroupCommit(writes)
+    with pytest.raises(Interrupted):
+        commit.ack("a")
+    # When the consumer closes (or the next ack comes)
+    commit.flush()
+    # Then it was written
+    assert writes.calls == [["a"], ["a"]]
+    commit.flush()
+    assert writes.calls == [["a"], ["a"]]  # nothing left to write

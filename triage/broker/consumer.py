@@ -29,10 +29,9 @@ Guarantees:
   slot (another queue) is two idempotent steps: stored there under a window key named after
   the delivery (stored once, however often the step runs), then forgotten here (`handed`).
 - A delivered message prints as `actor(id=…)`: its arguments stay out of Dramatiq's logs.
-- Acks that worker threads make while another ack is being written go to Redis together, in
-  one call (group commit, `acks.py`): each ack still returns only once it is written.
-- Ack, nack and requeue may be called from any worker thread. When Redis is unreachable
-  they do not block or fail the worker thread: they wait in the broker's backlog
+- Acks made while another is being written go to Redis together, in one call, each returning
+  once written (`acks.py`). Ack, nack and requeue may be called from any worker thread; when
+  Redis is unreachable they do not block or fail it: they wait in the broker's backlog
   (`backlog.py`) and are applied, in order, as soon as Redis answers again.
 """
 
@@ -363,13 +362,16 @@ class TriageConsumer(Consumer):
         return ["nack", now_ms(), redis_id, info, *self.broker.dead_letter_limits(self.queue_name)]
 
     def _settle(self, script: str, keys: list[str], args: list[Any], *ids: str) -> None:
+        """Run a settle script; the ids are released unless this thread is interrupted (acks.py)."""
         try:
             self.broker.backlog.run(script, keys, args)
-        finally:
+        except Exception:
             self._release(list(ids))
+            raise
+        self._release(list(ids))
 
     def _write_acks(self, shard: Shard, ids: list[str]) -> None:
-        self._settle("settle", shard.settle_keys, ["ack", now_ms(), *ids], *ids)
+        self._settle("settle", shard.settle_keys, ["ack", now_ms(), *ids], *ids)  # acks made together (acks.py)
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
         by_shard: dict[int, list[str]] = {}
@@ -389,6 +391,8 @@ class TriageConsumer(Consumer):
         self.settled.set()
 
     def close(self) -> None:
+        for shard in self.shards:
+            shard.acks.flush()
         if self.waker is not None:
             self.waker.stop()
         cached: list[Any] = list(self.cache)
