@@ -3,6 +3,7 @@ replaced by a fresh interpreter, and every message runs exactly once; the proces
 
 from __future__ import annotations
 
+import os
 import signal
 from collections import Counter
 
@@ -147,3 +148,29 @@ def test_recycling_waits_for_a_running_message_however_long_the_shutdown_grace(r
         assert worker.process.poll() is None
     finally:
         assert worker.stop() == 0
+
+
+def test_after_a_recycle_the_master_still_notices_a_sibling_crash(r: redis.Redis) -> None:
+    # Given two worker processes that have both recycled themselves (every 2 messages)
+    with dramatiq_worker(
+        "actors",
+        "tests.recycling_actors",
+        queues=["default"],
+        processes=2,
+        threads=1,
+        TRIAGE_MAX_MESSAGES_PER_PROCESS="2",
+    ) as worker:
+        for i in range(20):
+            recycling_actors.leaky.send(f"s{i}", 1)
+        wait_for(lambda: r.llen(recycling_actors.RAN) == 20)
+        boots_by_pid: dict[int, set[str]] = {}
+        for _, boot, pid, _ in _runs(r):
+            boots_by_pid.setdefault(pid, set()).add(boot)
+        assert len(boots_by_pid) == 2
+        assert all(len(boots) >= 2 for boots in boots_by_pid.values())
+        # When the second worker process is killed
+        os.kill(max(boots_by_pid), signal.SIGKILL)
+        # Then the master notices, as it would without recycling: it stops the group and exits
+        code = worker.process.wait(20)
+    assert code != 0
+    assert "exited unexpectedly" in "".join(worker.log)

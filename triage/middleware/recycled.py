@@ -10,6 +10,7 @@ Dramatiq's. Forks are not started again (the master started them at its boot and
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import sys
@@ -25,7 +26,9 @@ from triage.middleware.recycling import WorkerProcess, resumed_as
 def main(encoded: str) -> None:
     process, path = WorkerProcess.decoded(encoded)
     sys.path[:] = path
-    os.set_inheritable(process.log_fd, False)
+    for fd in {process.log_fd, *process.pipes}:  # kept from the processes its actors start
+        with contextlib.suppress(OSError):
+            os.set_inheritable(fd, False)
     resumed_as(process)
     canteen = multiprocessing.Value(Canteen)
     canteen.initialized = True  # type: ignore[attr-defined]  # the master runs the forks already

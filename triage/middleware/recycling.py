@@ -4,11 +4,12 @@ Guarantees:
 - With `TRIAGE_MAX_MESSAGES_PER_PROCESS` (runs, failed or not) or `TRIAGE_MAX_RSS_MB_PER_PROCESS`
   (resident memory, read from /proc after every run) set, a `dramatiq` worker process that
   passes either limit: stops fetching and gives back at once what it fetched and has not
-  started; waits for its running messages to finish, however long they take (their time limit
-  still applies); stops its worker (which settles and deregisters); waits until every settle
-  has reached Redis; and replaces itself with a fresh interpreter (`execv` of
-  `python -m triage.middleware.recycled`, with the same interpreter flags: the same pid, so
-  Dramatiq's master keeps supervising it, and none of the old process's memory). The fresh
+  started; lets each worker thread finish the message it holds, however long it takes (its
+  time limit still applies), and take no other; stops its worker (which settles and
+  deregisters); waits until every settle has reached Redis; and replaces itself with a fresh
+  interpreter (`execv` of `python -m triage.middleware.recycled`, with the same interpreter
+  flags: the same pid, so Dramatiq's master keeps supervising it, and none of the old
+  process's memory). The fresh
   process boots as the worker process it replaces: same arguments, worker id and log pipe,
   and Dramatiq's signals blocked until its handlers are in place, as at a first boot.
 - Nothing is lost or run twice by recycling: a message runs in the old process and is acked
@@ -19,6 +20,8 @@ Guarantees:
   requested.
 - If `execv` fails, the process exits with status 1 (Dramatiq's master then stops the group
   and says so), rather than staying alive without a worker.
+- Dramatiq's master keeps watching every worker process after a recycle: the pipes a worker
+  process was forked with stay open across `execv`.
 - Neither limit set (the default): one early return per message.
 Failure mode: outside Dramatiq's CLI (a `Worker` built in-process, as in tests) there is no
 worker process to resume: a limit only logs once that it cannot recycle. A signal that lands
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -63,18 +67,39 @@ class WorkerProcess:
     args: argparse.Namespace  # dramatiq.cli's arguments
     worker_id: int
     log_fd: int
+    # The pipes it was forked with, kept open across execv: the log pipe, and the one whose end
+    # tells Dramatiq's master that this process has exited (closed early, the master would wait
+    # on this process alone and miss a sibling's crash).
+    pipes: tuple[int, ...] = ()
 
     def encoded(self) -> str:
         """This worker process and the import path, as one command-line argument (JSON)."""
         state = {"args": vars(self.args), "worker_id": self.worker_id, "log_fd": self.log_fd, "path": sys.path}
-        return base64.urlsafe_b64encode(json.dumps(state).encode()).decode()
+        return base64.urlsafe_b64encode(json.dumps({**state, "pipes": self.pipes}).encode()).decode()
 
     @staticmethod
     def decoded(encoded: str) -> tuple[WorkerProcess, list[str]]:
         """The worker process and the import path that `encoded()` wrote."""
         state = json.loads(base64.urlsafe_b64decode(encoded))
-        process = WorkerProcess(argparse.Namespace(**state["args"]), int(state["worker_id"]), int(state["log_fd"]))
+        args, pipes = argparse.Namespace(**state["args"]), tuple(int(fd) for fd in state["pipes"])
+        process = WorkerProcess(args, int(state["worker_id"]), int(state["log_fd"]), pipes)
         return process, [str(entry) for entry in state["path"]]
+
+
+def open_pipes() -> tuple[int, ...]:
+    """The pipes this process has open (none where /proc is missing)."""
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return ()
+    pipes = []
+    for name in fds:
+        try:
+            if os.readlink(f"/proc/self/fd/{name}").startswith("pipe:"):
+                pipes.append(int(name))
+        except OSError:  # the listing's own descriptor, gone
+            continue
+    return tuple(sorted(pipes))
 
 
 _resumed: WorkerProcess | None = None  # set by triage.middleware.recycled in a process it started
@@ -94,7 +119,7 @@ def current_worker_process() -> WorkerProcess | None:
     if getattr(process, "_target", None) is not cli.worker_process:
         return None
     args, worker_id, pipe = process._args[:3]  # type: ignore[attr-defined]
-    return WorkerProcess(args=args, worker_id=worker_id, log_fd=pipe.fileno())
+    return WorkerProcess(args=args, worker_id=worker_id, log_fd=pipe.fileno(), pipes=open_pipes())
 
 
 class ResidentMemory:
@@ -136,8 +161,6 @@ class Recycling(Middleware):
         self.max_rss_mb = max_rss_mb
         self._lock = threading.Lock()
         self._runs = 0
-        self._running: set[int] = set()  # the messages started and not finished (their proxies' ids)
-        self._idle = threading.Condition(self._lock)
         self._reason: str | None = None
         self._stop_requested = False
         self._held_signal: tuple[Any, int, FrameType | None] | None = None  # while the worker stops
@@ -168,7 +191,6 @@ class Recycling(Middleware):
         def noted(number: int, frame: FrameType | None) -> Any:
             with self._lock:
                 self._stop_requested = True
-                self._idle.notify_all()
                 if self._held_signal is not None:
                     self._held_signal = (original, number, frame)
                     return None
@@ -179,27 +201,13 @@ class Recycling(Middleware):
     def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
         self._worker = worker
 
-    def before_process_message(self, broker: Broker, message: Any) -> None:
-        if self._process is not None:
-            with self._lock:
-                self._running.add(id(message))
-
-    def after_skip_message(self, broker: Broker, message: Any) -> None:
-        self._finished(broker, message, counts=False)
-
     def after_process_message(
         self, broker: Broker, message: Any, *, result: Any = None, exception: BaseException | None = None
     ) -> None:
-        self._finished(broker, message, counts=True)
-
-    def _finished(self, broker: Broker, message: Any, *, counts: bool) -> None:
         if self._process is None:
             return
         with self._lock:
-            self._running.discard(id(message))
-            self._runs += counts
-            if not self._running:
-                self._idle.notify_all()
+            self._runs += 1
             if self._reason is not None or self._stop_requested:
                 return
             self._reason = self._over_limit()
@@ -223,9 +231,12 @@ class Recycling(Middleware):
         triage = triage_broker(broker, needed_by=self)
         logger.info("Recycling this worker process: %s.", self._reason)
         give_back_unstarted(triage, worker)
-        with self._lock:  # the running messages finish, unless a stop is requested meanwhile
-            while self._running and not self._stop_requested:
-                self._idle.wait()
+        for thread in worker.workers:  # each finishes the message it holds, if any, and takes no other
+            thread.stop()
+        while any(thread.is_alive() for thread in worker.workers) and not self._stop_requested:
+            for thread in worker.workers:
+                thread.join(0.1)
+        with self._lock:
             if self._stop_requested:
                 return  # Dramatiq's handler has it: its shutdown, with its grace
             self._held_signal = (None, 0, None)  # from here, a stop request waits for the worker to stop
@@ -255,16 +266,21 @@ class Recycling(Middleware):
 
     @staticmethod
     def _replace(process: WorkerProcess) -> None:
-        """execv the fresh interpreter, holding the log handlers' locks (no record is cut in two)."""
-        os.set_inheritable(process.log_fd, True)
-        flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
+        """execv the fresh interpreter, holding the log handlers' locks (no record is cut in two);
+        if anything fails, exit with status 1 (Dramatiq's master then stops the group)."""
         handlers = logging.getLogger().handlers
-        for handler in handlers:
-            handler.acquire()
         try:
-            os.execv(sys.executable, [sys.executable, *flags, "-m", RECYCLED_MODULE, process.encoded()])  # noqa: S606
-        except OSError as exc:
+            argv = [sys.executable, *subprocess._args_from_interpreter_flags()]  # type: ignore[attr-defined]
+            argv += ["-m", RECYCLED_MODULE, process.encoded()]
+            for fd in {process.log_fd, *process.pipes}:
+                with contextlib.suppress(OSError):  # closed since
+                    os.set_inheritable(fd, True)
             for handler in handlers:
-                handler.release()
-            logger.critical("Recycling failed: cannot start %s (%s); exiting.", sys.executable, exc)
+                handler.acquire()
+            os.execv(sys.executable, argv)  # noqa: S606
+        except BaseException as exc:
+            for handler in handlers:
+                with contextlib.suppress(RuntimeError):  # not acquired
+                    handler.release()
+            logger.critical("Recycling failed: cannot start a fresh process (%s); exiting.", exc)
             os._exit(1)
