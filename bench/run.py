@@ -210,9 +210,11 @@ def _many_workers(app: str, env: dict[str, str], groups: list[list[str]]) -> Ite
             yield
 
 
-def fairness(app: str, flood: int, count: int) -> dict[str, float]:
+def fairness(app: str, flood: int, count: int, extra_env: dict[str, str] | None = None) -> dict[str, float]:
+    """Tenant B's wait (ms) behind tenant A's flood of 2 ms messages, p50 and p99."""
     label = "bench:latency:tenant_b"
     with fresh_redis() as (env, r):
+        env.update(extra_env or {})
         client(app, env, "prefill_tenant", flood, 2)
         with workers(app, env, ["bench"], 1):
             time.sleep(0.5)

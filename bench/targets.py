@@ -25,7 +25,7 @@ from pathlib import Path
 
 import redis
 
-from bench.run import BIN, ROOT, client, fresh_redis, percentile, supervised, wait_until, workers
+from bench.run import BIN, ROOT, client, fairness, fresh_redis, percentile, supervised, wait_until, workers
 
 APPS = ("stock", "triage", "celery")
 Figures = dict[str, float]
@@ -97,15 +97,7 @@ def flood(app: str, separate: bool, background: int, probes: int, extra_env: dic
 
 def tenant_b(app: str, flood_size: int, extra_env: dict[str, str] | None = None) -> float:
     """Tenant B's wait p99 (ms) behind tenant A's flood of 2 ms messages."""
-    with fresh_redis() as (env, r):
-        env.update(extra_env or {})
-        client(app, env, "prefill_tenant", flood_size, 2)
-        with workers(app, env, ["bench"], 1):
-            time.sleep(0.5)
-            client(app, env, "tenant_b", 20)
-            wait_until(lambda: r.llen("bench:latency:tenant_b") >= 20, 300, 0.05)
-        waits = [float(x) for x in r.lrange("bench:latency:tenant_b", 0, -1)]
-    return percentile(waits, 99)
+    return fairness(app, flood_size, 20, extra_env)["p99"]
 
 
 def one_round(app: str, scale: float, extra_env: dict[str, str] | None = None) -> Figures:

@@ -9,9 +9,9 @@ Guarantees:
   deregisters); waits until every settle has reached Redis; and replaces itself with a fresh
   interpreter (`execv` of `python -m triage.middleware.recycled`, with the same interpreter
   flags: the same pid, so Dramatiq's master keeps supervising it, and none of the old
-  process's memory). The fresh
-  process boots as the worker process it replaces: same arguments, worker id and log pipe,
-  and Dramatiq's signals blocked until its handlers are in place, as at a first boot.
+  process's memory). The fresh process boots as the worker process it replaces: same
+  arguments, worker id and log pipe, and Dramatiq's signals blocked until its handlers are in
+  place, as at a first boot.
 - Nothing is lost or run twice by recycling: a message runs in the old process and is acked
   there, or is given back unstarted; the fresh process registers anew before it fetches.
 - A stop requested (SIGTERM, SIGHUP) before the replacement wins: while running messages
@@ -139,14 +139,19 @@ class ResidentMemory:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
+    def close(self) -> None:
+        if self._statm is not None:
+            os.close(self._statm)
+            self._statm = None
+
 
 def rss_mb() -> float:
     """This process's resident memory in MiB now (one read of /proc, or the peak without it)."""
+    memory = ResidentMemory()
     try:
-        with open("/proc/self/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        return ResidentMemory().mb()
+        return memory.mb()
+    finally:
+        memory.close()
 
 
 class Recycling(Middleware):
