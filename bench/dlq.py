@@ -39,7 +39,7 @@ def fill(broker: TriageBroker, n: int) -> None:
     done = 0
     while done < n:
         # now, max messages, max due moved, then no tenant limits (rpm, burst, max in flight)
-        fetched, _, _ = broker.scripts["fetch"](keys=fetch_keys, args=[now_ms(), 1000, 1000, 0, 0, 0])
+        fetched = broker.scripts["fetch"](keys=fetch_keys, args=[now_ms(), 1000, 1000, 0, 0, 0])[0]
         pipe = broker.client.pipeline(transaction=False)
         for i in range(0, len(fetched), 4):  # id, message, deliveries, ready time
             k = done + i // 4

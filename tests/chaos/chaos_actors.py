@@ -46,3 +46,16 @@ def write(token: str, ms: int) -> None:
     time.sleep(ms / 1000)
     _client.rpush("chaos:written", token)  # the result, saved at the end as most actors do
     record("finish", token)
+
+
+@default(queue="chaos", max_retries=50, min_backoff=100, max_backoff=1000)
+def write_twice(token: str, ms: int) -> None:
+    """Two writes around a short wait, as an actor that claims a row then stores its result."""
+    global _client
+    if _client is None:
+        _client = redis.Redis.from_url(os.environ["REDIS_URL"], socket_timeout=2, socket_connect_timeout=2)
+    record("start", token)
+    _client.hset("chaos:claimed", token, os.getpid())
+    time.sleep(ms / 1000)
+    _client.rpush("chaos:written", token)
+    record("finish", token)

@@ -20,7 +20,9 @@ Guarantees:
   never travels with a copy of the message that middleware enqueues again.
 - A suspect (a message reclaimed from a worker that died) is fetched alone, and nothing
   more is fetched until it is settled: a poison message crashes its worker alone.
-- A message that cannot be decoded is dead-lettered at once (reason `undecodable`, raw
+- A message that cannot be decoded, or whose envelope is not what a Triage producer writes
+  (fields of the wrong type, options that are not a map, a `redis_message_id` missing or naming
+  another message), is dead-lettered at once (reason `undecodable`, with what is wrong, raw
   bytes kept) and the consumer goes on; a nack records why the message failed (the
   policy's reason, `unknown-actor`, `expired`, else `failed`) with the error type,
   message and a truncated traceback.
@@ -28,6 +30,12 @@ Guarantees:
   the same script call that forgets the delivery. On a cluster, a retry or move to another
   slot (another queue) is two idempotent steps: stored there under a window key named after
   the delivery (stored once, however often the step runs), then forgotten here (`handed`).
+- A delivery is settled by the id the fetch handed out (`redis_id_of`), never by what the
+  payload claims.
+- Every message recorded in flight for this worker is in its hands or given back: a fetch whose
+  reply was lost (and that redis-py sent again) leaves messages recorded for a worker that never
+  received them; the consumer gives them back when it starts, as soon as a fetch shows more
+  recorded than it holds, and every `CHECK_EVERY_S` (`holding.py`).
 - A delivered message prints as `actor(id=…)`: its arguments stay out of Dramatiq's logs.
 - Acks made while another is being written go to Redis together, in one call, each returning
   once written (`acks.py`). Ack, nack and requeue may be called from any worker thread; when
@@ -55,6 +63,7 @@ from .acks import GroupCommit
 from .backlog import SettleBacklog
 from .clock import now_ms
 from .errors import CONNECTION_ERRORS, connection_lost
+from .holding import CHECK_EVERY_S, Holding, give_back_strays
 from .keys import QueueKeys
 from .limits import Limits
 from .outcome import Placed, failure_info, outcome_of
@@ -72,6 +81,17 @@ DELIVERIES_OPTION = "triage_deliveries"  # where versions before 0.2 kept the co
 _DELIVERIES = "_triage_deliveries"  # the proxy's attributes
 _READY = "_triage_ready_ms"
 _SHARD = "_triage_shard"
+_REDIS_ID = "_triage_redis_id"
+# The envelope a Triage producer writes: each field and its type.
+ENVELOPE: dict[str, type | tuple[type, ...]] = {
+    "queue_name": str,
+    "actor_name": str,
+    "args": (list, tuple),
+    "kwargs": dict,
+    "options": dict,
+    "message_id": str,
+    "message_timestamp": int,
+}
 
 
 def delivery_count(message: Message[Any] | MessageProxy) -> int:
@@ -94,6 +114,33 @@ def shard_of(message: Message[Any] | MessageProxy) -> int:
     """Which shard of its queue the delivered message came from (0 when not sharded)."""
     shard = message.__dict__.get(_SHARD) if isinstance(message, MessageProxy) else None
     return int(shard or 0)
+
+
+def redis_id_of(message: Message[Any] | MessageProxy) -> str:
+    """The id the broker handed the delivered message out under (what settles it); for a message
+    not delivered by a Triage broker, the id its options name."""
+    handed = message.__dict__.get(_REDIS_ID) if isinstance(message, MessageProxy) else None
+    return str(handed) if handed is not None else str(message.options["redis_message_id"])
+
+
+def envelope_error(fields: Any, redis_id: str) -> str | None:
+    """What makes decoded fields not a message a Triage producer wrote, or None."""
+    if not isinstance(fields, dict):
+        return f"the message is a {type(fields).__name__}, not a map"
+    for name, kind in ENVELOPE.items():
+        if name not in fields:
+            return f"field {name!r} is missing"
+        if not isinstance(fields[name], kind) or isinstance(fields[name], bool):
+            return f"field {name!r} is a {type(fields[name]).__name__}"
+    unknown = sorted(set(fields) - set(ENVELOPE))
+    if unknown:
+        return f"unknown field(s) {', '.join(map(repr, unknown))}"
+    claimed = fields["options"].get("redis_message_id")
+    if claimed is None:
+        return "options lack redis_message_id"
+    if claimed != redis_id:
+        return f"options name another message's id ({str(claimed)[:40]!r})"
+    return None
 
 
 class Shard:
@@ -135,6 +182,8 @@ class ConsumerHost(Protocol):
 
     def dead_letter_limits(self, queue_name: str) -> tuple[int, int]: ...
 
+    def holding(self, queue_name: str) -> Holding: ...
+
     def tenant_defaults(self, queue_name: str) -> Limits: ...
 
     def keys(self, queue_name: str) -> QueueKeys: ...
@@ -161,9 +210,11 @@ class TriageConsumer(Consumer):
         if socket_timeout:
             self.timeout = min(self.timeout, socket_timeout * 0.8)
         self.cache: deque[MessageProxy] = deque()
-        self.outstanding = 0  # fetched and not settled yet, cache included
+        self.outstanding = 0  # fetched by this consumer and not settled yet, cache included
         self.lock = threading.Lock()
         self.settled = threading.Event()
+        self.holding = broker.holding(queue_name)  # the same, for every consumer of the queue in this process
+        self.check_due = 0.0  # when to look for messages recorded in flight here but not held (at once)
         self.stretch = server_tick_s(broker.client) + TICK_MARGIN_S
         self.suspect: str | None = None  # a message reclaimed from a dead worker, being run alone
         self.waker: ShardWaker | None = None
@@ -183,6 +234,8 @@ class TriageConsumer(Consumer):
                 return None
             if self.cache:
                 return self.cache.popleft()
+            if time.monotonic() >= self.check_due:
+                self._give_back_strays()
             with self.lock:
                 outstanding = self.outstanding
             if outstanding > self.low_water or self.suspect is not None:
@@ -197,6 +250,18 @@ class TriageConsumer(Consumer):
             return None
         except CONNECTION_ERRORS as exc:
             raise connection_lost(exc) from None
+
+    def _give_back_strays(self) -> None:
+        """Give back what Redis records in flight for this worker but it does not hold (holding.py)."""
+        given = give_back_strays(
+            self.broker.client,
+            self.broker.scripts["requeue"],
+            self.holding,
+            [(index, shard.keys) for index, shard in enumerate(self.shards)],
+            self.consumer_id,
+            lambda: bool(self.broker.backlog.pending),
+        )
+        self.check_due = time.monotonic() + (CHECK_EVERY_S if given is not None else 0.1)
 
     def _fetch(self, count: int) -> bool:
         """Fetch from the shards in turn, from the one after the last that gave work, until one
@@ -216,41 +281,53 @@ class TriageConsumer(Consumer):
 
     def _fetch_shard(self, index: int, count: int) -> bool:
         shard = self.shards[index]
-        fetched, next_eta, suspect, next_due = self.broker.scripts["fetch"](
+        fetched, next_eta, suspect, next_due, recorded = self.broker.scripts["fetch"](
             keys=shard.fetch_keys, args=[now_ms(), count, MAX_DUE_MOVED_PER_FETCH, *self.limits]
         )
         shard.next_eta, shard.next_due = int(next_eta), int(next_due)
         if suspect:
             self.suspect = fetched[-4].decode()
+        undecodable = 0
         for i in range(0, len(fetched), 4):
-            redis_id, payload, deliveries, ready = fetched[i : i + 4]
+            raw_id, payload, deliveries, ready = fetched[i : i + 4]
+            redis_id = raw_id.decode()
             try:
-                proxy = TriageMessageProxy(self._decode(payload))
+                proxy = TriageMessageProxy(self._decode(payload, redis_id))
             except DecodeError as exc:
+                undecodable += 1
                 self._dead_letter_undecodable(shard, redis_id, exc)
                 continue
+            proxy.__dict__[_REDIS_ID] = redis_id
             proxy.__dict__[_DELIVERIES] = int(deliveries)
             proxy.__dict__[_READY] = int(ready)
             if index:
                 proxy.__dict__[_SHARD] = index
+            self.holding.take(index, redis_id)
             with self.lock:
                 self.outstanding += 1
             self.cache.append(proxy)
+        if int(recorded) - undecodable > self.holding.count(index):
+            self.check_due = 0.0  # more recorded than held: an earlier fetch's reply was lost
         return bool(self.cache)
 
-    def _decode(self, payload: bytes) -> Message[Any]:
-        """`Message.decode` with this broker's encoder rather than Dramatiq's global one."""
+    def _decode(self, payload: bytes, redis_id: str) -> Message[Any]:
+        """`Message.decode` with this broker's encoder rather than Dramatiq's global one, for the
+        envelope a Triage producer writes only (`envelope_error`)."""
         try:
             fields = self.broker.encoder.decode(payload)
-            fields["args"] = tuple(fields["args"])
-            return Message(**fields)
         except Exception as exc:
             raise DecodeError("Failed to decode message.", payload, exc) from exc  # type: ignore[no-untyped-call]
+        problem = envelope_error(fields, redis_id)
+        if problem is not None:
+            cause = ValueError(f"not a Triage message: {problem}")
+            raise DecodeError("Failed to decode message.", payload, cause) from cause  # type: ignore[no-untyped-call]
+        fields["args"] = tuple(fields["args"])
+        return Message(**fields)
 
-    def _dead_letter_undecodable(self, shard: Shard, redis_id: bytes, exc: DecodeError) -> None:
+    def _dead_letter_undecodable(self, shard: Shard, redis_id: str, exc: DecodeError) -> None:
         logger.error(
             "Message %s on queue %r cannot be decoded (%s); moved to the dead letters.",
-            redis_id.decode(errors="replace"),
+            redis_id,
             self.queue_name,
             exc.__cause__ or exc,
         )
@@ -271,7 +348,7 @@ class TriageConsumer(Consumer):
 
     def ack(self, message: MessageProxy) -> None:
         """Forget the delivery; or, when a policy decided so, retry or defer it in the same call."""
-        redis_id = message.options["redis_message_id"]
+        redis_id = redis_id_of(message)
         shard = self.shards[shard_of(message)]
         outcome = outcome_of(message)
         if outcome is None or outcome.kind == "ack":
@@ -311,7 +388,7 @@ class TriageConsumer(Consumer):
         finds the key held and stores nothing); then the delivery is forgotten here. If the
         first step cannot reach Redis, the delivery stays in flight (redelivered, or reclaimed);
         if Redis refuses it, the message is dead-lettered as `retry-failed`."""
-        redis_id = message.options["redis_message_id"]
+        redis_id = redis_id_of(message)
         keyed = placed._replace(dedup_key=HANDED_KEY_PREFIX + redis_id, dedup_mode="w", dedup_ttl_ms=HANDED_KEY_TTL_MS)
         steps = group([keyed], lambda _: target, lambda _: [0, 0])  # no admission: it was admitted once
         if self._retry_written(message, lambda: self.broker.storer.store(steps, [keyed], now_ms())):
@@ -321,7 +398,7 @@ class TriageConsumer(Consumer):
     def _settle_retry(self, message: MessageProxy, keys: list[str], args: list[Any]) -> None:
         """Run retry.lua (it stores the retry and forgets the delivery in one call)."""
         if self._retry_written(message, lambda: self.broker.backlog.run("retry", keys, args)):
-            self._release([message.options["redis_message_id"]])
+            self._release([redis_id_of(message)])
 
     def _retry_written(self, message: MessageProxy, write: Callable[[], object]) -> bool:
         """Write the message's retry, deferral or move. If Redis refuses it (not unreachable: an
@@ -335,7 +412,7 @@ class TriageConsumer(Consumer):
             self._nack(message, "retry-failed", exc)  # releases it
             return False
         except BaseException:
-            self._release([message.options["redis_message_id"]])
+            self._release([redis_id_of(message)])
             raise
         return True
 
@@ -352,7 +429,7 @@ class TriageConsumer(Consumer):
         self._nack(message, reason, exception)
 
     def _nack(self, message: MessageProxy, reason: str, exception: BaseException | None) -> None:
-        redis_id = message.options["redis_message_id"]
+        redis_id = redis_id_of(message)
         args = self._nack_args(redis_id, reason, exception, actor=message.actor_name)
         self._settle("settle", self.shards[shard_of(message)].settle_keys, args, redis_id)
 
@@ -376,7 +453,7 @@ class TriageConsumer(Consumer):
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
         by_shard: dict[int, list[str]] = {}
         for m in messages:
-            by_shard.setdefault(shard_of(m), []).append(m.options["redis_message_id"])
+            by_shard.setdefault(shard_of(m), []).append(redis_id_of(m))
         for index, ids in by_shard.items():
             try:
                 self.broker.backlog.run("requeue", self.shards[index].requeue_keys, ids)
@@ -384,6 +461,7 @@ class TriageConsumer(Consumer):
                 self._release(ids)
 
     def _release(self, ids: list[str]) -> None:
+        self.holding.release(ids)
         with self.lock:
             self.outstanding = max(0, self.outstanding - len(ids))
             if self.suspect in ids:

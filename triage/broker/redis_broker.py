@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -67,6 +68,7 @@ from .dedup import DuplicateMessage, as_duplicate, dedup_of
 from .dispatch import FastDispatch
 from .encoder import MsgpackEncoder
 from .errors import CONNECTION_ERRORS, connection_lost, join_timeout
+from .holding import Holding
 from .keys import QueueKeys
 from .limits import NO_LIMITS, Limits, write_limits
 from .operations import QueueOperations
@@ -165,6 +167,8 @@ class TriageBroker(Sharding, QueueOperations, FastDispatch):
         self._registered: dict[str, float] = {}
         self.draining = False  # set when the worker shuts down: consumers stop fetching
         self.backlog = SettleBacklog(self.scripts)
+        self._holdings: dict[str, Holding] = {}  # what this process holds of each queue (holding.py)
+        self._holdings_lock = threading.Lock()
         self.shard_count = shards
         self._shards, self._turns = {}, {}
         self.storer = Storer(self.client, self.scripts["enqueue"], tenant_limits, min_replicas, replica_timeout_ms)
@@ -186,6 +190,14 @@ class TriageBroker(Sharding, QueueOperations, FastDispatch):
 
     def get_declared_delay_queues(self) -> set[str]:
         return set()
+
+    def holding(self, queue_name: str) -> Holding:
+        """What this process holds of the queue: one account for all the consumers it makes of it."""
+        with self._holdings_lock:
+            holding = self._holdings.get(queue_name)
+            if holding is None:
+                holding = self._holdings[queue_name] = Holding()
+            return holding
 
     def keys(self, queue_name: str) -> QueueKeys:
         """The keys of the queue (of an unsharded queue; of where a sharded one lived before)."""

@@ -38,7 +38,7 @@ from typing import Any
 from dramatiq import Actor, Broker, Middleware
 from dramatiq.message import Message
 
-from triage.broker.consumer import shard_of
+from triage.broker.consumer import redis_id_of, shard_of
 from triage.broker.dedup import mode_problem, release, ttl_problem
 from triage.broker.redis_broker import triage_broker
 
@@ -135,7 +135,7 @@ class Deduplication(Middleware):
         try:
             triage = triage_broker(broker, needed_by=self)
             keys = triage.shards(message.queue_name)[shard_of(message)]
-            release(triage.scripts["dedup"], keys, message.options["redis_message_id"])
+            release(triage.scripts["dedup"], keys, redis_id_of(message))
         except Exception as exc:  # the settle script releases it at the ack instead
             logger.warning("Dedup key of %s not released at start (%s); it is at the ack.", message, exc)
 

@@ -24,7 +24,10 @@
 --   acks, deliveries, tenants, parked
 -- Returns: { {id1, message1, deliveries1, ready1, id2, ...}, when to look again (the next delayed
 --   message's eta or the next parked tenant's time, whichever is first) or -1,
---   1 if the last message is a suspect else 0, the next delayed message's eta alone or -1 }
+--   1 if the last message is a suspect else 0, the next delayed message's eta alone or -1,
+--   how many messages acks records for this consumer now, these included }
+--   The last lets the consumer see that an earlier fetch's reply was lost (more recorded than it
+--   holds) and give those messages back (holding.py).
 --   ready: when the message became ready to run (ms, Redis's clock): its enqueue, or its eta.
 --   A suspect is a message delivered before and never settled: it was in flight on a worker
 --   that died. It is handed out alone, and its consumer fetches nothing more until it is
@@ -132,4 +135,4 @@ if parks >= PARKS_PER_FETCH or (next_parked >= 0 and next_parked <= now) then
 elseif next_parked > 0 and next_parked < SLOT_PARKED and (next_eta < 0 or next_parked < next_eta) then
   next_eta = next_parked
 end
-return { out, next_eta, suspect, next_delayed }
+return { out, next_eta, suspect, next_delayed, redis.call("hlen", acks) }

@@ -1,0 +1,173 @@
+"""Nothing stranded: every message recorded in flight for a live worker is in its hands or given
+back, and a delivery is settled by the id the broker handed out, whatever its payload claims.
+
+The lost replies are real: a proxy in front of the suite's redis-server lets a fetch run in
+Redis and then drops the connection before the reply arrives (`tests.faults`), so redis-py
+sends the fetch again, as it does when Redis dies between a write and its reply.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+from dramatiq.broker import MessageProxy
+
+from actors import default, runtime
+from tests import worker_actors as wa
+from tests.faults import ReplyLoser
+from tests.helpers import dramatiq_worker, wait_for
+from triage.broker.consumer import TriageConsumer
+
+broker = runtime.broker
+QUEUE = "t_strand"
+
+
+@default(queue=QUEUE)
+def t_strand_job(token: int) -> None: ...
+
+
+@pytest.fixture
+def loser(redis_url: str) -> Iterator[ReplyLoser]:
+    proxy = ReplyLoser(urlsplit(redis_url).port or 6379)
+    yield proxy
+    proxy.close()
+
+
+def _in_flight(r: redis.Redis, queue: str) -> int:
+    return sum(int(r.hlen(key)) for key in r.scan_iter(f"{{triage:{queue}}}:acks:*"))
+
+
+def test_messages_of_a_fetch_whose_reply_was_lost_run_on_the_same_live_worker(
+    r: redis.Redis, loser: ReplyLoser
+) -> None:
+    # Given 60 messages queued, and a worker (1 process x 2 threads, prefetch 4) that reaches
+    # Redis through a proxy that will lose the replies of its first 3 fetches after they ran
+    tokens = [f"s{i}" for i in range(60)]
+    for token in tokens:
+        wa.record_default.send(token)
+    fetch = broker.scripts["fetch"]
+    r.script_load(fetch.script)  # so that the lost replies are those of fetches that ran (not NOSCRIPT)
+    loser.lose_replies(fetch.sha.encode(), times=3)
+    with dramatiq_worker("actors", "tests.worker_actors", queues=["default"], REDIS_URL=loser.url) as worker:
+        # When it drains the queue
+        wait_for(lambda: r.llen(wa.DONE) >= len(tokens) and _in_flight(r, "default") == 0, timeout=30)
+        # Then the three fetches did lose their replies, every message ran exactly once, by the
+        # same live worker process, and nothing is left recorded in flight or counted running
+        assert loser.lost == 3
+        assert worker.process.poll() is None
+        done = [raw.decode() for raw in r.lrange(wa.DONE, 0, -1)]  # type: ignore[union-attr]
+        assert sorted(done) == sorted(f"default:{token}" for token in tokens)
+        assert broker.counts("default") == (0, 0, 0)
+        assert any("never received by it" in line for line in worker.log), "".join(worker.log)
+
+
+def _rewrite(r: redis.Redis, redis_id: str, change: Any) -> None:
+    """Replace the stored envelope of a queued message by `change(fields)`."""
+    keys = broker.keys(QUEUE)
+    fields = broker.encoder.decode(r.hget(keys.msgs, redis_id))  # type: ignore[arg-type]
+    r.hset(keys.msgs, redis_id, broker.encoder.encode(change(fields)))
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (lambda f: {**f, "options": {k: v for k, v in f["options"].items() if k != "redis_message_id"}}, "lack"),
+        (lambda f: {**f, "options": ["not", "a", "map"]}, "'options' is a list"),
+        (lambda f: {**f, "options": {**f["options"], "redis_message_id": "someone-else"}}, "another message's id"),
+        (lambda f: {**f, "args": "1"}, "'args' is a str"),
+        (lambda f: {**f, "message_timestamp": "now"}, "'message_timestamp' is a str"),
+        (lambda f: [1, 2, 3], "not a map"),
+    ],
+)
+def test_an_envelope_of_the_wrong_shape_is_dead_lettered_and_its_neighbours_run(
+    r: redis.Redis, change: Any, named: str
+) -> None:
+    # Given a good message, one whose stored envelope is not what a Triage producer writes, and
+    # another good one
+    first = t_strand_job.send(1)
+    bad = t_strand_job.send(2)
+    last = t_strand_job.send(3)
+    bad_id = bad.options["redis_message_id"]
+    _rewrite(r, bad_id, change)
+    # When a consumer fetches and settles what it is given
+    consumer = broker.consume(QUEUE, prefetch=10, timeout=50)
+    delivered = []
+    for _ in range(5):
+        message = next(consumer)
+        if message is not None:
+            delivered.append(message.message_id)
+            consumer.ack(message)
+    # Then the good ones were delivered and settled; the bad one is a dead letter `undecodable`
+    # whose error says what is wrong, and nothing is left running
+    assert delivered == [first.message_id, last.message_id]
+    info = json.loads(r.hget(broker.keys(QUEUE).dead_info, bad_id))  # type: ignore[arg-type]
+    assert info["reason"] == "undecodable"
+    assert named in info["error"]["message"]
+    assert broker.counts(QUEUE) == (0, 0, 0)
+    assert _in_flight(r, QUEUE) == 0
+
+
+def test_a_delivery_is_settled_by_the_id_it_was_handed_out_under(r: redis.Redis) -> None:
+    # Given a delivered message whose options are changed after the fetch (middleware, an actor)
+    t_strand_job.send(1)
+    consumer = broker.consume(QUEUE, prefetch=1, timeout=50)
+    message = next(consumer)
+    assert message is not None
+    message.options["redis_message_id"] = "something-else"
+    # When it is acked
+    consumer.ack(message)
+    # Then the delivery it came from is settled: nothing is left running
+    assert broker.counts(QUEUE) == (0, 0, 0)
+    assert _in_flight(r, QUEUE) == 0
+
+
+def _held_one_and_two_strays() -> tuple[TriageConsumer, MessageProxy]:
+    """Four messages queued; a consumer holds the first; a fetch whose reply never arrived (the
+    script run directly: no consumer saw its messages) recorded two more for this process."""
+    for token in range(4):
+        t_strand_job.send(token)
+    consumer = broker.consume(QUEUE, prefetch=1, timeout=50)
+    held = next(consumer)
+    assert held is not None
+    keys = broker.shards(QUEUE)[0]
+    broker.scripts["fetch"](keys=keys.fetch_keys(broker.broker_id), args=[0, 2, 1000, 0, 0, 0])
+    return consumer, held
+
+
+def test_a_replaced_consumer_gives_back_what_was_recorded_but_never_received(r: redis.Redis) -> None:
+    # Given one message held and two recorded in flight for this process but never received
+    _, running = _held_one_and_two_strays()
+    assert _in_flight(r, QUEUE) == 3
+    # When the worker makes a new consumer of the queue (as Dramatiq does after a connection error)
+    consumer = broker.consume(QUEUE, prefetch=4, timeout=50)
+    fetched = [m for m in (next(consumer) for _ in range(4)) if m is not None]
+    # Then the two strays were given back and delivered again, the held one was not touched
+    assert sorted(m.args[0] for m in fetched) == [1, 2, 3]
+    assert running.args[0] == 0
+    for message in [running, *fetched]:
+        consumer.ack(message)
+    assert broker.counts(QUEUE) == (0, 0, 0)
+
+
+def test_a_running_consumer_gives_back_strays_as_soon_as_a_fetch_shows_them(r: redis.Redis) -> None:
+    # Given a consumer that has started (its periodic look is seconds away) and holds one message,
+    # and a fetch whose reply was lost recorded two more for this worker (as when redis-py sends
+    # a fetch again after a dropped connection)
+    consumer, first = _held_one_and_two_strays()
+    # When the consumer settles what it holds and goes on fetching
+    consumer.ack(first)
+    delivered = []
+    for _ in range(8):
+        message = next(consumer)
+        if message is not None:
+            delivered.append(message)
+            consumer.ack(message)
+    # Then its next fetch saw more recorded than held, and the strays were given back and delivered
+    assert sorted(m.args[0] for m in delivered) == [1, 2, 3]
+    assert broker.counts(QUEUE) == (0, 0, 0)
+    assert _in_flight(r, QUEUE) == 0
