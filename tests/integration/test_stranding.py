@@ -171,3 +171,31 @@ def test_a_running_consumer_gives_back_strays_as_soon_as_a_fetch_shows_them(r: r
     assert sorted(m.args[0] for m in delivered) == [1, 2, 3]
     assert broker.counts(QUEUE) == (0, 0, 0)
     assert _in_flight(r, QUEUE) == 0
+
+
+def test_a_worker_process_dead_letters_wrong_envelopes_and_runs_the_rest(r: redis.Redis) -> None:
+    # Given ten good messages and, between them, three whose envelopes a Triage producer would
+    # not write (options without an id, options that are a list, options naming another message)
+    good = [wa.record_default.send(f"g{i}") for i in range(10)]
+    bad = [wa.record_default.send(f"b{i}") for i in range(3)]
+    keys = broker.keys("default")
+    changes = [
+        lambda f: {**f, "options": {}},
+        lambda f: {**f, "options": []},
+        lambda f: {**f, "options": {"redis_message_id": good[0].options["redis_message_id"]}},
+    ]
+    for message, change in zip(bad, changes, strict=True):
+        redis_id = message.options["redis_message_id"]
+        fields = broker.encoder.decode(r.hget(keys.msgs, redis_id))  # type: ignore[arg-type]
+        r.hset(keys.msgs, redis_id, broker.encoder.encode(change(fields)))
+    # When a real worker process drains the queue and is stopped cleanly
+    with dramatiq_worker("actors", "tests.worker_actors", queues=["default"]) as worker:
+        wait_for(lambda: r.llen(wa.DONE) >= 10 and r.zcard(keys.dead) >= 3, timeout=20)
+        assert worker.process.poll() is None
+    # Then the good ones ran once each, the three are dead letters `undecodable`, nothing is
+    # counted running, and nothing is left in flight after the clean stop
+    assert sorted(r.lrange(wa.DONE, 0, -1)) == sorted(f"default:g{i}".encode() for i in range(10))
+    reasons = [json.loads(r.hget(keys.dead_info, m.options["redis_message_id"]))["reason"] for m in bad]  # type: ignore[arg-type]
+    assert reasons == ["undecodable"] * 3
+    assert broker.counts("default") == (0, 0, 0)
+    assert _in_flight(r, "default") == 0
