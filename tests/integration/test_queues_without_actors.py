@@ -116,3 +116,14 @@ def test_a_queue_that_no_tier_declares_is_refused_naming_it_and_the_worker_it_ne
     assert "retry_queue 'nowhere' is neither a tier nor a declared queue" in message
     assert "config.QUEUES" in message
     assert "--queues nowhere" in message
+
+
+def test_a_worker_asked_for_a_queue_that_no_tier_declares_says_so_at_boot(r: redis.Redis) -> None:
+    # When a worker is started with `--queues default nowhere`
+    with dramatiq_worker("tests.queue_actors", queues=["default", "nowhere"]) as worker:
+        pass
+    # Then it warns, at boot, that it does not consume `nowhere`, and says where to declare it
+    warned = [line for line in worker.log if "--queues names 'nowhere', which no tier declares" in line]
+    assert len(warned) == 1
+    assert "config.QUEUES or TRIAGE_QUEUES" in warned[0]
+    assert not any("--queues names 'default'" in line for line in worker.log)

@@ -17,6 +17,8 @@ Guarantees:
   (retries, backoff, time limit, retry queue; `placement.py` does the same for the default
   priority); what the actor or the message set itself is kept. The option itself is not kept
   in the message. A message-level `retry_queue` must be a declared queue too.
+- A worker whose `--queues` names a queue that no tier declares says so at boot (a warning
+  naming it): it does not consume it.
 Failure mode: a queue bound to two tiers, or an unknown `retry_queue`, raises
 `RoutingError` at declaration; an unknown `queue_name` or `retry_queue` given at send raises
 `RoutingError` there, and nothing is enqueued. Each names the queue, where to declare it, and
@@ -126,6 +128,15 @@ class Routing(Middleware):
             self._bind(actor.queue_name, "default")
             tier = self.taxonomy.tiers["default"]
         return tier
+
+    def before_worker_boot(self, broker: Broker, worker: Any) -> None:
+        asked = getattr(worker, "consumer_whitelist", None) or set()
+        for queue_name in sorted(set(asked) - broker.get_declared_queues()):
+            logger.warning(
+                "--queues names %r, which no tier declares: this worker does not consume it (declare it in "
+                "config.QUEUES or TRIAGE_QUEUES with its tier; `triage queues` lists the declared ones).",
+                queue_name,
+            )
 
     def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
         options = message.options
