@@ -93,6 +93,26 @@ def test_send_with_options_queue_name_puts_the_message_on_that_queue_with_its_ti
     assert broker.counts("reports") == (0, 0, 0)
 
 
+def test_a_message_sent_to_another_tiers_queue_keeps_what_its_actor_and_itself_set(r: redis.Redis) -> None:
+    # Given an actor of the default tier with backoffs and a retry queue of its own
+    critical = runtime.taxonomy.tiers["critical"]
+    # When its message is sent to the critical queue, once with a priority of its own
+    plain = qa.q_flaky.send_with_options(args=("k-1",), queue_name="critical")
+    urgent = qa.q_flaky.send_with_options(args=("k-2",), queue_name="critical", priority=3, time_limit=5_000)
+    # Then it takes the critical tier's priority, retries and time limit in place of the default tier's
+    assert plain.queue_name == "critical"
+    assert (plain.options["priority"], plain.options["time_limit"]) == (critical.priority, critical.time_limit_ms)
+    # And what the actor set itself stays the actor's (its retries, backoffs and retry queue: not in the message)
+    assert not {"max_retries", "min_backoff", "max_backoff", "retry_queue", "retry_queue_after"} & set(plain.options)
+    # And what the message set itself is kept
+    assert (urgent.options["priority"], urgent.options["time_limit"]) == (3, 5_000)
+    assert broker.counts("critical") == (2, 0, 0)
+    # When a message is sent to its actor's own queue by name, nothing else changes
+    same = qa.q_note.send_with_options(args=("k-3",), queue_name="default")
+    assert same.queue_name == "default"
+    assert set(same.options) == set(qa.q_note.send("k-4").options)
+
+
 def test_a_queue_that_no_tier_declares_is_refused_naming_it_and_the_worker_it_needs(r: redis.Redis) -> None:
     # When a message is sent to a queue no tier declares
     with pytest.raises(RoutingError) as sent:
