@@ -5,6 +5,10 @@ Guarantees:
   value raises `ConfigError` before anything connects), builds the tiers, routing, the
   Triage broker and the middleware stack, sets the message encoder, and installs the
   broker as Dramatiq's global broker.
+- The broker declares every queue of the taxonomy (the tiers' own, the service's extra
+  queues), whether or not an actor lives there: a worker consumes every queue its
+  `--queues` names, so a message demoted, retried or sent to a queue with no actor of its
+  own runs there, by the actor it names (imported by the worker, living on another queue).
 - Once per process: a later `install()` returns the same runtime; one that asks for a
   different config, stack or settings raises, rather than mixing two configurations.
   The tier decorators install with the defaults when nothing was installed before them
@@ -186,6 +190,10 @@ def build(settings: Settings, stack: Iterable[StackEntry] = DEFAULT_STACK) -> Ru
         encoder=encoder,
         shards=shard_counter(settings),
     )
+    # Every queue of the taxonomy is declared, not only those an actor lives on: a worker consumes
+    # each queue its --queues names, so what is demoted, retried or sent there runs.
+    for queue_name in taxonomy.queues:
+        broker.declare_queue(queue_name)
     return Runtime(
         settings=settings, taxonomy=taxonomy, routing=routing, broker=broker, encoder=encoder, breakers=breakers
     )

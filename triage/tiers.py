@@ -107,6 +107,10 @@ class Taxonomy:
         name = self.queues.get(queue_name)
         return self.tiers[name] if name else None
 
+    def tier_named(self, name: object) -> Tier | None:
+        """The tier called `name` (an actor's `tier` option), or None."""
+        return next((tier for tier in self.tiers.values() if tier.name == name), None)
+
     def add_queue(self, queue_name: str, tier: TierName) -> None:
         """Bind a queue to a tier; binding a queue to a second tier is an error."""
         current = self.queues.get(queue_name)
@@ -147,7 +151,8 @@ def build_taxonomy(settings: Settings) -> Taxonomy:
         if tier.retry_queue is not None and tier.retry_queue not in queues:
             raise ConfigError(
                 f"invalid configuration:\n  TRIAGE_TIERS__{name.upper()}__RETRY_QUEUE: {tier.retry_queue!r} is "
-                f"neither a tier nor a declared queue ({', '.join(queues)})"
+                f"neither a tier nor a declared queue ({', '.join(queues)}), so no worker consumes it; declare it "
+                f"in TRIAGE_QUEUES (or config.QUEUES) with its tier, and run a worker with --queues {tier.retry_queue}"
             )
     return Taxonomy(tiers=tiers, queues=queues)
 

@@ -87,3 +87,11 @@ def test_plain_actor_keeps_its_explicit_settings(stub: StubBroker) -> None:
     assert legacy_job.options["max_retries"] == 1
     assert legacy_job.options["tier"] == "default"
     assert legacy_job.priority == 50
+
+
+def test_a_tier_retry_queue_that_no_tier_declares_is_a_config_error_naming_the_worker_it_needs() -> None:
+    # Given the critical tier's retries sent to a queue no tier declares
+    settings = Settings.model_validate({"tiers": {"critical": {"retry_queue": "slowlane"}}})
+    # When the taxonomy is built, then the error names the variable, the queue and the worker it needs
+    with pytest.raises(ConfigError, match=r"TRIAGE_TIERS__CRITICAL__RETRY_QUEUE: 'slowlane' .*--queues slowlane"):
+        build_taxonomy(settings)

@@ -3,7 +3,9 @@
 Guarantees, before enqueue:
 - Priority: the `priority` option if given; else, for a message sent from inside an
   actor, the parent message's priority (inheritance); else the actor's default (the
-  decorator's `priority=`, else its tier's); else the default of the tier of its queue.
+  decorator's `priority=`, else its tier's; for a message sent to another queue with
+  `queue_name=`, the default of that queue's tier instead of the actor's tier's); else the
+  default of the tier of its queue.
   An optional hook (`TRIAGE_PRIORITY_HOOK=module:function`, called with the message and
   the priority) may adjust it; the result is clamped to 1-10. A given priority that is
   not an integer from 1 to 10 raises `InvalidPriority` (a `ValueError`) and nothing is
@@ -28,7 +30,7 @@ from dramatiq.message import Message
 from dramatiq.middleware import CurrentMessage, MiddlewareError
 
 from triage.broker.priority import check_priority, clamp_priority
-from triage.tiers import Taxonomy
+from triage.tiers import Taxonomy, Tier
 
 PriorityHook = Callable[[Message[Any], int], int]
 MAX_TENANT_LENGTH = 128
@@ -102,10 +104,18 @@ class Placement(Middleware):
 
     def _default_priority(self, broker: Broker, message: Message[Any]) -> int:
         try:
-            return int(broker.get_actor(message.actor_name).options["message_priority"])
+            actor = broker.get_actor(message.actor_name)
+            priority = int(actor.options["message_priority"])
         except (ActorNotFound, KeyError):
-            tier = self.taxonomy.tier_of_queue(q_name(message.queue_name)) or self.taxonomy.tiers["default"]
-            return tier.priority
+            return self._queue_tier(message).priority
+        if message.queue_name != actor.queue_name:  # sent to another queue (`queue_name=`)
+            own = self.taxonomy.tier_named(actor.options.get("tier"))
+            if own is not None and priority == own.priority:  # the actor's tier's, not its own
+                return self._queue_tier(message).priority
+        return priority
+
+    def _queue_tier(self, message: Message[Any]) -> Tier:
+        return self.taxonomy.tier_of_queue(q_name(message.queue_name)) or self.taxonomy.tiers["default"]
 
     def _tenant_from_args(self, message: Message[Any]) -> Any:
         position = self._tenant_position.get(message.actor_name)
