@@ -10,10 +10,19 @@ Guarantees:
   the worker's queues again with each reaper pass (a Redis restart without persistence
   or a flush would otherwise hide them from operator commands until the next boot), and
   applies the dead-letter retention of its queues (so that an idle queue is trimmed too).
-- At shutdown the worker deregisters; if Redis is unreachable then, the reaper of another
-  worker takes over (its messages run again, at-least-once). A worker whose tasks outlive the
-  shutdown grace does not deregister: those tasks die with the process, and the reaper gives
-  their messages to another worker once its heartbeat times out (they run again).
+- At shutdown, once no task is running, the worker first applies the settles still waiting,
+  then gives back every message its in-flight records still hold on every queue (and shard)
+  it consumed, and deregisters only when those records are empty. Such an entry is a delivery
+  that never settled (a settle that could not be written, a fetch whose reply was lost), so
+  it goes back as the reaper gives back a dead worker's (`reclaim.lua` on its own id): to the
+  head of its level and tenant, its delivery still counted, and dead-lettered as `crash-loop`
+  once it reached `max_deliveries`, so that a message whose settle always fails cannot come
+  back for ever. (`requeue.lua`, which uncounts the delivery, is for messages known not to
+  have started: the consumer's own cache.) If Redis is unreachable then, or anything is left,
+  the worker does not deregister, and the reaper of another worker takes over once its
+  heartbeat times out (its messages run again, at-least-once). A worker whose tasks outlive
+  the shutdown grace does not deregister either: those tasks die with the process, and the
+  reaper gives their messages to another worker once its heartbeat times out (they run again).
 - Declares the `max_deliveries` actor option: deliveries that killed their worker before
   the message is dead-lettered as `crash-loop` (the broker applies it).
 Failure mode: while Redis is unreachable heartbeats fail quietly (one warning) and resume
@@ -40,6 +49,7 @@ class Heartbeats(Middleware):
     def __init__(self) -> None:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._queues: list[str] = []
 
     @property
     def actor_options(self) -> set[str]:
@@ -47,7 +57,8 @@ class Heartbeats(Middleware):
 
     def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
         triage = triage_broker(broker, needed_by=self)
-        triage.registry.register(worker.consumer_whitelist or broker.get_declared_queues(), triage.queue_labels())
+        self._queues = sorted(worker.consumer_whitelist or broker.get_declared_queues())
+        triage.registry.register(self._queues, triage.queue_labels())
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, args=(triage,), name="triage-heartbeat", daemon=True)
         self._thread.start()
@@ -90,7 +101,22 @@ class Heartbeats(Middleware):
             triage.backlog.flush()
             return
         try:
-            triage.backlog.flush()
+            if not triage.backlog.flush():
+                logger.warning("Settles still waiting for Redis at shutdown: not deregistering; the reaper will.")
+                return
+            back, quarantined = triage.registry.give_back(self._queues)
+            if back or quarantined:
+                logger.warning(
+                    "At shutdown the in-flight record still held %d message(s) that never settled: "
+                    "%d put back in their queue, %d dead-lettered (crash-loop).",
+                    back + quarantined,
+                    back,
+                    quarantined,
+                )
+            left = triage.registry.in_flight(self._queues)
+            if left:
+                logger.warning("%d message(s) still in flight at shutdown: not deregistering; the reaper will.", left)
+                return
             triage.registry.deregister()
         except redis.RedisError as exc:
             logger.warning("Could not deregister from Redis (%s); the reaper will.", exc)
