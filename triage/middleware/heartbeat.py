@@ -6,6 +6,18 @@ Guarantees:
   of its own heartbeats every `timeout / 4`, busy or not, and every `timeout / 2` runs
   the reaper (`triage.broker.registry`), so a `kill -9` is recovered
   within timeout + timeout / 2 (+ one heartbeat period).
+- A worker started while Redis is unreachable waits at boot, before any consumer starts,
+  and tries to register again with a capped back-off (0.5 s doubling to 5 s,
+  `triage.broker.startup`): one log line per attempt naming where Redis is (no password, no
+  traceback). It registers, heartbeats and reaps as soon as Redis answers, and only then
+  consumes, so nothing is ever fetched by a worker that the reaper does not know. A SIGTERM
+  (or SIGHUP) during that wait ends the process at once (status 0): it holds nothing.
+  (Waiting at boot rather than consuming meanwhile: Dramatiq's consumers would log a CRITICAL
+  line per queue every 3 s, and could fetch before the worker registered. The cost: the
+  `dramatiq` parent waits up to `--worker-fork-timeout`, 30 s, for its worker processes to boot
+  before it relays their log lines or acts on a signal sent to it alone, so for that long the
+  attempts' lines come out late and such a SIGTERM waits; one sent to every process, as
+  platforms send it, stops the worker at once.)
 - The same thread applies the settles that waited for Redis during an outage, and records
   the worker's queues again with each reaper pass (a Redis restart without persistence
   or a flush would otherwise hide them from operator commands until the next boot), and
@@ -32,13 +44,19 @@ by themselves; a worker cut off longer than the timeout is presumed dead elsewhe
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
 
 import redis
 from dramatiq import Broker, Middleware, Worker
 
 from triage.broker.redis_broker import TriageBroker, triage_broker
+from triage.broker.startup import until_redis_answers
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +76,17 @@ class Heartbeats(Middleware):
     def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
         triage = triage_broker(broker, needed_by=self)
         self._queues = sorted(worker.consumer_whitelist or broker.get_declared_queues())
-        triage.registry.register(self._queues, triage.queue_labels())
+
+        def register() -> None:
+            triage.registry.register(self._queues, triage.queue_labels())
+
+        with _stop_requested() as stopping:
+            registered = until_redis_answers(
+                register, triage.client, waiting="worker not registered, consuming nothing yet", stop=stopping
+            )
+        if not registered:
+            logger.info("Stopped while waiting for Redis: exiting (nothing was registered or fetched).")
+            raise SystemExit(0)
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, args=(triage,), name="triage-heartbeat", daemon=True)
         self._thread.start()
@@ -129,3 +157,29 @@ def _still_running(worker: Worker) -> int:
     for thread in worker.workers:
         thread.join(max(0.0, deadline - time.monotonic()))
     return sum(thread.is_alive() for thread in worker.workers)
+
+
+@contextmanager
+def _stop_requested() -> Iterator[threading.Event]:
+    """An event set by SIGTERM or SIGHUP while the block runs (in the main thread), each signal
+    still handed to the handler that was there before (Dramatiq's: it stops the worker process)."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous: dict[int, Any] = {}
+
+    def on_signal(received: int, frame: FrameType | None) -> Any:
+        stop.set()
+        return previous[received](received, frame)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        handler = signal.getsignal(signum)
+        if callable(handler):  # the default action ends the process anyway; an ignored signal stays ignored
+            previous[signum] = handler
+            signal.signal(signum, on_signal)
+    try:
+        yield stop
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
