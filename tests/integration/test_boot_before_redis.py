@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,9 @@ import pytest
 import redis
 from dramatiq.message import Message
 
-from tests.helpers import dramatiq_worker, start_dramatiq, wait_for
+from tests import periodic_actors
+from tests.helpers import BIN, ROOT, Worker, dramatiq_worker, env_with, start_dramatiq, wait_for
+from tests.web_helpers import start as start_web
 from tests.worker_actors import DONE
 from triage.admin.processes import descendants
 from triage.admin.redis_server import RedisServer, free_port
@@ -137,3 +140,42 @@ def test_a_worker_waiting_for_redis_stops_at_once_on_sigterm(later_redis: RedisS
         worker.stop()
     assert "Stopped while waiting for Redis" in "".join(worker.log)
     assert "Traceback" not in "".join(worker.log)
+
+
+def test_the_scheduler_started_before_redis_sends_ticks_once_it_answers(later_redis: RedisServer) -> None:
+    # Given `triage scheduler` started while nothing listens at its Redis URL
+    command = [str(BIN / "triage"), "scheduler", "--app", "tests.periodic_actors"]
+    env = env_with(REDIS_URL=later_redis.url)
+    scheduler = Worker(
+        subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    )
+    try:
+        wait_for(lambda: sum("does not answer" in line for line in scheduler.log) >= 3, timeout=20)
+        # When Redis starts
+        later_redis.start()
+        broker = TriageBroker(url=later_redis.url, middleware=[])
+        # Then ticks are sent (the latest missed one at once, else the next minute's)
+        wait_for(lambda: sum(broker.counts(periodic_actors.QUEUE)) >= 1, timeout=75, interval=0.5)
+    finally:
+        scheduler.stop()
+    assert_one_line_per_attempt(scheduler.log, later_redis.port)
+
+
+def test_the_web_process_started_before_redis_serves_and_turns_ready_once_it_answers(
+    later_redis: RedisServer,
+) -> None:
+    # Given `triage serve` started while nothing listens at its Redis URL
+    server = start_web(REDIS_URL=later_redis.url)  # returns once /healthz answers 200
+    output = Worker(server.process)  # its lines, as they come
+    try:
+        # Then it serves: healthy, not ready
+        assert server.get("/healthz")[0] == 200
+        assert server.get("/readyz")[0] == 503
+        wait_for(lambda: sum("does not answer" in line for line in output.log) >= 3, timeout=20)
+        # When Redis starts, it turns ready, and its own wait logs that Redis answers
+        later_redis.start()
+        wait_for(lambda: server.get("/readyz")[0] == 200, timeout=10)
+        wait_for(lambda: any(" answers." in line for line in output.log), timeout=10)
+    finally:
+        output.stop()
+    assert_one_line_per_attempt(output.log, later_redis.port)
