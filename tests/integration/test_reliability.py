@@ -22,6 +22,7 @@ from triage import delivery_count
 from triage.admin.processes import descendants
 from triage.admin.redis_server import RedisServer, free_port
 from triage.broker.errors import ReplicationError
+from triage.broker.priority import DEFAULT_PRIORITY
 from triage.broker.redis_broker import TriageBroker
 
 broker = runtime.broker
@@ -205,6 +206,37 @@ def test_an_idle_worker_with_a_short_grace_deregisters_at_shutdown(r: redis.Redi
     # Then it deregistered: no task was running, however slowly its idle threads noticed the stop
     assert broker.registry.worker_details() == []
     assert not any("still running at shutdown" in line for line in worker.log)
+
+
+def test_a_stopping_worker_gives_back_what_its_in_flight_record_still_holds(r: redis.Redis) -> None:
+    # Given a running worker whose in-flight record holds a message it never received (written as
+    # fetch.lua writes it: the body in msgs, "seq|level|tenant" in its acks, one delivery counted)
+    worker = start_dramatiq(
+        ["actors", "tests.worker_actors", "--processes", "1", "--threads", "2", "--queues", "default"]
+    )
+    worker.wait_ready()
+    wait_for(lambda: len(broker.registry.worker_details()) == 1)
+    [details] = broker.registry.worker_details()
+    keys = broker.keys("default")
+    message = wa.record_default.message("stranded")
+    redis_id = "stranded-0001"
+    message = message.copy(options={**message.options, "redis_message_id": redis_id})
+    r.hset(keys.msgs, redis_id, broker.encoder.encode(message.asdict()))
+    r.hset(keys.acks(details["id"]), redis_id, f"1|{DEFAULT_PRIORITY}|")
+    r.hincrby(keys.deliveries, redis_id, 1)
+    r.hincrby(keys.stats, "running", 1)
+    assert broker.registry.worker_details()[0]["in_flight"] == 1
+    # When it is stopped with SIGTERM
+    assert worker.stop() == 0
+    # Then the message is back in the queue, nothing is in flight, and the worker is deregistered
+    assert broker.counts("default") == (1, 0, 0)
+    assert r.exists(keys.acks(details["id"])) == 0
+    assert broker.registry.worker_details() == []
+    assert r.hget(broker.registry.workers, details["id"]) is None
+    # And a second worker runs it
+    with dramatiq_worker("actors", "tests.worker_actors", queues=["default"]):
+        wait_for(lambda: r.lrange(wa.DONE, 0, -1) == [b"default:stranded"])
+        wait_for(lambda: broker.counts("default") == (0, 0, 0))
 
 
 def test_task_arguments_stay_out_of_worker_logs(r: redis.Redis) -> None:

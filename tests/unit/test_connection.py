@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from triage.broker.connection import client_from_url
+from triage.broker.startup import where
 from triage.settings import Settings, redact_url
 
 
@@ -38,3 +39,20 @@ def test_sentinel_url_needs_a_service_name() -> None:
 def test_passwords_are_redacted(url: str, shown: str) -> None:
     assert redact_url(url) == shown
     assert "pw" not in repr(Settings(redis_url=url))
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:s3cret@10.0.0.5:6380/1", "10.0.0.5:6380"),
+        ("rediss://user:s3cret@redis.example.com/0", "redis.example.com:6379"),
+        ("unix:///run/redis.sock?password=s3cret", "unix:/run/redis.sock"),
+        (
+            "redis+sentinel://:s3cret@h1:26379,h2/cache?sentinel_password=s3cret",
+            "sentinel service cache via h1:26379,h2:26379",
+        ),
+    ],
+)
+def test_where_names_the_server_and_never_the_password(url: str, shown: str) -> None:
+    # Given a client from a URL with a password, Then the start-up wait names its server without it
+    assert where(client_from_url(url)) == shown

@@ -194,7 +194,8 @@ def schedule(app: str, as_json: bool) -> None:
 @APP_OPTION
 def scheduler(app: str) -> None:
     """Run the scheduler of the app's periodic actors (periodiq's, kept alive through a failed send)."""
-    sys.exit(run_scheduler(_load_app(app).broker.actors))
+    loaded = _load_app(app)
+    sys.exit(run_scheduler(loaded.broker.actors, loaded.broker.client))
 
 
 @main.command()

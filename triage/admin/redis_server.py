@@ -60,7 +60,8 @@ def answers(url: str, timeout: float = 0.5) -> bool:
 
 
 class RedisServer:
-    """One redis-server process on 127.0.0.1:`port` with its files under `data_dir`."""
+    """One redis-server process on 127.0.0.1:`port` with its files under `data_dir`; with `password`,
+    it requires that password (`--requirepass`) and `url` carries it."""
 
     def __init__(
         self,
@@ -70,8 +71,10 @@ class RedisServer:
         appendonly: bool = True,
         fsync: str = "everysec",
         extra_args: tuple[str, ...] = (),
+        password: str | None = None,
     ) -> None:
         self.port = port
+        self.password = password
         self.data_dir = data_dir
         self.appendonly = appendonly
         self.fsync = fsync
@@ -80,7 +83,8 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        credentials = f":{self.password}@" if self.password else ""
+        return f"redis://{credentials}127.0.0.1:{self.port}/0"
 
     @property
     def log_path(self) -> Path:
@@ -98,6 +102,7 @@ class RedisServer:
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", self.fsync,
             "--daemonize", "no",
+            *(("--requirepass", self.password) if self.password else ()),
             *self.extra_args,
         ]  # fmt: skip
         # A session of its own: a Ctrl-C at the terminal reaches the runner, which stops

@@ -8,6 +8,11 @@ Guarantees:
   screen only, which then says why.
 - The `triage` loggers (the audit log of every action among them) write to standard error at
   INFO, beside uvicorn's own lines.
+- Started while Redis is unreachable, it serves at once (`/healthz` 200, `/readyz` 503 until
+  Redis answers, as every answer is computed at request time), and a thread of its own tries
+  Redis with a capped back-off (0.5 s doubling to 5 s, `triage.broker.startup`), logging one
+  line per attempt that names where Redis is (no password, no traceback), and one line when
+  it answers.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 import click
 
 from triage import runtime
+from triage.broker.startup import until_redis_answers
 
 from .auth import Tokens, is_loopback
 from .cli_common import admin_or_exit, fail
@@ -65,5 +71,10 @@ def serve_command(host: str | None, port: int | None, app: str) -> None:
     triage_logger.addHandler(handler)
     triage_logger.setLevel(logging.INFO)
     web = create_app(admin, token=tokens, readonly=settings.dashboard_readonly, actors=app_actors(app))
+    client = admin.broker.client
+    waiting = "the web process serves, /readyz answers 503 until then"
+    threading.Thread(
+        target=until_redis_answers, args=(client.ping, client), kwargs={"waiting": waiting}, daemon=True
+    ).start()
     click.echo(f"triage serve: dashboard at http://{host}:{port or settings.web_port}/", err=True)
     uvicorn.run(web, host=host, port=port or settings.web_port, log_level="info", access_log=False)

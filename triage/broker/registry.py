@@ -7,7 +7,8 @@ a sorted set by time); the heartbeat middleware (`triage.middleware.heartbeat`) 
 in-flight messages on each of its queues are taken back atomically (`reclaim.lua`),
 keeping their priority and tenant; a message that already killed `max_deliveries` workers
 is dead-lettered as `crash-loop` instead. Reaping is idempotent: two reapers racing
-reclaim each message once.
+reclaim each message once. A worker that stops cleanly does the same with its own records
+(`give_back`) before it deregisters, so that nothing they hold outlives its registration.
 
 Queues are registered too (`{ns:registry}:queues`, queue -> label, the tier in practice), by
 workers when they boot and by producers when they first enqueue to a queue, so operator
@@ -164,14 +165,7 @@ class WorkerRegistry:
                 continue  # this process is alive: it is running this code
             info = self.client.hget(self.workers, worker_id)
             queues = json.loads(info)["queues"] if info else sorted(fallback_queues)
-            worker_back = worker_quarantined = 0
-            for queue_name in queues:
-                for keys in self.shards(queue_name):
-                    put_back, dead_lettered = self.scripts["reclaim"](
-                        keys=keys.reclaim_keys(worker_id),
-                        args=[now, self.max_deliveries(queue_name), worker_id, *self.dead_letter_limits(queue_name)],
-                    )
-                    worker_back, worker_quarantined = worker_back + put_back, worker_quarantined + dead_lettered
+            worker_back, worker_quarantined = self._reclaim(worker_id, queues, now)
             self._forget(worker_id)
             logger.warning(
                 "Worker %s presumed dead (no heartbeat for %d ms): reclaimed %d message(s), quarantined %d.",
@@ -181,4 +175,31 @@ class WorkerRegistry:
                 worker_quarantined,
             )
             back, quarantined = back + worker_back, quarantined + worker_quarantined
+        return back, quarantined
+
+    def give_back(self, queues: Iterable[str]) -> tuple[int, int]:
+        """Take back this worker's own in-flight messages on `queues` (every shard) as the reaper
+        takes a dead worker's: (put back, quarantined). For a worker that stops with no task
+        running, so that nothing its record still holds (a settle that never landed, a fetch whose
+        reply was lost) outlives its registration."""
+        return self._reclaim(self.worker_id, queues, now_ms())
+
+    def in_flight(self, queues: Iterable[str]) -> int:
+        """How many messages this worker's in-flight records on `queues` (every shard) hold."""
+        pipe = self.client.pipeline(transaction=False)
+        for queue_name in queues:
+            for keys in self.shards(queue_name):
+                pipe.hlen(keys.acks(self.worker_id))
+        return sum(int(count) for count in pipe.execute())
+
+    def _reclaim(self, worker_id: str, queues: Iterable[str], now: int) -> tuple[int, int]:
+        """Run reclaim.lua on every shard of `queues` for `worker_id`: (put back, quarantined)."""
+        back = quarantined = 0
+        for queue_name in queues:
+            for keys in self.shards(queue_name):
+                put_back, dead_lettered = self.scripts["reclaim"](
+                    keys=keys.reclaim_keys(worker_id),
+                    args=[now, self.max_deliveries(queue_name), worker_id, *self.dead_letter_limits(queue_name)],
+                )
+                back, quarantined = back + int(put_back), quarantined + int(dead_lettered)
         return back, quarantined

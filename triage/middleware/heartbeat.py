@@ -6,14 +6,35 @@ Guarantees:
   of its own heartbeats every `timeout / 4`, busy or not, and every `timeout / 2` runs
   the reaper (`triage.broker.registry`), so a `kill -9` is recovered
   within timeout + timeout / 2 (+ one heartbeat period).
+- A worker started while Redis is unreachable waits at boot, before any consumer starts,
+  and tries to register again with a capped back-off (0.5 s doubling to 5 s,
+  `triage.broker.startup`): one log line per attempt naming where Redis is (no password, no
+  traceback). It registers, heartbeats and reaps as soon as Redis answers, and only then
+  consumes, so nothing is ever fetched by a worker that the reaper does not know. A SIGTERM
+  (or SIGHUP) during that wait ends the process at once (status 0): it holds nothing.
+  (Waiting at boot rather than consuming meanwhile: Dramatiq's consumers would log a CRITICAL
+  line per queue every 3 s, and could fetch before the worker registered. The cost: the
+  `dramatiq` parent waits up to `--worker-fork-timeout`, 30 s, for its worker processes to boot
+  before it relays their log lines or acts on a signal sent to it alone, so for that long the
+  attempts' lines come out late and such a SIGTERM waits; one sent to every process, as
+  platforms send it, stops the worker at once.)
 - The same thread applies the settles that waited for Redis during an outage, and records
   the worker's queues again with each reaper pass (a Redis restart without persistence
   or a flush would otherwise hide them from operator commands until the next boot), and
   applies the dead-letter retention of its queues (so that an idle queue is trimmed too).
-- At shutdown the worker deregisters; if Redis is unreachable then, the reaper of another
-  worker takes over (its messages run again, at-least-once). A worker whose tasks outlive the
-  shutdown grace does not deregister: those tasks die with the process, and the reaper gives
-  their messages to another worker once its heartbeat times out (they run again).
+- At shutdown, once no task is running, the worker first applies the settles still waiting,
+  then gives back every message its in-flight records still hold on every queue (and shard)
+  it consumed, and deregisters only when those records are empty. Such an entry is a delivery
+  that never settled (a settle that could not be written, a fetch whose reply was lost), so
+  it goes back as the reaper gives back a dead worker's (`reclaim.lua` on its own id): to the
+  head of its level and tenant, its delivery still counted, and dead-lettered as `crash-loop`
+  once it reached `max_deliveries`, so that a message whose settle always fails cannot come
+  back for ever. (`requeue.lua`, which uncounts the delivery, is for messages known not to
+  have started: the consumer's own cache.) If Redis is unreachable then, or anything is left,
+  the worker does not deregister, and the reaper of another worker takes over once its
+  heartbeat times out (its messages run again, at-least-once). A worker whose tasks outlive
+  the shutdown grace does not deregister either: those tasks die with the process, and the
+  reaper gives their messages to another worker once its heartbeat times out (they run again).
 - Declares the `max_deliveries` actor option: deliveries that killed their worker before
   the message is dead-lettered as `crash-loop` (the broker applies it).
 Failure mode: while Redis is unreachable heartbeats fail quietly (one warning) and resume
@@ -23,13 +44,19 @@ by themselves; a worker cut off longer than the timeout is presumed dead elsewhe
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
 
 import redis
 from dramatiq import Broker, Middleware, Worker
 
 from triage.broker.redis_broker import TriageBroker, triage_broker
+from triage.broker.startup import until_redis_answers
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +67,7 @@ class Heartbeats(Middleware):
     def __init__(self) -> None:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._queues: list[str] = []
 
     @property
     def actor_options(self) -> set[str]:
@@ -47,7 +75,18 @@ class Heartbeats(Middleware):
 
     def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
         triage = triage_broker(broker, needed_by=self)
-        triage.registry.register(worker.consumer_whitelist or broker.get_declared_queues(), triage.queue_labels())
+        self._queues = sorted(worker.consumer_whitelist or broker.get_declared_queues())
+
+        def register() -> None:
+            triage.registry.register(self._queues, triage.queue_labels())
+
+        with _stop_requested() as stopping:
+            registered = until_redis_answers(
+                register, triage.client, waiting="worker not registered, consuming nothing yet", stop=stopping
+            )
+        if not registered:
+            logger.info("Stopped while waiting for Redis: exiting (nothing was registered or fetched).")
+            raise SystemExit(0)
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, args=(triage,), name="triage-heartbeat", daemon=True)
         self._thread.start()
@@ -90,7 +129,22 @@ class Heartbeats(Middleware):
             triage.backlog.flush()
             return
         try:
-            triage.backlog.flush()
+            if not triage.backlog.flush():
+                logger.warning("Settles still waiting for Redis at shutdown: not deregistering; the reaper will.")
+                return
+            back, quarantined = triage.registry.give_back(self._queues)
+            if back or quarantined:
+                logger.warning(
+                    "At shutdown the in-flight record still held %d message(s) that never settled: "
+                    "%d put back in their queue, %d dead-lettered (crash-loop).",
+                    back + quarantined,
+                    back,
+                    quarantined,
+                )
+            left = triage.registry.in_flight(self._queues)
+            if left:
+                logger.warning("%d message(s) still in flight at shutdown: not deregistering; the reaper will.", left)
+                return
             triage.registry.deregister()
         except redis.RedisError as exc:
             logger.warning("Could not deregister from Redis (%s); the reaper will.", exc)
@@ -103,3 +157,29 @@ def _still_running(worker: Worker) -> int:
     for thread in worker.workers:
         thread.join(max(0.0, deadline - time.monotonic()))
     return sum(thread.is_alive() for thread in worker.workers)
+
+
+@contextmanager
+def _stop_requested() -> Iterator[threading.Event]:
+    """An event set by SIGTERM or SIGHUP while the block runs (in the main thread), each signal
+    still handed to the handler that was there before (Dramatiq's: it stops the worker process)."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous: dict[int, Any] = {}
+
+    def on_signal(received: int, frame: FrameType | None) -> Any:
+        stop.set()
+        return previous[received](received, frame)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        handler = signal.getsignal(signum)
+        if callable(handler):  # the default action ends the process anyway; an ignored signal stays ignored
+            previous[signum] = handler
+            signal.signal(signum, on_signal)
+    try:
+        yield stop
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
