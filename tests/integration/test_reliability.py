@@ -308,3 +308,14 @@ def test_durable_enqueue_waits_for_a_replica(tmp_path: Path, private_redis: Redi
         replica_client.close()
     finally:
         replica.stop()
+
+
+def test_making_a_consumer_while_redis_is_unreachable_raises_dramatiqs_connection_error() -> None:
+    # Given a broker whose Redis does not answer
+    unreachable = TriageBroker(url=f"redis://127.0.0.1:{free_port()}/0", middleware=[])
+    # When Dramatiq's worker makes a consumer of a queue (at boot, or again after an outage)
+    # Then it gets Dramatiq's connection error, which it logs in one line before trying again
+    # (any other error is logged as unexpected, with a traceback, at every attempt)
+    with pytest.raises(BrokerConnectionError):
+        unreachable.consume("t_rel", prefetch=2, timeout=100)
+    unreachable.close()

@@ -373,8 +373,13 @@ class TriageBroker(Sharding, QueueOperations, FastDispatch):
         return TriageConsumer
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> TriageConsumer:
-        self.publish_tenant_limits(queue_name)
-        return TriageConsumer(self, queue_name, prefetch, timeout)
+        """A consumer of the queue. Redis unreachable raises Dramatiq's `ConnectionClosed`, so that
+        Dramatiq's worker logs one line and makes the consumer again a few seconds later."""
+        try:
+            self.publish_tenant_limits(queue_name)
+            return TriageConsumer(self, queue_name, prefetch, timeout)
+        except CONNECTION_ERRORS as exc:
+            raise connection_lost(exc) from None
 
     def tenant_defaults(self, queue_name: str) -> Limits:
         return self.tenant_limits(queue_name)[0]
