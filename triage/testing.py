@@ -71,12 +71,20 @@ def redis_server(*, appendonly: bool = False) -> Iterator[RedisServer]:
 
 @contextmanager
 def redis_cluster(
-    *, masters: int = 3, replicas: int = 0, appendonly: bool = True, fsync: str = "everysec"
+    *,
+    masters: int = 3,
+    replicas: int = 0,
+    appendonly: bool = True,
+    fsync: str = "everysec",
+    node_timeout_ms: int = 2000,
 ) -> Iterator[LocalCluster]:
-    """A private Redis Cluster for the duration of the block (its `.url`, `.nodes` to connect)."""
+    """A private Redis Cluster for the duration of the block (its `.url`, `.nodes` to connect);
+    `node_timeout_ms` is how long a silent node takes to be deemed failed (`cluster-node-timeout`)."""
     data_dir = Path(tempfile.mkdtemp(prefix="triage-test-redis-cluster-"))
     try:
-        with LocalCluster(data_dir, masters=masters, replicas=replicas, appendonly=appendonly, fsync=fsync) as cluster:
+        with LocalCluster(
+            data_dir, masters, replicas, appendonly=appendonly, fsync=fsync, node_timeout_ms=node_timeout_ms
+        ) as cluster:
             yield cluster
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
