@@ -12,7 +12,8 @@ Guarantees:
   each; `triage.admin.redis_cluster.LocalCluster`) on free ports of 127.0.0.1, with its files
   in a temporary directory; every node sees the cluster ok and all slots served, and every
   replica is linked to its master, before the block starts, and every node is stopped, files
-  removed, when the block ends, whatever happened inside.
+  removed, when the block ends, whatever happened inside. A node silent for `node_timeout_ms`
+  (2000 by default) is deemed failed: its replica, if any, is promoted (`LocalCluster.crash()`).
 - `run_queued()` runs what is queued (and delayed, and what those messages enqueue in turn)
   to completion in this process, with Dramatiq's own `Worker` and the installed stack, and
   returns once the queues have nothing queued, delayed or running (`broker.join`, then

@@ -1,5 +1,6 @@
 """Real processes on a real Redis Cluster: `dramatiq` workers, the `triage` CLI and web process,
-and faults: a master killed and restarted with its AOF, and a `CLUSTER FAILOVER` while producing.
+and faults: a master killed and restarted with its AOF, a `CLUSTER FAILOVER` while producing, and a
+master killed whose replica the cluster promotes by itself (automatic failover).
 
 Lost = acknowledged enqueues (`send` returned) whose actor never finished, by a ledger file kept
 outside Redis; duplicated = finished more than once."""
