@@ -12,7 +12,8 @@ Guarantees:
   each; `triage.admin.redis_cluster.LocalCluster`) on free ports of 127.0.0.1, with its files
   in a temporary directory; every node sees the cluster ok and all slots served, and every
   replica is linked to its master, before the block starts, and every node is stopped, files
-  removed, when the block ends, whatever happened inside.
+  removed, when the block ends, whatever happened inside. A node silent for `node_timeout_ms`
+  (2000 by default) is deemed failed: its replica, if any, is promoted (`LocalCluster.crash()`).
 - `run_queued()` runs what is queued (and delayed, and what those messages enqueue in turn)
   to completion in this process, with Dramatiq's own `Worker` and the installed stack, and
   returns once the queues have nothing queued, delayed or running (`broker.join`, then
@@ -71,12 +72,20 @@ def redis_server(*, appendonly: bool = False) -> Iterator[RedisServer]:
 
 @contextmanager
 def redis_cluster(
-    *, masters: int = 3, replicas: int = 0, appendonly: bool = True, fsync: str = "everysec"
+    *,
+    masters: int = 3,
+    replicas: int = 0,
+    appendonly: bool = True,
+    fsync: str = "everysec",
+    node_timeout_ms: int = 2000,
 ) -> Iterator[LocalCluster]:
-    """A private Redis Cluster for the duration of the block (its `.url`, `.nodes` to connect)."""
+    """A private Redis Cluster for the duration of the block (its `.url`, `.nodes` to connect);
+    `node_timeout_ms` is how long a silent node takes to be deemed failed (`cluster-node-timeout`)."""
     data_dir = Path(tempfile.mkdtemp(prefix="triage-test-redis-cluster-"))
     try:
-        with LocalCluster(data_dir, masters=masters, replicas=replicas, appendonly=appendonly, fsync=fsync) as cluster:
+        with LocalCluster(
+            data_dir, masters, replicas, appendonly=appendonly, fsync=fsync, node_timeout_ms=node_timeout_ms
+        ) as cluster:
             yield cluster
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)

@@ -62,3 +62,16 @@ def guarded(token: str) -> None:
 def tick() -> None:
     """A periodic job: the producer sends its ticks as a scheduler does."""
     record("finish", "tick")
+
+
+@default(queue="hot", max_retries=100, min_backoff=100, max_backoff=1000)
+def push(token: str, key: str) -> None:
+    """Claims its token in a hash, then appends it to a list: two writes to `key`'s slot (the test
+    puts it on the master it kills), retried while that slot has no master."""
+    global _client
+    if _client is None:
+        _client = client_from_url(os.environ["REDIS_URL"], socket_timeout=2, socket_connect_timeout=2)
+    record("start", token)
+    _client.hset(f"{key}:claimed", token, os.getpid())
+    _client.rpush(key, token)
+    record("finish", token)

@@ -9,6 +9,10 @@ Guarantees:
   with redis-cli's output and what was not ready, and leaves no process. `stop()` leaves none.
 - `masters()`, `replicas()` and `node_for_key()` ask the nodes, so they follow failovers.
 - `restart()` and `failover()` return only once the cluster is healthy again, as `start()` defines it.
+- `crash()` kills a master (SIGKILL) and returns only once the cluster itself has promoted one of
+  its replicas (no `CLUSTER FAILOVER`: after `node_timeout_ms` the nodes agree it failed and a
+  replica wins the election), as that replica sees it; the killed node stays down until
+  `rejoin()`, which returns once it is back, as a replica, and the cluster is healthy.
 - Admin commands go over plain per-node connections, closed after use; importing connects to nothing.
 """
 
@@ -193,6 +197,34 @@ class LocalCluster:
                 raise ValueError(f"node {replica.port} is not a replica")
             client.execute_command("CLUSTER FAILOVER")
         self._wait(timeout, f"failover to node {replica.port} did not complete", master=replica)
+
+    def crash(self, master: RedisServer, *, timeout: float = 30.0) -> RedisServer:
+        """SIGKILL `master`; returns the replica that the cluster promoted by itself, as soon as it
+        says it is a master (ROLE) and `cluster_state:ok`. The killed node stays down (`rejoin()`)."""
+        with _client(master) as client:
+            if client.role()[0] != "master":
+                raise ValueError(f"node {master.port} is not a master")
+            ours = {p.port for p in _peers(client.execute_command("CLUSTER", "NODES")) if p.master == master.port}
+        if not ours:
+            raise ValueError(f"master {master.port} has no replica to promote")
+        if master.process is not None:
+            master.process.kill()
+        master.stop()  # reaps it
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for node in (n for n in self.nodes if n.port in ours):
+                with contextlib.suppress(redis.RedisError, OSError), _client(node) as client:
+                    state = str(client.execute_command("CLUSTER", "INFO"))
+                    if client.role()[0] == "master" and "cluster_state:ok" in state:
+                        return node
+            time.sleep(0.02)
+        raise RuntimeError(f"no replica of the killed master {master.port} took over within {timeout:.0f} s")
+
+    def rejoin(self, node: RedisServer, *, timeout: float = 30.0) -> None:
+        """Start a node stopped by `crash()` on its port and files; returns once it is back (a replica
+        of the node that took over its slots) and the cluster is healthy, as `start()` defines it."""
+        node.start()
+        self._wait(timeout, f"node {node.port} did not rejoin the cluster")
 
     def _with_role(self, role: str) -> list[RedisServer]:
         found = []
