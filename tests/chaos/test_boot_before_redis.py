@@ -1,7 +1,8 @@
 """Boot before Redis: a worker, the scheduler and the web process started while their Redis is
 unreachable wait, log one line per attempt naming where Redis is (no password, no traceback), and
 work as soon as it answers: the worker registers, heartbeats, runs messages, and is reaped if it
-dies. Each test starts its own redis-server, with a password, after the process."""
+dies. Each test starts its own redis-server, with a password, after the process. (Part of the
+chaos suite, `make chaos`; the worker's case runs in `make test` too.)"""
 
 from __future__ import annotations
 
@@ -61,13 +62,16 @@ def assert_one_line_per_attempt(log: list[str], port: int) -> int:
     return len(waits)
 
 
+@pytest.mark.fast
 def test_a_worker_started_before_redis_registers_heartbeats_and_runs_work_once_it_answers(
     later_redis: RedisServer,
 ) -> None:
     # Given a worker started while nothing listens at its Redis URL (which carries a password)
-    worker = start_dramatiq([*WORKER, "--threads", "2", "--queues", "default"], REDIS_URL=later_redis.url)
+    # (heartbeats every 0.5 s: a timeout of 2 s)
+    args = [*WORKER, "--threads", "2", "--queues", "default"]
+    worker = start_dramatiq(args, REDIS_URL=later_redis.url, TRIAGE_HEARTBEAT_TIMEOUT="2")
     try:
-        time.sleep(4)  # a few attempts: 0.5, 1 and 2 s apart
+        time.sleep(2.5)  # a few attempts: 0.5 and 1 s apart
         assert worker.process.poll() is None
         # When Redis starts
         later_redis.start()
