@@ -201,3 +201,19 @@ def test_a_worker_process_dead_letters_wrong_envelopes_and_runs_the_rest(r: redi
     assert reasons == ["undecodable"] * 3
     assert broker.counts("default") == (0, 0, 0)
     assert _in_flight(r, "default") == 0
+
+
+def test_an_undecodable_suspect_does_not_stop_the_consumer(r: redis.Redis) -> None:
+    # Given a message delivered once to a worker that died (a suspect) whose envelope is wrong,
+    # and a good message behind it
+    bad = t_strand_job.send(1)
+    good = t_strand_job.send(2)
+    bad_id = bad.options["redis_message_id"]
+    _rewrite(r, bad_id, lambda f: {**f, "options": {}})
+    r.hset(broker.keys(QUEUE).deliveries, bad_id, 1)
+    # When a consumer fetches
+    consumer = broker.consume(QUEUE, prefetch=4, timeout=50)
+    delivered = [m for m in (next(consumer) for _ in range(4)) if m is not None]
+    # Then the suspect is dead-lettered and the good message is still delivered
+    assert [m.message_id for m in delivered] == [good.message_id]
+    assert r.zscore(broker.keys(QUEUE).dead, bad_id) is not None

@@ -296,6 +296,8 @@ class TriageConsumer(Consumer):
             except DecodeError as exc:
                 undecodable += 1
                 self._dead_letter_undecodable(shard, redis_id, exc)
+                if self.suspect == redis_id:
+                    self.suspect = None  # settled: nothing to wait for
                 continue
             proxy.__dict__[_REDIS_ID] = redis_id
             proxy.__dict__[_DELIVERIES] = int(deliveries)
