@@ -20,7 +20,7 @@ from dramatiq.broker import MessageProxy
 from actors import default, runtime
 from tests import worker_actors as wa
 from tests.faults import ReplyLoser
-from tests.helpers import dramatiq_worker, wait_for
+from tests.helpers import dramatiq_worker, triage, wait_for
 from triage.broker.consumer import TriageConsumer
 
 broker = runtime.broker
@@ -217,3 +217,27 @@ def test_an_undecodable_suspect_does_not_stop_the_consumer(r: redis.Redis) -> No
     # Then the suspect is dead-lettered and the good message is still delivered
     assert [m.message_id for m in delivered] == [good.message_id]
     assert r.zscore(broker.keys(QUEUE).dead, bad_id) is not None
+
+
+def test_dead_letters_of_the_wrong_envelope_are_replayed_when_they_can_be_and_skipped_otherwise(
+    r: redis.Redis,
+) -> None:
+    # Given two dead letters `undecodable` for their envelope: one whose options lack its id (a
+    # producer's bug that a replay repairs), one whose options are a list
+    lacking, listed = t_strand_job.send(1), t_strand_job.send(2)
+    _rewrite(r, lacking.options["redis_message_id"], lambda f: {**f, "options": {}})
+    _rewrite(r, listed.options["redis_message_id"], lambda f: {**f, "options": ["a", "b", "c"]})
+    assert next(broker.consume(QUEUE, prefetch=4, timeout=50)) is None
+    assert r.zcard(broker.keys(QUEUE).dead) == 2
+    # When the operator replays the queue's dead letters
+    done = triage("dlq", "requeue", "--queue", QUEUE, "--yes")
+    # Then the first is queued again under a new id, the other is skipped and named, no traceback
+    assert done.returncode == 0, done.stderr
+    assert "requeued 1" in done.stdout
+    assert f"skipped 1 that cannot be decoded: {listed.options['redis_message_id']}" in done.stderr
+    assert "Traceback" not in done.stderr
+    consumer = broker.consume(QUEUE, prefetch=1, timeout=50)
+    replayed = next(consumer)
+    assert replayed is not None
+    assert replayed.args == (1,)
+    consumer.ack(replayed)

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, replace
 from typing import Any
 
+from triage.broker.consumer import envelope_error
 from triage.broker.keys import QueueKeys
 from triage.broker.priority import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from triage.broker.redis_broker import TriageBroker
@@ -332,7 +333,7 @@ class DeadLetters:
     def _prepare(self, entry: DeadLetter, payload: bytes | None) -> tuple[str, bytes, int, str, int] | None:
         """The requeued message: (new id, encoded, level, tenant, max deliveries), or None if undecodable."""
         fields = self._decode(payload)
-        if fields is None:
+        if fields is None or envelope_error(fields) is not None:  # its id is replaced: any will do
             return None
         options = {k: v for k, v in dict(fields.get("options") or {}).items() if k not in RESET_OPTIONS}
         new_id = os.urandom(16).hex()

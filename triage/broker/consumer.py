@@ -123,8 +123,9 @@ def redis_id_of(message: Message[Any] | MessageProxy) -> str:
     return str(handed) if handed is not None else str(message.options["redis_message_id"])
 
 
-def envelope_error(fields: Any, redis_id: str) -> str | None:
-    """What makes decoded fields not a message a Triage producer wrote, or None."""
+def envelope_error(fields: Any, redis_id: str | None = None) -> str | None:
+    """What makes decoded fields not a message a Triage producer wrote, or None. With `redis_id`,
+    its options must name that id (the one it was stored and handed out under)."""
     if not isinstance(fields, dict):
         return f"the message is a {type(fields).__name__}, not a map"
     for name, kind in ENVELOPE.items():
@@ -135,6 +136,8 @@ def envelope_error(fields: Any, redis_id: str) -> str | None:
     unknown = sorted(set(fields) - set(ENVELOPE))
     if unknown:
         return f"unknown field(s) {', '.join(map(repr, unknown))}"
+    if redis_id is None:
+        return None
     claimed = fields["options"].get("redis_message_id")
     if claimed is None:
         return "options lack redis_message_id"
