@@ -284,20 +284,22 @@ class TriageConsumer(Consumer):
 
     def _fetch_shard(self, index: int, count: int) -> bool:
         shard = self.shards[index]
+        # What this process holds before the fetch: settles made meanwhile only lower it, so Redis
+        # recording more than that plus what this fetch hands out means strays, not a race with acks.
+        held_before = self.holding.count(index)
         fetched, next_eta, suspect, next_due, recorded = self.broker.scripts["fetch"](
             keys=shard.fetch_keys, args=[now_ms(), count, MAX_DUE_MOVED_PER_FETCH, *self.limits]
         )
         shard.next_eta, shard.next_due = int(next_eta), int(next_due)
         if suspect:
             self.suspect = fetched[-4].decode()
-        undecodable = 0
+        handed = len(fetched) // 4
         for i in range(0, len(fetched), 4):
             raw_id, payload, deliveries, ready = fetched[i : i + 4]
             redis_id = raw_id.decode()
             try:
                 proxy = TriageMessageProxy(self._decode(payload, redis_id))
             except DecodeError as exc:
-                undecodable += 1
                 self._dead_letter_undecodable(shard, redis_id, exc)
                 if self.suspect == redis_id:
                     self.suspect = None  # settled: nothing to wait for
@@ -311,7 +313,7 @@ class TriageConsumer(Consumer):
             with self.lock:
                 self.outstanding += 1
             self.cache.append(proxy)
-        if int(recorded) - undecodable > self.holding.count(index):
+        if int(recorded) > held_before + handed:
             self.check_due = 0.0  # more recorded than held: an earlier fetch's reply was lost
         return bool(self.cache)
 
