@@ -183,3 +183,27 @@ def test_the_web_process_started_before_redis_serves_and_turns_ready_once_it_ans
     finally:
         output.stop()
     assert_one_line_per_attempt(output.log, later_redis.port)
+
+
+def test_a_worker_stopped_while_redis_is_down_stays_registered_for_the_reaper(tmp_path: Path) -> None:
+    # Given a registered worker (heartbeat timeout 2 s) on a Redis that keeps its data (AOF always)
+    server = RedisServer(port=free_port(), data_dir=tmp_path / "aof", appendonly=True, fsync="always").start()
+    try:
+        args = [*WORKER, "--threads", "2", "--queues", "default"]
+        worker = start_dramatiq(args, REDIS_URL=server.url, TRIAGE_HEARTBEAT_TIMEOUT="2")
+        worker.wait_ready()
+        broker = TriageBroker(url=server.url, middleware=[])
+        wait_for(lambda: len(broker.registry.worker_details()) == 1, timeout=10)
+        [registered] = broker.registry.worker_details()
+        # When Redis goes down, the worker is stopped meanwhile, and Redis comes back with its data
+        server.stop()
+        assert worker.stop() == 0
+        server.start()
+        # Then the worker did not deregister (it could not give back what it might hold), so the
+        # reaper of another worker takes its place once the heartbeat is too old
+        assert broker.client.hexists(broker.registry.workers, registered["id"])
+        log = "".join(worker.log)
+        assert "not deregistering" in log or "Could not deregister" in log, log[-2000:]
+        broker.close()
+    finally:
+        server.stop()
