@@ -118,18 +118,44 @@ def test_workers_cli_and_web_work_on_a_cluster(cluster_url: str, tmp_path: Path)
             assert 'queue="hot"' in body
 
 
-def produce(broker: TriageBroker, stop: threading.Event, acknowledged: set[str], refused: list[str]) -> None:
+def produce(
+    send_one: Callable[[str], object], stop: threading.Event, acknowledged: list[str], refused: list[tuple[float, str]]
+) -> None:
+    """Send tokens p0 .. p599 steadily with `send_one`; a refused send (when, error type) is sent again."""
     i = 0
     while not stop.is_set() and i < 600:
         token = f"p{i}"
         try:
-            send(broker, "write", token)
-            acknowledged.add(token)
+            send_one(token)
+            acknowledged.append(token)
             i += 1
         except Exception as exc:  # counted: an outage refuses sends, the producer tries again
-            refused.append(type(exc).__name__)
+            refused.append((time.time(), type(exc).__name__))
             time.sleep(0.05)
         time.sleep(0.01)
+
+
+def stream_through(
+    fault: Callable[[], None], send_one: Callable[[str], object], ledger: Ledger, *, finish_s: float
+) -> tuple[list[str], list[tuple[float, str]]]:
+    """A producer streams 600 sends (`produce`) while the caller's workers run them; `fault` strikes
+    once 100 are acknowledged. Returns the acknowledged tokens, once each has run or `finish_s`
+    after the producer ended, and the refused sends (a loss is counted by the caller)."""
+    acknowledged: list[str] = []
+    refused: list[tuple[float, str]] = []
+    stop = threading.Event()
+    thread = threading.Thread(target=produce, args=(send_one, stop, acknowledged, refused))
+    thread.start()
+    try:
+        wait_for(lambda: len(acknowledged) >= 100, timeout=30)
+        fault()
+        thread.join(150)
+        with contextlib.suppress(AssertionError):  # a loss is counted by the caller, not raised here
+            wait_for(lambda: all(ledger.finished()[t] for t in acknowledged), timeout=finish_s)
+    finally:
+        stop.set()
+        thread.join(30)
+    return acknowledged, refused
 
 
 def through_a_fault(
@@ -138,24 +164,12 @@ def through_a_fault(
     """A producer sends 600 messages to `hot` steadily (sending again what an outage refused)
     while a worker runs them; `fault` strikes once 100 are acknowledged. Returns the acknowledged
     tokens, once each has run or the wait for them ended, and how many sends were refused."""
-    acknowledged: set[str] = set()
-    refused: list[str] = []
-    stop = threading.Event()
-    thread = threading.Thread(target=produce, args=(broker, stop, acknowledged, refused))
     with workers(env):
-        thread.start()
-        try:
-            wait_for(lambda: len(acknowledged) >= 100, timeout=30)
-            fault()
-            thread.join(150)
-            with contextlib.suppress(AssertionError):  # a loss is counted below, not raised here
-                wait_for(lambda: all(ledger.finished()[t] for t in acknowledged), timeout=90)
-        finally:
-            stop.set()
-            thread.join(30)
+        sent, refused = stream_through(fault, lambda token: send(broker, "write", token), ledger, finish_s=90)
+    acknowledged = set(sent)
     lost, duplicated = outcome(ledger, acknowledged)
     print(
-        f"sent {len(acknowledged)}, refused {len(refused)} ({sorted(set(refused))}), lost {lost}, "
+        f"sent {len(acknowledged)}, refused {len(refused)} ({sorted({kind for _, kind in refused})}), lost {lost}, "
         f"duplicated {duplicated}, longest pause {longest_pause(ledger):.1f} s"
     )
     return acknowledged, lost
@@ -238,51 +252,31 @@ def test_a_master_killed_whose_replica_promotes_itself_strands_nothing(min_repli
         written = f"{shard.tag}:written"  # the actor's list, on the same master
         assert cluster.node_for_key(written).port == master.port
         tenant = _tenant_on_shard(0)
-        acknowledged: list[str] = []
-        refused: list[str] = []
-        attempts: list[tuple[float, str, str]] = []
-        stop = threading.Event()
+        times: dict[str, float] = {}
 
-        def produce() -> None:
-            i = 0
-            while not stop.is_set() and i < 600:
-                token = f"p{i}"
-                try:
-                    broker.enqueue(Message("hot", "push", (token, written), {}, {"tenant": tenant}))
-                    acknowledged.append(token)
-                    i += 1
-                except Exception as exc:  # counted: a failing master refuses sends, the producer tries again
-                    refused.append(type(exc).__name__)
-                    attempts.append((time.time(), token, type(exc).__name__))
-                    time.sleep(0.05)
-                time.sleep(0.01)
+        def crash_and_rejoin() -> None:
+            # When that master is killed (SIGKILL) and its replica promotes itself (no CLUSTER
+            # FAILOVER), then the killed node is started again and rejoins as a replica
+            times["killed"] = time.time()
+            promoted = cluster.crash(master)
+            times["promoted"] = time.time() - times["killed"]
+            assert cluster.node_for_key(shard.tag).port == promoted.port
+            cluster.rejoin(master)
+            times["rejoined"] = time.time() - times["killed"]
 
-        thread = threading.Thread(target=produce)
+        def push(token: str) -> object:
+            return broker.enqueue(Message("hot", "push", (token, written), {}, {"tenant": tenant}))
+
         with workers(env) as (worker,):
             pids = {worker.process.pid, *children(worker.process.pid)}
-            thread.start()
-            try:
-                wait_for(lambda: len(acknowledged) >= 100, timeout=30)
-                # When that master is killed (SIGKILL) and its replica promotes itself (no CLUSTER
-                # FAILOVER), then the killed node is started again and rejoins as a replica
-                killed_at = time.time()
-                promoted = cluster.crash(master)
-                promoted_after = time.time() - killed_at
-                assert cluster.node_for_key(shard.tag).port == promoted.port
-                cluster.rejoin(master)
-                rejoined_after = time.time() - killed_at
-                thread.join(120)
-                with contextlib.suppress(AssertionError):  # a loss is counted below, not raised here
-                    wait_for(lambda: all(ledger.finished()[t] for t in acknowledged), timeout=30)
-            finally:
-                stop.set()
-                thread.join(30)
+            acknowledged, refused = stream_through(crash_and_rejoin, push, ledger, finish_s=30)
+            killed_at, promoted_after, rejoined_after = times["killed"], times["promoted"], times["rejoined"]
             lost, duplicated = outcome(ledger, set(acknowledged))
             after_kill = [at - killed_at for at, event, _, _ in ledger.events() if event == "finish" and at > killed_at]
             resumed_after = max(itertools.pairwise([0.0, *after_kill]), key=lambda gap: gap[1] - gap[0])[1]
             pushed = _list(cluster, written)
             runs = ledger.finished()
-            spans = {k: [at - killed_at for at, _, kind in attempts if kind == k] for _, _, k in attempts}
+            spans = {k: [when - killed_at for when, kind in refused if kind == k] for _, k in refused}
             (tmp_path / "worker.log").write_text("".join(worker.log))
             print(
                 f"\nmin replicas {min_replicas}: sent {len(acknowledged)}, lost {lost}, run twice {duplicated} "

@@ -128,14 +128,14 @@ class WorkerRegistry:
             info = json.loads(workers[raw_id]) if raw_id in workers else {}
             worker_id = as_text(raw_id)
             rows.append({"id": worker_id, "last_beat_ms": int(beat), **info})
+        places = [self._shards_of(row.get("queues", [])) for row in rows]
         pipe = self.client.pipeline(transaction=False)
-        for row in rows:
-            for queue in row.get("queues", []):
-                for keys in self.shards(queue):
-                    pipe.hlen(keys.acks(row["id"]))
+        for row, shards in zip(rows, places, strict=True):
+            for _, keys in shards:
+                pipe.hlen(keys.acks(row["id"]))
         counts = iter(pipe.execute() if rows else [])
-        for row in rows:
-            row["in_flight"] = sum(int(next(counts)) for q in row.get("queues", []) for _ in self.shards(q))
+        for row, shards in zip(rows, places, strict=True):
+            row["in_flight"] = sum(int(next(counts)) for _ in shards)
         return sorted(rows, key=lambda row: (row.get("started_ms", 0), row["id"]))
 
     def beat(self) -> None:
@@ -187,19 +187,21 @@ class WorkerRegistry:
     def in_flight(self, queues: Iterable[str]) -> int:
         """How many messages this worker's in-flight records on `queues` (every shard) hold."""
         pipe = self.client.pipeline(transaction=False)
-        for queue_name in queues:
-            for keys in self.shards(queue_name):
-                pipe.hlen(keys.acks(self.worker_id))
+        for _, keys in self._shards_of(queues):
+            pipe.hlen(keys.acks(self.worker_id))
         return sum(int(count) for count in pipe.execute())
+
+    def _shards_of(self, queues: Iterable[str]) -> list[tuple[str, QueueKeys]]:
+        """Every shard of `queues`, with its queue's name: where a worker's in-flight records are."""
+        return [(queue_name, keys) for queue_name in queues for keys in self.shards(queue_name)]
 
     def _reclaim(self, worker_id: str, queues: Iterable[str], now: int) -> tuple[int, int]:
         """Run reclaim.lua on every shard of `queues` for `worker_id`: (put back, quarantined)."""
         back = quarantined = 0
-        for queue_name in queues:
-            for keys in self.shards(queue_name):
-                put_back, dead_lettered = self.scripts["reclaim"](
-                    keys=keys.reclaim_keys(worker_id),
-                    args=[now, self.max_deliveries(queue_name), worker_id, *self.dead_letter_limits(queue_name)],
-                )
-                back, quarantined = back + int(put_back), quarantined + int(dead_lettered)
+        for queue_name, keys in self._shards_of(queues):
+            put_back, dead_lettered = self.scripts["reclaim"](
+                keys=keys.reclaim_keys(worker_id),
+                args=[now, self.max_deliveries(queue_name), worker_id, *self.dead_letter_limits(queue_name)],
+            )
+            back, quarantined = back + int(put_back), quarantined + int(dead_lettered)
         return back, quarantined
