@@ -25,8 +25,8 @@ from dramatiq.errors import BrokerConnectionError
 from dramatiq.message import Message
 
 from triage.breakers import BreakerGuard, breaker
-from triage.broker.consumer import delivery_count
 from triage.broker.dedup import DuplicateMessage
+from triage.broker.delivery import delivery_count
 from triage.broker.errors import Backpressure, ReplicationError
 from triage.broker.priority import InvalidPriority
 from triage.decorators import TierDecorator, background, critical, default

@@ -15,7 +15,8 @@ from dramatiq.message import Message
 from triage.admin.dlq import DeadLetters
 from triage.admin.dlq_model import Filter
 from triage.admin.redis_cluster import LocalCluster
-from triage.broker.consumer import TriageConsumer, shard_of
+from triage.broker.consumer import TriageConsumer
+from triage.broker.delivery import shard_of
 from triage.broker.errors import Backpressure
 from triage.broker.limits import Limits
 from triage.broker.redis_broker import TriageBroker

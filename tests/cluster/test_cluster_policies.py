@@ -23,7 +23,7 @@ from tests.helpers import BIN, ROOT, env_with, wait_for
 from triage.admin.redis_cluster import LocalCluster
 from triage.broker.breaker_state import BreakerSpec, CircuitStore
 from triage.broker.connection import client_from_url
-from triage.broker.consumer import delivery_count, shard_of
+from triage.broker.delivery import delivery_count, shard_of
 from triage.broker.redis_broker import TriageBroker
 from triage.middleware.circuit import Breaker, CircuitOpen
 

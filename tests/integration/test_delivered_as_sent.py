@@ -18,7 +18,7 @@ from tests.helpers import dramatiq_worker, wait_for
 from triage import Defer, delivery_count, enqueue_batch
 from triage.admin.dlq_model import Filter
 from triage.admin.ops import Admin
-from triage.broker.consumer import ready_at_ms
+from triage.broker.delivery import ready_at_ms
 from triage.settings import load_settings
 
 QUEUE = "t_sent"

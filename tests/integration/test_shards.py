@@ -12,7 +12,7 @@ import pytest
 import redis
 from dramatiq.message import Message
 
-from triage.broker.consumer import shard_of
+from triage.broker.delivery import shard_of
 from triage.broker.redis_broker import TriageBroker
 
 

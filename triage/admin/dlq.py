@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, replace
 from typing import Any
 
-from triage.broker.consumer import envelope_error
+from triage.broker.delivery import envelope_error
 from triage.broker.keys import QueueKeys
 from triage.broker.priority import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from triage.broker.redis_broker import TriageBroker

@@ -14,10 +14,8 @@ Guarantees:
   fetches only when no more than half of that is outstanding: a busy worker keeps about
   one message per thread waiting beyond those running, so urgent messages are not stuck
   behind a hoard in another worker's memory.
-- A delivered message is the message `send()` returned: equal to it, options included. What the
-  broker learns at fetch (the delivery count, when the message became ready to run) stays on
-  the delivered proxy, read with `delivery_count(message)` and `ready_at_ms(message)`, and
-  never travels with a copy of the message that middleware enqueues again.
+- A delivered message is the message `send()` returned, with what the broker learned at fetch
+  kept on its proxy (`delivery.py`).
 - A suspect (a message reclaimed from a worker that died) is fetched alone, and nothing
   more is fetched until it is settled: a poison message crashes its worker alone.
 - A message that cannot be decoded, or whose envelope is not what a Triage producer writes
@@ -36,7 +34,6 @@ Guarantees:
   reply was lost (and that redis-py sent again) leaves messages recorded for a worker that never
   received them; the consumer gives them back when it starts, as soon as a fetch shows more
   recorded than it holds, and every `CHECK_EVERY_S` (`holding.py`).
-- A delivered message prints as `actor(id=…)`: its arguments stay out of Dramatiq's logs.
 - Acks made while another is being written go to Redis together, in one call, each returning
   once written (`acks.py`). Ack, nack and requeue may be called from any worker thread; when
   Redis is unreachable they do not block or fail it: they wait in the broker's backlog
@@ -56,12 +53,12 @@ import redis
 from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.encoder import Encoder
 from dramatiq.errors import ActorNotFound, DecodeError
-from dramatiq.message import Message
 from redis.commands.core import Script
 
 from .acks import GroupCommit
 from .backlog import SettleBacklog
 from .clock import now_ms
+from .delivery import delivered, redis_id_of, shard_of
 from .errors import CONNECTION_ERRORS, connection_lost
 from .holding import CHECK_EVERY_S, Holding, give_back_strays
 from .keys import QueueKeys
@@ -77,73 +74,6 @@ MAX_DUE_MOVED_PER_FETCH = 1000
 LEGACY_RECHECK_S = 5.0
 HANDED_KEY_PREFIX = "triage.handed:"
 HANDED_KEY_TTL_MS = 7 * 86_400_000
-DELIVERIES_OPTION = "triage_deliveries"  # where versions before 0.2 kept the count (dropped on re-enqueue)
-_DELIVERIES = "_triage_deliveries"  # the proxy's attributes
-_READY = "_triage_ready_ms"
-_SHARD = "_triage_shard"
-_REDIS_ID = "_triage_redis_id"
-# The envelope a Triage producer writes: each field and its type.
-ENVELOPE: dict[str, type | tuple[type, ...]] = {
-    "queue_name": str,
-    "actor_name": str,
-    "args": (list, tuple),
-    "kwargs": dict,
-    "options": dict,
-    "message_id": str,
-    "message_timestamp": int,
-}
-
-
-def delivery_count(message: Message[Any] | MessageProxy) -> int:
-    """How many times the broker has handed this message to a worker, this delivery included:
-    1 on a first delivery, more after the worker that held it died (a retry is a new message,
-    delivered for the first time). A message that was not delivered by a Triage broker: 1."""
-    count = message.__dict__.get(_DELIVERIES) if isinstance(message, MessageProxy) else None
-    return int(count) if count else 1
-
-
-def ready_at_ms(message: Message[Any] | MessageProxy) -> int | None:
-    """When the delivered message became ready to run (epoch ms): its enqueue, by Redis's clock,
-    or its eta for a delayed message or a retry, by the clock of the process that set it (or
-    Redis's, if that is earlier). None for a message not delivered by Triage."""
-    ready = message.__dict__.get(_READY) if isinstance(message, MessageProxy) else None
-    return int(ready) if ready else None
-
-
-def shard_of(message: Message[Any] | MessageProxy) -> int:
-    """Which shard of its queue the delivered message came from (0 when not sharded)."""
-    shard = message.__dict__.get(_SHARD) if isinstance(message, MessageProxy) else None
-    return int(shard or 0)
-
-
-def redis_id_of(message: Message[Any] | MessageProxy) -> str:
-    """The id the broker handed the delivered message out under (what settles it); for a message
-    not delivered by a Triage broker, the id its options name."""
-    handed = message.__dict__.get(_REDIS_ID) if isinstance(message, MessageProxy) else None
-    return str(handed) if handed is not None else str(message.options["redis_message_id"])
-
-
-def envelope_error(fields: Any, redis_id: str | None = None) -> str | None:
-    """What makes decoded fields not a message a Triage producer wrote, or None. With `redis_id`,
-    its options must name that id (the one it was stored and handed out under)."""
-    if not isinstance(fields, dict):
-        return f"the message is a {type(fields).__name__}, not a map"
-    for name, kind in ENVELOPE.items():
-        if name not in fields:
-            return f"field {name!r} is missing"
-        if not isinstance(fields[name], kind) or isinstance(fields[name], bool):
-            return f"field {name!r} is a {type(fields[name]).__name__}"
-    unknown = sorted(set(fields) - set(ENVELOPE))
-    if unknown:
-        return f"unknown field(s) {', '.join(map(repr, unknown))}"
-    if redis_id is None:
-        return None
-    claimed = fields["options"].get("redis_message_id")
-    if claimed is None:
-        return "options lack redis_message_id"
-    if claimed != redis_id:
-        return f"options name another message's id ({str(claimed)[:40]!r})"
-    return None
 
 
 class Shard:
@@ -157,18 +87,6 @@ class Shard:
         self.requeue_keys = keys.requeue_keys(consumer_id)
         self.next_eta = -1
         self.next_due = -1  # the next delayed message's eta (next_eta may be a parked tenant's time)
-
-
-class TriageMessageProxy(MessageProxy):
-    """A delivered message whose text form names the actor and message id, never the arguments:
-    Dramatiq's worker logs messages with `%s` at ERROR and WARNING, and arguments may be
-    personal data. (Actors still log their arguments at DEBUG.)"""
-
-    def __str__(self) -> str:
-        return f"{self.actor_name}(id={self.message_id})"
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__qualname__} {self}>"
 
 
 class ConsumerHost(Protocol):
@@ -298,17 +216,12 @@ class TriageConsumer(Consumer):
             raw_id, payload, deliveries, ready = fetched[i : i + 4]
             redis_id = raw_id.decode()
             try:
-                proxy = TriageMessageProxy(self._decode(payload, redis_id))
+                proxy = delivered(self.broker.encoder, payload, redis_id, int(deliveries), int(ready), index)
             except DecodeError as exc:
                 self._dead_letter_undecodable(shard, redis_id, exc)
                 if self.suspect == redis_id:
                     self.suspect = None  # settled: nothing to wait for
                 continue
-            proxy.__dict__[_REDIS_ID] = redis_id
-            proxy.__dict__[_DELIVERIES] = int(deliveries)
-            proxy.__dict__[_READY] = int(ready)
-            if index:
-                proxy.__dict__[_SHARD] = index
             self.holding.take(index, redis_id)
             with self.lock:
                 self.outstanding += 1
@@ -316,20 +229,6 @@ class TriageConsumer(Consumer):
         if int(recorded) > held_before + handed:
             self.check_due = 0.0  # more recorded than held: an earlier fetch's reply was lost
         return bool(self.cache)
-
-    def _decode(self, payload: bytes, redis_id: str) -> Message[Any]:
-        """`Message.decode` with this broker's encoder rather than Dramatiq's global one, for the
-        envelope a Triage producer writes only (`envelope_error`)."""
-        try:
-            fields = self.broker.encoder.decode(payload)
-        except Exception as exc:
-            raise DecodeError("Failed to decode message.", payload, exc) from exc  # type: ignore[no-untyped-call]
-        problem = envelope_error(fields, redis_id)
-        if problem is not None:
-            cause = ValueError(f"not a Triage message: {problem}")
-            raise DecodeError("Failed to decode message.", payload, cause) from cause  # type: ignore[no-untyped-call]
-        fields["args"] = tuple(fields["args"])
-        return Message(**fields)
 
     def _dead_letter_undecodable(self, shard: Shard, redis_id: str, exc: DecodeError) -> None:
         logger.error(

@@ -63,8 +63,9 @@ from dramatiq.middleware import CurrentMessage, Middleware
 from .backlog import SettleBacklog
 from .clock import now_ms
 from .connection import client_from_url, is_cluster
-from .consumer import DELIVERIES_OPTION, TriageConsumer, shard_of
+from .consumer import TriageConsumer
 from .dedup import DuplicateMessage, as_duplicate, dedup_of
+from .delivery import DELIVERIES_OPTION, shard_of
 from .dispatch import FastDispatch
 from .encoder import MsgpackEncoder
 from .errors import CONNECTION_ERRORS, connection_lost, join_timeout

@@ -38,8 +38,8 @@ from typing import Any
 from dramatiq import Actor, Broker, Middleware
 from dramatiq.message import Message
 
-from triage.broker.consumer import redis_id_of, shard_of
 from triage.broker.dedup import mode_problem, release, ttl_problem
+from triage.broker.delivery import redis_id_of, shard_of
 from triage.broker.redis_broker import triage_broker
 
 from .declaration import InvalidActorOption

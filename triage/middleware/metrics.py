@@ -45,7 +45,7 @@ import redis
 from dramatiq import Broker, Middleware
 
 from triage.broker.connection import is_cluster
-from triage.broker.consumer import delivery_count, ready_at_ms
+from triage.broker.delivery import delivery_count, ready_at_ms
 from triage.broker.hourly import BUCKETS, MINUTES, WAIT_FIELDS, Tally, current_minute, record
 from triage.broker.keys import QueueKeys
 from triage.broker.outcome import outcome_of
