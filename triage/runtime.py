@@ -34,7 +34,6 @@ from dramatiq.results.backends import RedisBackend as RedisResultBackend
 
 from triage.broker.barriers import BarrierBackend
 from triage.broker.breaker_state import BreakerSpec, CircuitStore
-from triage.broker.connection import client_from_url
 from triage.broker.encoder import encoder_for
 from triage.broker.limits import Limits
 from triage.broker.redis_broker import TriageBroker
@@ -133,7 +132,7 @@ def build(settings: Settings, stack: Iterable[StackEntry] = DEFAULT_STACK) -> Ru
     """A runtime for `settings` with the middleware `stack` (classes and instances, in order)."""
     taxonomy = build_taxonomy(settings)
     encoder = encoder_for(settings.encoder)
-    client = client_from_url(settings.redis_url)
+    client = settings.redis_client()
     routing = Routing(router=Router(settings.routes, taxonomy), taxonomy=taxonomy)
     breakers = build_breakers(settings, client)
     parts = _Parts(settings, taxonomy, routing, encoder, client, breakers)

@@ -12,20 +12,28 @@ Guarantees:
   process starts, with one line per problem naming the environment variable (or the
   config name, for a value that came from the service's config) and what it accepts.
   Nothing runs on a half-valid configuration.
-- The Redis password never appears in a repr, a log line or an error message:
-  use `Settings.redis_url_redacted` wherever the URL is shown.
+- The Redis password never appears in a repr, a log line or an error message, whatever
+  characters it holds: use `Settings.redis_url_redacted` wherever the URL is shown.
+- `REDIS_URL` is read as `triage.broker.connection.parse_url` reads it (schemes are
+  case-insensitive; an unknown query option is an error naming it). TLS options come from its
+  query, and, for what the query does not say, from `TRIAGE_REDIS_SSL_*` (the variables apply
+  to TLS URLs only; a plain `redis://` URL ignores them). `Settings.redis_client()` is the
+  client every process builds from them.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping, Set
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+import redis
+from pydantic import AliasChoices, Field, FilePath, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from triage.broker.connection import client_from_url, parse_url
+from triage.broker.connection import redact_url as redact_url
 from triage.cron import zone
 from triage.setting_types import BREAKER_NAME as BREAKER_NAME
 from triage.setting_types import MIB as MIB
@@ -38,7 +46,6 @@ from triage.setting_types import TierName as TierName
 from triage.setting_types import TierOverride as TierOverride
 
 _QUEUE_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9._-]*")
-_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "rediss+cluster")
 
 
 class ConfigError(Exception):
@@ -61,6 +68,13 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("REDIS_URL", "TRIAGE_REDIS_URL"),
         repr=False,
     )
+    # Redis over TLS (rediss://, rediss+cluster://, rediss+sentinel://): what the URL's query does not
+    # say (the query wins). Heroku Redis sets REDIS_URL and signs with its own CA: TRIAGE_REDIS_SSL_CERT_REQS=none.
+    redis_ssl_cert_reqs: Literal["none", "optional", "required"] | None = None
+    redis_ssl_ca_certs: FilePath | None = None
+    redis_ssl_check_hostname: bool | None = None
+    redis_ssl_certfile: FilePath | None = None  # a client certificate (with its key, or with the next)
+    redis_ssl_keyfile: FilePath | None = None
     namespace: str = Field(default="triage", pattern=r"^[a-zA-Z0-9_.-]{1,64}$")
     max_payload_bytes: int = Field(default=10 * MIB, gt=0, le=512 * MIB)
     encoder: Literal["msgpack", "json"] = "msgpack"
@@ -142,10 +156,19 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
-        scheme = urlsplit(value).scheme
-        if scheme not in _REDIS_SCHEMES:
-            allowed = ", ".join(f"{s}://" for s in _REDIS_SCHEMES)
-            raise ValueError(f"must start with one of {allowed} (got {scheme + '://' if scheme else 'no scheme'})")
+        parse_url(value)  # URLError (a ValueError) says what is wrong, never quoting a credential
+        return value
+
+    @field_validator("redis_ssl_cert_reqs", mode="before")
+    @classmethod
+    def _cert_reqs_any_case(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("redis_ssl_keyfile")
+    @classmethod
+    def _key_with_its_certificate(cls, value: FilePath | None, info: ValidationInfo) -> FilePath | None:
+        if value is not None and info.data.get("redis_ssl_certfile") is None:
+            raise ValueError("a key file needs its certificate: set TRIAGE_REDIS_SSL_CERTFILE too")
         return value
 
     @field_validator("admin_tokens")
@@ -229,6 +252,16 @@ class Settings(BaseSettings):
     def redis_url_redacted(self) -> str:
         return redact_url(self.redis_url)
 
+    def redis_tls(self) -> dict[str, object]:
+        """The TRIAGE_REDIS_SSL_* variables that are set, as TLS options (see `redis_client`)."""
+        names = ("cert_reqs", "ca_certs", "check_hostname", "certfile", "keyfile")
+        values = {f"ssl_{name}": getattr(self, f"redis_ssl_{name}") for name in names}
+        return {key: str(v) if isinstance(v, os.PathLike) else v for key, v in values.items() if v is not None}
+
+    def redis_client(self, **options: object) -> redis.Redis:
+        """A client of `REDIS_URL` with its TLS options: the URL's query over TRIAGE_REDIS_SSL_*."""
+        return client_from_url(self.redis_url, tls=self.redis_tls(), **options)
+
     def public_dict(self) -> dict[str, Any]:
         """The settings as plain data, safe to print: secrets are redacted."""
         data = self.model_dump(mode="json")
@@ -237,16 +270,6 @@ class Settings(BaseSettings):
             data["admin_token"] = "***"  # noqa: S105 (the redaction, not a password)
         data["admin_tokens"] = dict.fromkeys(data.get("admin_tokens") or {}, "***")
         return data
-
-
-_PASSWORD_IN_URL = re.compile(r"^([a-z+]+://[^:@/]*):[^@/]*@")
-_PASSWORD_IN_QUERY = re.compile(r"((?:^|[?&])[a-z_]*password=)[^&]*")
-
-
-def redact_url(url: str) -> str:
-    """`redis://user:secret@host:6379/0` → `redis://user:***@host:6379/0` (query passwords too)."""
-    url = _PASSWORD_IN_URL.sub(r"\1:***@", url)
-    return _PASSWORD_IN_QUERY.sub(r"\1***", url)
 
 
 # The structure a service may declare in its `config` module, as upper-case names.

@@ -153,3 +153,75 @@ def test_a_value_the_config_may_not_hold_names_its_variable() -> None:
     # Given a deploy-specific value hard-coded in the service config
     with pytest.raises(ConfigError, match=r"config\.NAMESPACE: not a structural setting .* TRIAGE_NAMESPACE"):
         load_settings({"NAMESPACE": "prod"})
+
+
+@pytest.mark.parametrize("secret", ["t-P@ss", "a:b@c", "p/ss@x", "pa#ss", "p?db=1@x", "ünï©ødé@π", "ss%40wd"])
+def test_a_password_of_any_character_is_never_shown(monkeypatch: pytest.MonkeyPatch, secret: str) -> None:
+    # Given a Redis URL whose password holds characters a URL parser trips on, and another invalid setting
+    monkeypatch.setenv("REDIS_URL", f"rediss://default:{secret}@redis.example.com:6380/0")
+    settings = load_settings()
+    monkeypatch.setenv("TRIAGE_ENCODER", "pickle")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    # Then neither the redacted URL, the repr, the public view nor the error shows any of it
+    assert settings.redis_url_redacted == "rediss://default:***@redis.example.com:6380/0"
+    for shown in (repr(settings), str(settings.public_dict()), str(caught.value)):
+        assert secret not in shown
+        assert f"{secret.split('@')[-1]}@redis" not in shown  # the old leak: `***@ss@redis…` for `t-P@ss`
+
+
+def test_an_invalid_redis_url_never_echoes_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a URL with a raw '@' in its password and an unknown query option
+    monkeypatch.setenv("REDIS_URL", "rediss://:t-P@ss@redis.example.com:6380/0?ssl_verify=no")
+    # When loaded, Then the error names REDIS_URL and the option, never the password
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "REDIS_URL: unknown query option 'ssl_verify' for a rediss:// URL" in str(caught.value)
+    assert "P@ss" not in str(caught.value)
+
+
+def test_the_redis_scheme_is_case_insensitive(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a URL written in capitals, as some consoles show it
+    monkeypatch.setenv("REDIS_URL", "REDISS://:pw@redis.example.com:6380/0")
+    # Then it is valid, and its client speaks TLS to that server
+    pool = load_settings().redis_client().connection_pool
+    assert pool.connection_kwargs["host"] == "redis.example.com"
+    assert pool.connection_class.__name__ == "SSLConnection"
+    # And an unknown scheme is an error naming the variable, whatever its case
+    monkeypatch.setenv("REDIS_URL", "redis+foo://h:1")
+    with pytest.raises(ConfigError, match=r"REDIS_URL: must start with one of redis://, rediss://"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("TRIAGE_REDIS_SSL_CERT_REQS", "sometimes", "TRIAGE_REDIS_SSL_CERT_REQS: must be one of 'none', 'optional' or"),
+        ("TRIAGE_REDIS_SSL_CA_CERTS", "/no/such/ca.pem", "TRIAGE_REDIS_SSL_CA_CERTS: Path does not point to a file"),
+        (
+            "TRIAGE_REDIS_SSL_CHECK_HOSTNAME",
+            "perhaps",
+            "TRIAGE_REDIS_SSL_CHECK_HOSTNAME: Input should be a valid boolean",
+        ),
+        ("TRIAGE_REDIS_SSL_KEYFILE", "/etc/hostname", "TRIAGE_REDIS_SSL_KEYFILE: a key file needs its certificate"),
+    ],
+)
+def test_an_invalid_tls_variable_is_named(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert expected in str(caught.value)
+
+
+def test_tls_variables_give_the_client_its_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given Heroku's case: REDIS_URL set by the platform, the TLS choice in a variable (any case)
+    monkeypatch.setenv("REDIS_URL", "rediss://:pw@ec2-1-2-3-4.compute-1.amazonaws.com:12345")
+    monkeypatch.setenv("TRIAGE_REDIS_SSL_CERT_REQS", "NONE")
+    monkeypatch.setenv("TRIAGE_REDIS_SSL_CHECK_HOSTNAME", "false")
+    settings = load_settings()
+    # Then the client carries them
+    assert settings.redis_tls() == {"ssl_cert_reqs": "none", "ssl_check_hostname": False}
+    kwargs = settings.redis_client().connection_pool.connection_kwargs
+    assert (kwargs["ssl_cert_reqs"], kwargs["ssl_check_hostname"]) == ("none", False)

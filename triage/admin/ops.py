@@ -38,7 +38,7 @@ class Admin:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or load_settings()
         self.broker = TriageBroker(
-            url=self.settings.redis_url,
+            client=self.settings.redis_client(),
             namespace=self.settings.namespace,
             middleware=[],
             encoder=encoder_for(self.settings.encoder),

@@ -1,11 +1,27 @@
 """Redis clients from URLs: `redis://`, `rediss://`, `unix://`, `redis+sentinel://` and
-`redis+cluster://` (`rediss+cluster://` with TLS).
+`redis+cluster://`; with TLS, `rediss://`, `rediss+sentinel://` and `rediss+cluster://`.
 
 Guarantees:
+- `parse_url(url)` reads a URL without connecting, or raises `URLError` (a ValueError) saying
+  what is wrong: an unknown scheme, a query option the URL's kind does not take (named), a value
+  it does not accept, a TLS option on a URL without TLS. No message quotes the URL's credentials.
+  Schemes are case-insensitive: `REDIS://` is `redis://`.
+- The password is everything between the first `:` and the last `@` before the host list, so a
+  raw `@`, `:`, `/`, `?` or `#` in it reads as meant (a `@` inside the value of a query option
+  that names a file or a password is not taken for that `@`); `%40` and the like are decoded.
+  `redact_url` reads the URL the same way and shows `***` for the password and every query
+  `…password=` value, whatever characters they hold.
+- TLS options, for every TLS scheme: `ssl_cert_reqs` (none, optional, required), `ssl_ca_certs`,
+  `ssl_ca_data`, `ssl_check_hostname`, `ssl_certfile`, `ssl_keyfile`, `ssl_password`. They come
+  from the URL's query, else from `client_from_url(..., tls=...)` (Triage's settings pass the
+  `TRIAGE_REDIS_SSL_*` variables there): the URL's query wins, option by option, except that a
+  client certificate (`ssl_certfile`, with its `ssl_keyfile`) comes whole from one place. A URL
+  without TLS ignores `tls=` and refuses TLS options in its query.
 - A Sentinel URL gives a client that asks the sentinels for the current primary and follows
   a failover by itself (redis-py's Sentinel connection pool): producers and workers need no
-  restart. Form:
-  `redis+sentinel://[[user]:password@]host1:26379,host2:26379/service_name[/db][?sentinel_password=…]`
+  restart. Form: `redis+sentinel://[[user]:password@]host1:26379,host2:26379/service_name[/db]`
+  `[?sentinel_password=…]`. With `rediss+sentinel://` both the sentinels and the primary are
+  reached over TLS, with the same options; `sentinel_ssl=false` reaches the sentinels without.
 - A Cluster URL gives redis-py's cluster client, which learns the slot map from any of the
   nodes named and follows MOVED/ASK redirections and failovers by itself. Form:
   `redis+cluster://[[user]:password@]host1:7000,host2:7001[/]` (Redis Cluster has database 0
@@ -14,16 +30,208 @@ Guarantees:
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import cast
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
+from redis.connection import URL_QUERY_ARGUMENT_PARSERS
 from redis.sentinel import Sentinel
 
 SENTINEL_PORT = 26379
 CLUSTER_PORT = 6379
-CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}  # scheme -> TLS
+SERVER_PORT = 6379
+# scheme -> (kind, TLS); kinds: "server" (one server or a socket), "sentinel", "cluster"
+SCHEMES = {
+    "redis": ("server", False),
+    "rediss": ("server", True),
+    "unix": ("server", False),
+    "redis+sentinel": ("sentinel", False),
+    "rediss+sentinel": ("sentinel", True),
+    "redis+cluster": ("cluster", False),
+    "rediss+cluster": ("cluster", True),
+}
+CLUSTER_SCHEMES = {s: tls for s, (kind, tls) in SCHEMES.items() if kind == "cluster"}  # scheme -> TLS
+
+
+class URLError(ValueError):
+    """A Redis URL Triage cannot use; the message never quotes the URL's credentials."""
+
+
+def _flag(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _cert_reqs(value: object) -> str:
+    text = str(value).strip().lower()
+    if text not in ("none", "optional", "required"):
+        raise ValueError("must be none, optional or required")
+    return text
+
+
+def _file(value: object) -> str:
+    path = os.fspath(cast(str, value))
+    if not os.path.isfile(path):
+        raise ValueError(f"no such file: {path}")
+    return path
+
+
+# TLS options: query key (= redis-py's keyword) -> its check and normal form.
+TLS_OPTIONS: dict[str, Callable[[object], object]] = {
+    "ssl_cert_reqs": _cert_reqs,
+    "ssl_check_hostname": _flag,
+    "ssl_ca_certs": _file,
+    "ssl_ca_data": str,
+    "ssl_certfile": _file,
+    "ssl_keyfile": _file,
+    "ssl_password": str,
+}
+_SENTINEL_OPTIONS = {"sentinel_password", "sentinel_ssl"}  # sentinel_ssl: with rediss+sentinel:// only
+# What a one-server URL passes on to redis-py (its own URL options, and connection keywords).
+_SERVER_OPTIONS = (set(URL_QUERY_ARGUMENT_PARSERS) | {"password", "username", "client_name"}) - set(TLS_OPTIONS)
+_OPTIONS = {"server": _SERVER_OPTIONS, "sentinel": _SENTINEL_OPTIONS, "cluster": set()}
+# The options whose values may hold a `@` (file paths, passwords, PEM text): one there does not end
+# the userinfo. (A password holding `?` or `&` followed by one of these and `=` must be percent-encoded.)
+_AT_OPTIONS = (
+    "ssl_ca_certs",
+    "ssl_ca_data",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_password",
+    "sentinel_password",
+    "password",
+)
+_OPTION_VALUE = re.compile(r"[?&](?:" + "|".join(_AT_OPTIONS) + r")=[^&]*")
+_PASSWORD_VALUE = re.compile(r"([?&][a-z_]*password=)[^&]*")
+_SCHEME_NAME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+
+
+@dataclass(frozen=True)
+class RedisURL:
+    """A Redis URL, read: `scheme` in lower case, credentials and query values decoded."""
+
+    scheme: str
+    username: str | None
+    password: str | None
+    hostlist: str
+    path: str
+    options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return SCHEMES[self.scheme][0]
+
+    @property
+    def tls(self) -> bool:
+        return SCHEMES[self.scheme][1]
+
+
+def _userinfo_end(rest: str) -> int:
+    """Where the userinfo of `rest` (a URL after `scheme://`) ends: its last `@` outside the value
+    of a query option naming a file or a password, or -1."""
+    masked = _OPTION_VALUE.sub(lambda m: m.group(0).replace("@", "\0"), rest)
+    return masked.rfind("@")
+
+
+def redact_url(url: str) -> str:
+    """`redis://user:secret@host:6379/0` → `redis://user:***@host:6379/0`, query passwords too."""
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        at = _userinfo_end(rest)
+        if at >= 0:
+            username, colon, _ = rest[:at].partition(":")
+            rest = f"{username}:***@{rest[at + 1 :]}" if colon else rest
+        url = f"{scheme}://{rest}"
+    return _PASSWORD_VALUE.sub(r"\1***", url)
+
+
+def parse_url(url: str) -> RedisURL:
+    """`url` read and checked (see the module's guarantees), or `URLError`."""
+    written, sep, rest = url.partition("://")
+    scheme = written.lower()
+    if not sep or scheme not in SCHEMES:
+        allowed = ", ".join(f"{s}://" for s in SCHEMES)
+        got = f"{written}://" if sep and _SCHEME_NAME.fullmatch(written) else "no scheme"
+        raise URLError(f"must start with one of {allowed} (got {got})")
+    at = _userinfo_end(rest)
+    userinfo, rest = (rest[:at], rest[at + 1 :]) if at >= 0 else (None, rest)
+    username, _, password = (userinfo or "").partition(":")
+    hostlist, tail = re.match(r"([^/?#]*)(.*)", rest, re.DOTALL).groups()  # type: ignore[union-attr]
+    path, _, query = tail.partition("?")
+    if "#" in tail:
+        raise URLError("has a '#' after the host: percent-encode it as %23 (in a password or a query value)")
+    parsed = RedisURL(scheme, unquote(username) or None, unquote(password) or None, hostlist, path)
+    options = parsed.options
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        _check_option(parsed, key, value)
+        options[key] = value
+    if "ssl_keyfile" in options and "ssl_certfile" not in options:
+        raise URLError("query option 'ssl_keyfile' needs 'ssl_certfile' in the query too")
+    _check_structure(parsed)
+    return parsed
+
+
+def _check_option(parsed: RedisURL, key: str, value: str) -> None:
+    accepted = _OPTIONS[parsed.kind] | set(TLS_OPTIONS)
+    if key not in accepted:
+        known = ", ".join(sorted(accepted))
+        raise URLError(f"unknown query option {key!r} for a {parsed.scheme}:// URL (it takes {known})")
+    needs_tls = key in TLS_OPTIONS or key == "sentinel_ssl"
+    if needs_tls and not parsed.tls:
+        with_tls = next(s for s, (kind, tls) in SCHEMES.items() if kind == parsed.kind and tls)
+        where = "TLS, which a unix socket does not offer" if parsed.scheme == "unix" else f"a {with_tls}:// URL"
+        raise URLError(f"query option {key!r} needs {where}")
+    parsers = cast(dict[str, Callable[[str], object]], URL_QUERY_ARGUMENT_PARSERS)
+    check = TLS_OPTIONS.get(key) or parsers.get(key) or (_flag if needs_tls else str)
+    try:
+        check(value)
+    except (TypeError, ValueError) as exc:
+        raise URLError(f"query option {key!r}: {exc if needs_tls else 'not a valid value'}") from None
+
+
+def _check_structure(parsed: RedisURL) -> None:
+    path = [p for p in parsed.path.split("/") if p]
+    if parsed.kind == "server":
+        if "," in parsed.hostlist:
+            raise URLError("names several hosts: use redis+sentinel:// or redis+cluster:// for that")
+        return
+    if parsed.kind == "cluster":
+        if not parsed.hostlist:
+            raise URLError("a redis+cluster URL needs at least one node: redis+cluster://host1:7000,host2:7001/")
+        if path and path != ["0"]:
+            raise URLError(f"Redis Cluster has database 0 only; the URL names database {path[0]!r}")
+    else:
+        if not path:
+            raise URLError("a redis+sentinel URL needs the service name as its path: redis+sentinel://h:26379/mymaster")
+        if len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+            raise URLError("a redis+sentinel URL's path is /service_name or /service_name/db (a number)")
+    _hosts(parsed.hostlist, 0)
+
+
+def tls_options(parsed: RedisURL, defaults: Mapping[str, object] | None = None) -> dict[str, object]:
+    """redis-py's TLS keywords for `parsed`: its query's options over `defaults` (see the module's
+    guarantees); empty for a URL without TLS."""
+    if not parsed.tls:
+        return {}
+    chosen = dict(defaults or {})
+    if "ssl_certfile" in parsed.options:  # a client certificate comes whole from one place
+        chosen.pop("ssl_keyfile", None)
+    chosen.update({k: v for k, v in parsed.options.items() if k in TLS_OPTIONS})
+    unknown = set(chosen) - set(TLS_OPTIONS)
+    if unknown:
+        raise URLError(f"unknown TLS option(s): {', '.join(sorted(unknown))}")
+    return {key: TLS_OPTIONS[key](value) for key, value in chosen.items() if value is not None}
 
 
 def is_cluster(client: object) -> bool:
@@ -34,56 +242,59 @@ def is_cluster(client: object) -> bool:
 def _hosts(hostlist: str, default_port: int) -> list[tuple[str, int]]:
     hosts = []
     for host in hostlist.split(","):
-        name, _, port = host.rpartition(":") if ":" in host else (host, "", "")
-        hosts.append((name, int(port or default_port)))
+        name, _, port = host.rpartition(":") if ":" in host.rpartition("]")[2] else (host, "", "")
+        if not name or not (port.isdigit() or not port):
+            raise URLError(f"host {host!r} must be name[:port]")
+        hosts.append((name.strip("[]"), int(port or default_port)))
     return hosts
 
 
-def client_from_url(url: str, **options: object) -> redis.Redis:
-    parts = urlsplit(url)
-    if parts.scheme in CLUSTER_SCHEMES:
-        return cluster_from_url(url, **options)
-    if parts.scheme != "redis+sentinel":
-        return redis.Redis.from_url(url, **options)
-    userinfo, _, hostlist = parts.netloc.rpartition("@")
-    username, _, password = userinfo.partition(":")
-    hosts = _hosts(hostlist, SENTINEL_PORT)
-    path = [p for p in parts.path.split("/") if p]
-    if not path:
-        raise ValueError("a redis+sentinel URL needs the service name as its path: redis+sentinel://h:26379/mymaster")
-    service, db = path[0], int(path[1]) if len(path) > 1 else 0
-    query = parse_qs(parts.query)
-    sentinel_kwargs = {"password": query["sentinel_password"][0]} if "sentinel_password" in query else {}
-    sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, socket_timeout=1.0)  # type: ignore[no-untyped-call]
+def client_from_url(url: str, *, tls: Mapping[str, object] | None = None, **options: object) -> redis.Redis:
+    """The client of `url`; `tls`: TLS options for what the URL's query does not say."""
+    parsed = parse_url(url)
+    ssl = tls_options(parsed, tls)
+    if parsed.kind == "cluster":
+        return _cluster(parsed, ssl, options)
+    if parsed.kind == "server":
+        passed_on = {k: v for k, v in parsed.options.items() if k not in TLS_OPTIONS}
+        query = f"?{urlencode(passed_on)}" if passed_on else ""
+        plain = f"{parsed.scheme}://{parsed.hostlist}{parsed.path}{query}"
+        credentials = {"username": parsed.username, "password": parsed.password}
+        return redis.Redis.from_url(plain, **credentials, **ssl, **options)
+    path = [p for p in parsed.path.split("/") if p]
+    service, db = unquote(path[0]), int(path[1]) if len(path) > 1 else 0
+    sentinel_kwargs: dict[str, object] = {}
+    if "sentinel_password" in parsed.options:
+        sentinel_kwargs["password"] = parsed.options["sentinel_password"]
+    if parsed.tls and _flag(parsed.options.get("sentinel_ssl", True)):
+        sentinel_kwargs.update(ssl=True, **ssl)
+    primary_tls = {"ssl": True, **ssl} if parsed.tls else {}
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        _hosts(parsed.hostlist, SENTINEL_PORT), sentinel_kwargs=sentinel_kwargs, socket_timeout=1.0
+    )
     client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-        service,
-        db=db,
-        username=unquote(username) or None,
-        password=unquote(password) or None,
-        **options,
+        service, db=db, username=parsed.username, password=parsed.password, **primary_tls, **options
     )
     return client
 
 
-def cluster_from_url(url: str, **options: object) -> redis.Redis:
+def cluster_from_url(url: str, *, tls: Mapping[str, object] | None = None, **options: object) -> redis.Redis:
     """The cluster client of a `redis+cluster://` or `rediss+cluster://` URL.
 
     Typed as `redis.Redis`: the cluster client answers the same commands for keys of one slot,
     which is all Triage sends it (`triage.broker.slots` checks the keys)."""
-    parts = urlsplit(url)
-    userinfo, _, hostlist = parts.netloc.rpartition("@")
-    username, _, password = userinfo.partition(":")
-    if not hostlist:
-        raise ValueError("a redis+cluster URL needs at least one node: redis+cluster://host1:7000,host2:7001/")
-    path = [p for p in parts.path.split("/") if p]
-    if path and path != ["0"]:
-        raise ValueError(f"Redis Cluster has database 0 only; the URL names database {path[0]!r}")
-    nodes = [ClusterNode(host, port) for host, port in _hosts(hostlist, CLUSTER_PORT)]  # type: ignore[no-untyped-call]
+    parsed = parse_url(url)
+    return _cluster(parsed, tls_options(parsed, tls), options)
+
+
+def _cluster(parsed: RedisURL, ssl: dict[str, object], options: Mapping[str, object]) -> redis.Redis:
+    nodes = [ClusterNode(host, port) for host, port in _hosts(parsed.hostlist, CLUSTER_PORT)]  # type: ignore[no-untyped-call]
     cluster = RedisCluster(
         startup_nodes=nodes,
-        username=unquote(username) or None,
-        password=unquote(password) or None,
-        ssl=CLUSTER_SCHEMES[parts.scheme],
+        username=parsed.username,
+        password=parsed.password,
+        ssl=parsed.tls,
+        **ssl,  # type: ignore[arg-type]
         **options,  # type: ignore[arg-type]
     )
     return cast(redis.Redis, cluster)
