@@ -14,6 +14,7 @@ from typing import NoReturn
 
 import click
 import redis
+from redis.exceptions import RedisClusterException
 
 from triage.settings import ConfigError, Settings, load_settings
 
@@ -35,7 +36,9 @@ def settings_or_exit() -> Settings:
 
 
 def admin_or_exit() -> Admin:
-    return Admin(settings_or_exit())
+    settings = settings_or_exit()
+    with reporting_redis_errors(settings):  # a cluster client connects as it is made
+        return Admin(settings)
 
 
 @contextmanager
@@ -43,5 +46,5 @@ def reporting_redis_errors(settings: Settings) -> Iterator[None]:
     """Turn a Redis failure into one line naming the (redacted) URL, and exit status 1."""
     try:
         yield
-    except redis.RedisError as exc:
+    except (redis.RedisError, RedisClusterException) as exc:
         fail(f"cannot reach Redis at {settings.redis_url_redacted}: {exc}", 1)
