@@ -32,7 +32,9 @@ Guarantees:
 - Bad input is a 4xx that names the problem (422 for a malformed parameter or body, 400 for an
   action that names no dead letters or both ids and filters, 404 for an unknown queue, breaker
   or dead letter); no request makes a 500, and every answer is documented in the schema
-  (fuzzed from it).
+  (fuzzed from it). Numbers are finite and in range (NaN and infinities are 422s whose body
+  quotes them as text), `all` is a JSON boolean (not 1, not "yes"), and a filter is never
+  empty: `tenant: ""` is refused rather than read as "no tenant" or as "no filter" (omit it).
 - An action names what it acts on: dead-letter actions need ids, filters or `all` (never a
   default of everything), and act on at most `limit` entries per call (`more` says whether
   matching entries remain), so that one request stays short.
@@ -43,6 +45,7 @@ Guarantees:
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at runtime.
 
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Annotated, Any, get_type_hints
@@ -50,11 +53,12 @@ from urllib.parse import urlsplit
 
 import redis
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, create_model
 
 from triage.broker.breaker_state import CircuitStore
 from triage.broker.periodic_state import last_successes
@@ -100,10 +104,14 @@ class Filters(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt filter is an error, not "everything"
 
     queue: Annotated[str, Field(pattern=NAME)] | None = None
-    actor: Annotated[str, Field(max_length=200)] | None = None
-    tenant: Annotated[str, Field(max_length=200)] | None = None
-    error: Annotated[str, Field(max_length=200, description="An error type, e.g. ConnectionError")] | None = None
-    reason: Annotated[str, Field(max_length=200, description="exhausted, dead_on, crash-loop, ...")] | None = None
+    actor: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    tenant: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    error: (
+        Annotated[str, Field(min_length=1, max_length=200, description="An error type, e.g. ConnectionError")] | None
+    ) = None
+    reason: (
+        Annotated[str, Field(min_length=1, max_length=200, description="exhausted, dead_on, crash-loop, ...")] | None
+    ) = None
     since: (
         Annotated[str, Field(pattern=DURATION, description="Dead-lettered this recently: 30s, 15m, 1h, 7d")] | None
     ) = None
@@ -122,12 +130,12 @@ class Selection(Filters):
     """Which dead letters an action takes: `ids`, or the filters, or `all` (with `queue`: that queue's)."""
 
     ids: list[Annotated[str, Field(pattern=NAME)]] = Field(default_factory=list, max_length=MAX_ACTION)
-    all: bool = False
+    all: StrictBool = Field(default=False, description='A JSON boolean (not 1, not "yes").')
     limit: Annotated[int, Field(ge=1, le=MAX_ACTION)] = 1000
 
 
 class RequeueRequest(Selection):
-    rate: Annotated[float, Field(ge=1, le=100_000)] | None = Field(
+    rate: Annotated[float, Field(ge=1, le=dlq_model.MAX_RATE, allow_inf_nan=False)] | None = Field(
         default=None, description="At most this many per second."
     )
 
@@ -169,7 +177,9 @@ class BreakerOut(BaseModel):
 class OpenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seconds: Annotated[float, Field(ge=0, le=MAX_OPEN_SECONDS)] = Field(default=0, description="0: until reset.")
+    seconds: Annotated[float, Field(ge=0, le=MAX_OPEN_SECONDS, allow_inf_nan=False)] = Field(
+        default=0, description="0: until reset."
+    )
 
 
 def create_app(
@@ -228,6 +238,11 @@ def create_app(
         dependencies=[Depends(authorized), Depends(single_valued)],
         responses=_documented(400, 401, 403, 503),
     )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        """FastAPI's 422, with the offending input made JSON (NaN and infinities as text)."""
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
 
     # Only an unreachable Redis is a 503; any other Redis error (a script's) is a bug, a 500.
     @app.exception_handler(redis.ConnectionError)
@@ -365,6 +380,17 @@ async def _local_callers_only(request: Request, call_next: Callable[[Request], A
         if cross or (origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host")):
             return JSONResponse({"detail": "a request from another site cannot act here"}, 403)
     return await call_next(request)
+
+
+def _json_safe(value: Any) -> Any:
+    """`value` with every non-finite float as its text: JSON has no NaN or Infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    return value
 
 
 def _out(entry: DeadLetter, *, whole: bool = False) -> DeadLetter:
