@@ -9,11 +9,12 @@ Guarantees:
 - Logging in checks the token before the throttle (`throttle.py`): a right token always logs
   in; a wrong one over the limits is answered 429 with Retry-After, after a delay of a second.
 - The session cookie is HttpOnly, Secure, SameSite=Strict, Path=/; it holds the holder's name,
-  an expiry and a signature, never the token (`auth.Tokens.session`).
+  an expiry, a random nonce and a signature, never the token (`auth.Tokens.session`).
 - Every POST must carry the CSRF token of its session (a hidden field of every form) and, when
   the browser sends an Origin, come from this site's own origin (its Host, or the
   X-Forwarded-Host a proxy sets); else 403.
-- Logging out ends the session for good: its digest is kept in Redis (`{ns:admin}:ended`)
+- Logging out ends that one session for good (another login of the same token, even in the same
+  second, is another session): its digest is kept in Redis (`{ns:admin}:ended`)
   until the session would have expired, and a session found there is no session.
 - Every page and redirect it renders carries a Content-Security-Policy allowing this origin only
   (no inline script, no CDN), and is not cached, framed or sent with a referrer elsewhere.
@@ -147,7 +148,8 @@ class Site:
     def end(self, session: str) -> None:
         """End `session` for good (logout)."""
         parts = session_parts(session)
-        assert parts is not None, "only a genuine session is ended"
+        if parts is None:
+            raise ValueError("not a session: only a genuine session can be ended")
         expiry = parts[1]
         pipe = self.client.pipeline(transaction=False)
         pipe.zadd(self.ended_key, {_digest(session): expiry})
