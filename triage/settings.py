@@ -108,8 +108,8 @@ class Settings(BaseSettings):
     load_shedding_tiers: tuple[TierName, ...] = ("background",)
     load_shedding_after_seconds: float | None = Field(default=None, gt=0, le=86_400)
     load_shedding_defer_seconds: float = Field(default=30.0, gt=0, le=86_400)
-    # The web process (`triage serve`): the admin API's bearer token (none: admin endpoints
-    # open, and the server binds loopback addresses only), and where it listens.
+    # The web process (`triage serve`): the admin API's bearer token (none: the process mints
+    # one at start and prints a login link, and binds loopback addresses only), and where it listens.
     admin_token: str | None = Field(default=None, min_length=16, repr=False)
     # More admin tokens, by name ({"alice": "..."}): the audit log names who acted (the one above is "admin").
     admin_tokens: dict[str, str] = Field(default_factory=dict, repr=False)
@@ -117,6 +117,14 @@ class Settings(BaseSettings):
     dashboard_readonly: bool = False
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=8000, ge=1, le=65_535)
+    # The largest request body the web process reads (413 beyond, before any other work).
+    web_max_body_bytes: int = Field(default=MIB, ge=1024, le=512 * MIB)
+    # Whose X-Forwarded-For / X-Forwarded-Proto to believe (uvicorn's own variable): addresses or
+    # networks, comma-separated, or "*" where the process is reachable only through a router
+    # (Heroku, Render). The login throttle counts failures by the client address this gives.
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1,::1", validation_alias=AliasChoices("FORWARDED_ALLOW_IPS", "TRIAGE_FORWARDED_ALLOW_IPS")
+    )
     # Worker metrics: each `dramatiq` master serves its processes' metrics on this port (0: none).
     metrics_port: int = Field(default=0, ge=0, le=65_535)
     metrics_host: str = "127.0.0.1"

@@ -16,16 +16,21 @@ Routes (the admin API's schema is served at `/openapi.json`):
   /  (and /login, /queues, /dead-letters, ...)     the dashboard (`dashboard/`), on the same tokens
 
 Guarantees:
+- Request bodies are capped (`body_limit.py`, outermost): over `max_body_bytes` is a 413 before
+  any authentication, parsing or route runs, a streamed body cut at the cap.
 - Admin endpoints and `/metrics` need `Authorization: Bearer <token>` (`TRIAGE_ADMIN_TOKEN`, or
   one of `TRIAGE_ADMIN_TOKENS`), compared in constant time: 401 without it, 403 with another
   (queue, breaker and tenant figures are
   not for the public internet; Prometheus sends the token, see deploy/prometheus). With no
-  token configured they are open, and `triage serve` refuses to bind anything but a loopback
-  address. `/healthz`, `/readyz` and `/openapi.json` are public: they hold no data.
-- With no token, a request must also name a loopback host (Host: localhost, 127.0.0.1, [::1];
-  else 421: a page of another site that rebinds its name to 127.0.0.1 gets nothing), and a
-  request that changes something must not come from another site (an Origin that is not the
-  Host, or Sec-Fetch-Site: cross-site: 403), so a web page the operator visits cannot act.
+  token configured, a token is minted for the process (`Tokens.mint`; `triage serve` prints it
+  as a login link) and is needed all the same; `triage serve` then refuses to bind anything but
+  a loopback address. `/healthz`, `/readyz` and `/openapi.json` are public: they hold no data.
+- With a minted token, a request must also name a loopback host (Host: localhost, 127.0.0.1,
+  [::1]; else 421: a page of another site that rebinds its name to 127.0.0.1 gets nothing),
+  carry no proxy header (X-Forwarded-For, Forwarded, X-Real-IP, X-Forwarded-Host: a proxy in
+  front means callers that are not local: 403, set a token), and a request that changes
+  something must come from this origin (an Origin that is "null" or not the Host, or a
+  Sec-Fetch-Site other than same-origin or none: 403).
 - Every answer is computed from Redis at request time (no application code, no cache); Redis
   unreachable (connection refused, timed out) gives 503 on `/readyz` and the admin API, and
   `triage_redis_up 0` on `/metrics`; any other Redis error is a 500 (a bug to see, not hide).
@@ -67,7 +72,8 @@ from triage.tiers import sla_targets
 
 from . import dlq_model
 from .actions import Actions, describe_selection
-from .auth import LOCAL, Tokens, is_loopback, request_host
+from .auth import Tokens, is_loopback, request_host
+from .body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimit
 from .breakers import MAX_OPEN_SECONDS, BreakerOps
 from .dashboard import install_dashboard
 from .dlq_model import DURATION, NAME, DeadLetter, Filter, Group
@@ -188,11 +194,15 @@ def create_app(
     token: str | Tokens | None,
     readonly: bool = False,
     actors: Callable[[], Mapping[str, Any]] | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> FastAPI:
     """The ASGI app over `admin`'s Redis; `token` (one, or `Tokens` by name) guards the admin
-    endpoints and the dashboard (None: open); `readonly`: the dashboard offers no action;
-    `actors`: the app's actors, for the dashboard's schedule (loaded when first shown)."""
+    endpoints and the dashboard (None: a token minted here, `app.state.tokens.local_token`);
+    `readonly`: the dashboard offers no action; `actors`: the app's actors, for the dashboard's
+    schedule (loaded when first shown); `max_body_bytes`: the largest request body read."""
     tokens = token if isinstance(token, Tokens) else Tokens.of(token)
+    if not tokens.enabled:
+        tokens = Tokens.mint()
     acts = Actions(admin)
     sla = sla_targets(admin.settings)
     registry = CollectorRegistry(auto_describe=False)
@@ -208,9 +218,7 @@ def create_app(
     bearer = HTTPBearer(auto_error=False, description="TRIAGE_ADMIN_TOKEN")
 
     def authorized(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
-        """The name of the caller's token (LOCAL when no token is configured)."""
-        if not tokens.enabled:
-            return LOCAL
+        """The name of the caller's token ("local" for the minted one)."""
         if credentials is None or not credentials.credentials:
             raise HTTPException(
                 401, "admin endpoints need Authorization: Bearer <TRIAGE_ADMIN_TOKEN>", {"WWW-Authenticate": "Bearer"}
@@ -231,8 +239,10 @@ def create_app(
             )  # fmt: skip
 
     app = FastAPI(title="Triage admin API", version="1", docs_url=None, redoc_url=None)
-    if not tokens.enabled:
+    app.state.tokens = tokens
+    if tokens.minted:
         app.middleware("http")(_local_callers_only)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)  # added last: the outermost
     api = APIRouter(
         prefix=ADMIN_PREFIX,
         dependencies=[Depends(authorized), Depends(single_valued)],
@@ -369,16 +379,24 @@ def create_app(
     return app
 
 
+PROXY_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip", "x-forwarded-host")
+
+
 async def _local_callers_only(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    """Without a token: only requests to a loopback host, and no change from another site."""
+    """With a minted token: only requests to a loopback host, through no proxy, and no change
+    from another origin."""
     host = request_host(request.headers.get("host"))
     if not is_loopback(host):
         return JSONResponse({"detail": f"without an admin token, only localhost is served (Host: {host!r})"}, 421)
+    if proxied := [name for name in PROXY_HEADERS if name in request.headers]:
+        detail = f"without an admin token, nothing is served through a proxy ({proxied[0]}): set TRIAGE_ADMIN_TOKEN"
+        return JSONResponse({"detail": detail}, 403)
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         origin = request.headers.get("origin")
-        cross = request.headers.get("sec-fetch-site", "").lower() == "cross-site"
-        if cross or (origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host")):
-            return JSONResponse({"detail": "a request from another site cannot act here"}, 403)
+        fetch_site = request.headers.get("sec-fetch-site", "same-origin").lower()
+        foreign = origin is not None and (origin == "null" or urlsplit(origin).netloc != request.headers.get("host"))
+        if foreign or fetch_site not in ("same-origin", "none"):
+            return JSONResponse({"detail": "a request from another origin cannot act here"}, 403)
     return await call_next(request)
 
 
