@@ -43,7 +43,7 @@ Limits = tuple[float, float, int, int]  # a tenant's rpm, burst, max in flight, 
 NO_LIMITS: Limits = (0, 0, 0, 0)
 SLOT_PARKED = 10**15  # lua/_tenants.lua's SLOT_PARKED: parked until one of its messages settles
 TENANT_IDLE_MS = 3_600_000  # a tenant idle this long is forgotten (TriageBroker's tenant_idle_ms)
-TENANT_SWEEP_PER_FETCH = 100  # a fetch forgets at most this many idle tenants (lua/_tenants.lua)
+TENANT_SWEEP_PER_FETCH = 20  # a fetch forgets at most this many idle tenants (lua/_tenants.lua)
 ADMISSION_RETRY_AFTER_S = 5.0  # a refused tenant without a rate limit is told to come back after this
 
 

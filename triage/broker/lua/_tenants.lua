@@ -27,7 +27,8 @@
 -- later. The hot path pays one ZADD XX when a tenant's last message settles (a lookup that finds
 -- nothing for a tenant not tracked) and one ZRANGEBYSCORE per fetch.
 
-local TENANT_FIELDS = { "p|", "f|", "k|", "u|", "s|", "x|", "d|", "a|" } -- a tenant's fields, in sweep order
+local TENANT_LOOKED_AT = { "p|", "f|", "k|", "u|", "s|" } -- the fields the sweep reads, in this order
+local TENANT_COUNTERS = { "x|", "d|", "a|" } -- and those it deletes unread
 
 -- One in-flight slot of `tenant` is free again (its message was acked, dead-lettered, retried,
 -- deferred, given back or reclaimed): count it, make its slot-parked levels due, and wake a
@@ -51,10 +52,9 @@ local function tenant_release(tenants, parked, wake, tenant)
   end
 end
 
--- The limits of `tenant`: its own, else the queue's defaults (rpm, burst, max_in_flight,
--- max_pending; 0: none).
-local function tenant_limits(limits, tenant, rpm, burst, max_in_flight, max_pending)
-  local own = redis.call("hget", limits, tenant)
+-- The limits of `tenant`: its own (`own`, as stored in limits, or false), else the queue's
+-- defaults (rpm, burst, max_in_flight, max_pending; 0: none); tenant_limits reads them.
+local function tenant_limits_of(own, rpm, burst, max_in_flight, max_pending)
   if own then
     local values = {}
     for value in string.gmatch(own, "[^|]+") do
@@ -65,6 +65,10 @@ local function tenant_limits(limits, tenant, rpm, burst, max_in_flight, max_pend
     end -- malformed: the queue's defaults rather than an error that would strand the tenant
   end
   return rpm, burst, max_in_flight, max_pending
+end
+
+local function tenant_limits(limits, tenant, rpm, burst, max_in_flight, max_pending)
+  return tenant_limits_of(redis.call("hget", limits, tenant), rpm, burst, max_in_flight, max_pending)
 end
 
 -- `tenant` has bookkeeping that outlives its messages: from now, it is looked at once idle.
@@ -146,31 +150,52 @@ local function tenant_sweep(tenants, parked, limits, tenants_idle, now, idle_ms,
   end
   local fields = {}
   for _, tenant in ipairs(stale) do
-    for _, kind in ipairs(TENANT_FIELDS) do
+    for _, kind in ipairs(TENANT_LOOKED_AT) do
       fields[#fields + 1] = kind .. tenant
     end
   end
-  local values = redis.call("hmget", tenants, unpack(fields))
+  local values = redis.call("hmget", tenants, unpack(fields)) -- p, f, k, u, s of each tenant
+  local n = #TENANT_LOOKED_AT
+  local idle, buckets = {}, {} -- nothing pending or in flight; of those, with a bucket
+  for i, tenant in ipairs(stale) do
+    local at = (i - 1) * n
+    idle[i] = not (values[at + 1] or values[at + 2])
+    if idle[i] and values[at + 3] then
+      buckets[#buckets + 1] = tenant
+    end
+  end
+  if #buckets > 0 then -- a bucket still refilling keeps its tenant (its own rate, else the default)
+    local own = redis.call("hmget", limits, unpack(buckets))
+    local b = 1
+    for i, tenant in ipairs(stale) do
+      local at = (i - 1) * n
+      if buckets[b] == tenant and idle[i] then
+        local own_rpm, own_burst = tenant_limits_of(own[b], rpm, burst, 0, 0)
+        local tokens = tonumber(values[at + 3]) + math.max(0, now - tonumber(values[at + 4] or now)) * own_rpm / 60000
+        idle[i] = own_rpm <= 0 or tokens >= math.max(1, own_burst)
+        b = b + 1
+      end
+    end
+  end
   local keep, forget, gone_fields, gone_parked = {}, {}, {}, {}
   for i, tenant in ipairs(stale) do
-    local at = (i - 1) * #TENANT_FIELDS -- values: p, f, k, u, s, then the counters
-    local busy = values[at + 1] or values[at + 2]
-    if not busy and values[at + 3] then
-      local own_rpm, own_burst = tenant_limits(limits, tenant, rpm, burst, 0, 0)
-      local refill = math.max(0, now - tonumber(values[at + 4] or now)) * own_rpm / 60000
-      busy = own_rpm > 0 and tonumber(values[at + 3]) + refill < math.max(1, own_burst)
-    end
-    if busy then
-      keep[#keep + 1] = clock
-      keep[#keep + 1] = tenant
-    else
+    local at = (i - 1) * n
+    if idle[i] then
       forget[#forget + 1] = tenant
-      for j = 1, #TENANT_FIELDS do
-        gone_fields[#gone_fields + 1] = fields[at + j]
+      for j = 3, n do -- k, u, s (p and f are absent)
+        if values[at + j] then
+          gone_fields[#gone_fields + 1] = fields[at + j]
+        end
+      end
+      for _, kind in ipairs(TENANT_COUNTERS) do
+        gone_fields[#gone_fields + 1] = kind .. tenant
       end
       for level in string.gmatch(values[at + 5] or "", "%d+") do
         gone_parked[#gone_parked + 1] = level .. "|" .. tenant
       end
+    else
+      keep[#keep + 1] = clock
+      keep[#keep + 1] = tenant
     end
   end
   if #keep > 0 then
