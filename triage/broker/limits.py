@@ -22,7 +22,7 @@ it would have found. What `tenant_view` shows of a forgotten tenant (its counter
 from zero.
 Cost: one ZRANGEBYSCORE per fetch, one ZADD XX when a tenant's last pending message settles, one
 ZADD when a bucket or throttle count is first written and at every refusal or deferral; a sweep is
-five calls over at most `TENANT_SWEEP_PER_FETCH` tenants (`bench/tenants.py` measures it).
+at most seven calls over at most `TENANT_SWEEP_PER_FETCH` tenants (`bench/tenants.py` measures it).
 
 Guarantees: `tenant_view` reads a queue's bookkeeping in one transaction (a consistent
 snapshot); it is O(fields of the queue's tenant state), for operators, never on a hot path.
