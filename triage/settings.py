@@ -101,6 +101,8 @@ class Settings(BaseSettings):
     tenant_admission_critical: Literal["deny", "defer"] | None = None
     tenant_admission_default: Literal["deny", "defer"] | None = None
     tenant_admission_background: Literal["deny", "defer"] | None = None
+    # A tenant idle this long (nothing pending or in flight) has its bookkeeping forgotten.
+    tenant_idle_seconds: float = Field(default=3600.0, ge=1, le=30 * 86_400)
     # Load shedding: while a critical queue's oldest waiting message has waited longer than
     # load_shedding_after_seconds (default: the critical tier's SLA), new messages for the
     # load_shedding_tiers are delayed load_shedding_defer_seconds (never refused or dropped).

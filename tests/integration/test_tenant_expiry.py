@@ -19,6 +19,8 @@ from triage.broker.errors import Backpressure
 from triage.broker.limits import NO_LIMITS, TENANT_SWEEP_PER_FETCH, Limits
 from triage.broker.redis_broker import TriageBroker
 from triage.broker.text import as_text
+from triage.runtime import build
+from triage.settings import ConfigError, load_settings
 
 from .test_tenant_limits import Q, fetch_all, send, tenants_of
 
@@ -194,3 +196,16 @@ def test_an_idle_time_that_is_not_a_positive_number_of_ms_is_refused(redis_url: 
     # Then it is refused, naming the parameter and the value
     with pytest.raises(ValueError, match=rf"tenant_idle_ms must be a positive number of ms, not {idle_ms!r}"):
         TriageBroker(url=redis_url, middleware=[], tenant_idle_ms=idle_ms)
+
+
+def test_the_idle_time_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given an operator who wants idle tenants forgotten after ten minutes
+    monkeypatch.setenv("TRIAGE_TENANT_IDLE_SECONDS", "600")
+    # When a runtime is built from the environment
+    runtime = build(load_settings())
+    # Then its broker forgets tenants idle that long, and a value under a second is refused
+    assert runtime.broker.tenant_idle_ms == 600_000
+    runtime.broker.close()
+    monkeypatch.setenv("TRIAGE_TENANT_IDLE_SECONDS", "0")
+    with pytest.raises(ConfigError, match="TRIAGE_TENANT_IDLE_SECONDS"):
+        load_settings()
