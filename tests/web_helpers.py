@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import subprocess
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,6 +24,29 @@ class Server:
     def __init__(self, port: int, process: subprocess.Popen[str]) -> None:
         self.port, self.url, self.process = port, f"http://127.0.0.1:{port}", process
         self.output = ""  # what it printed, once stopped (`serving`)
+        self.lines: list[str] = []  # what it has printed so far
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        if process.stdout is not None:
+            self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    def stopped(self) -> None:
+        """Once the process has ended: its whole output in `output`."""
+        self._reader.join(10)
+        self.output = "".join(self.lines)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+    @property
+    def local_token(self) -> str:
+        """The token a server started without TRIAGE_ADMIN_TOKEN minted (from its login link)."""
+        found = re.search(r"/login\?token=(\S+)", "".join(self.lines))
+        assert found, "no login link in the output: " + "".join(self.lines)
+        return found.group(1)
 
     def get(self, path: str, token: str | None = None) -> tuple[int, str]:
         return self.call("GET", path, token)
@@ -56,7 +81,7 @@ def start(**env: str) -> Server:
         try:
             return server.get("/healthz")[0] == 200
         except OSError:
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            assert process.poll() is None, "".join(server.lines)
             return False
 
     wait_for(up, 20)
@@ -71,9 +96,7 @@ def serving(**env: str) -> Iterator[Server]:
     finally:
         served.process.terminate()
         served.process.wait(10)
-        if served.process.stdout is not None:
-            served.output = served.process.stdout.read()
-            served.process.stdout.close()
+        served.stopped()
 
 
 def metrics_worker(port: int, *, processes: int = 1) -> subprocess.Popen[str]:

@@ -181,6 +181,7 @@ def build(settings: Settings, stack: Iterable[StackEntry] = DEFAULT_STACK) -> Ru
         max_deliveries=lambda queue: tier_of(queue).max_deliveries,
         dead_letter_limits=lambda queue: tier_of(queue).dead_letter_limits(),
         tenant_limits=tenant_limits,
+        tenant_idle_ms=int(settings.tenant_idle_seconds * 1000),
         admission_delay_ms=admission_delay_ms,
         shedding=shedding,
         queue_label=lambda queue: taxonomy.queues.get(queue, "default"),

@@ -115,6 +115,8 @@ class Settings(BaseSettings):
     tenant_admission_critical: Literal["deny", "defer"] | None = None
     tenant_admission_default: Literal["deny", "defer"] | None = None
     tenant_admission_background: Literal["deny", "defer"] | None = None
+    # A tenant idle this long (nothing pending or in flight) has its bookkeeping forgotten.
+    tenant_idle_seconds: float = Field(default=3600.0, ge=1, le=30 * 86_400)
     # Load shedding: while a critical queue's oldest waiting message has waited longer than
     # load_shedding_after_seconds (default: the critical tier's SLA), new messages for the
     # load_shedding_tiers are delayed load_shedding_defer_seconds (never refused or dropped).
@@ -122,8 +124,8 @@ class Settings(BaseSettings):
     load_shedding_tiers: tuple[TierName, ...] = ("background",)
     load_shedding_after_seconds: float | None = Field(default=None, gt=0, le=86_400)
     load_shedding_defer_seconds: float = Field(default=30.0, gt=0, le=86_400)
-    # The web process (`triage serve`): the admin API's bearer token (none: admin endpoints
-    # open, and the server binds loopback addresses only), and where it listens.
+    # The web process (`triage serve`): the admin API's bearer token (none: the process mints
+    # one at start and prints a login link, and binds loopback addresses only), and where it listens.
     admin_token: str | None = Field(default=None, min_length=16, repr=False)
     # More admin tokens, by name ({"alice": "..."}): the audit log names who acted (the one above is "admin").
     admin_tokens: dict[str, str] = Field(default_factory=dict, repr=False)
@@ -131,6 +133,14 @@ class Settings(BaseSettings):
     dashboard_readonly: bool = False
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=8000, ge=1, le=65_535)
+    # The largest request body the web process reads (413 beyond, before any other work).
+    web_max_body_bytes: int = Field(default=MIB, ge=1024, le=512 * MIB)
+    # Whose X-Forwarded-For / X-Forwarded-Proto to believe (uvicorn's own variable): addresses or
+    # networks, comma-separated, or "*" where the process is reachable only through a router
+    # (Heroku, Render). The login throttle counts failures by the client address this gives.
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1,::1", validation_alias=AliasChoices("FORWARDED_ALLOW_IPS", "TRIAGE_FORWARDED_ALLOW_IPS")
+    )
     # Worker metrics: each `dramatiq` master serves its processes' metrics on this port (0: none).
     metrics_port: int = Field(default=0, ge=0, le=65_535)
     metrics_host: str = "127.0.0.1"

@@ -151,6 +151,42 @@ def test_bad_requests_name_the_problem_and_change_nothing(server: Server) -> Non
     assert runtime.queue_stats()[QUEUE]["dead_letters_total"] == 2
 
 
+def test_numbers_are_finite_booleans_strict_and_empty_filters_refused(server: Server) -> None:
+    # Given two dead letters, one of them of a tenant
+    make_dead(t_dlq_export, 2)
+    # When a rate or a duration is not a finite number in range
+    for path, body in [
+        ("/queue/dead-letters/requeue", {"all": True, "rate": float("nan")}),
+        ("/queue/dead-letters/requeue", {"all": True, "rate": float("inf")}),
+        ("/queue/dead-letters/requeue", {"all": True, "rate": -float("inf")}),
+        ("/queue/dead-letters/requeue", {"all": True, "rate": 1e9}),
+        ("/breakers/sms/open", {"seconds": float("nan")}),
+        ("/breakers/sms/open", {"seconds": float("inf")}),
+    ]:
+        status, answer = call(server, "POST", path, body)
+        # Then a 422 that names the field (never a 500: the answer is JSON a client can read)
+        assert status == 422, (path, body, answer)
+        assert answer["detail"][0]["loc"][-1] in ("rate", "seconds"), answer
+    # When `all` is anything but a JSON boolean
+    for value in ("yes", 1, "true", None):
+        status, answer = call(server, "POST", "/queue/dead-letters/purge", {"all": value})
+        # Then it is refused, not read as true
+        assert status == 422, (value, answer)
+        assert answer["detail"][0]["loc"] == ["body", "all"]
+    # When a filter is the empty string (a dead letter without tenant has tenant "": an empty
+    # filter would mean "no tenant" here and "no filter" in the dashboard's blank field)
+    for name in ("tenant", "actor", "error", "reason"):
+        status, answer = call(server, "POST", "/queue/dead-letters/purge", {"queue": QUEUE, name: ""})
+        # Then it is refused, naming the field: omit it to not filter
+        assert status == 422, (name, answer)
+        assert answer["detail"][0]["loc"] == ["body", name]
+        status, answer = call(server, "GET", f"/queue/dead-letters?{name}=")
+        assert status == 422, (name, answer)
+    # And nothing was requeued, purged or opened
+    assert runtime.queue_stats()[QUEUE]["dead_letters_total"] == 2
+    assert call(server, "GET", "/breakers")[1]["sms"]["state"] == "closed"
+
+
 def test_pause_resume_and_breakers(server: Server) -> None:
     # When an operator pauses the default queue
     assert call(server, "POST", "/queue/default/pause") == (200, {"queue": "default", "paused": True})

@@ -269,14 +269,74 @@ def test_the_audit_log_cannot_be_forged_through_a_name(r: redis.Redis) -> None:
     assert any("breaker=x\\x0awho=bob action=purge" in line for line in lines)
 
 
-def test_too_many_failed_logins_from_one_address_are_refused(server: Server) -> None:
+def test_too_many_failed_logins_from_one_address_are_refused_but_never_the_right_token(server: Server) -> None:
+    # Given an address that has sent 10 wrong tokens (all answered 401)
     client = WebClient(server.url)
     nonce = csrf_in(client.get("/login").text)
-    answers = [
-        client.post("/login", {"token": f"wrong-token-number-{n:04d}", "csrf": nonce}).status_code for n in range(11)
-    ]
-    assert answers == [401] * 10 + [429]
-    assert client.post("/login", {"token": ALICE, "csrf": nonce}).status_code == 429  # even the right one, for now
+    answers = [client.post("/login", {"token": f"wrong-token-number-{n:04d}", "csrf": nonce}) for n in range(11)]
+    # Then its next wrong token is refused, with when to try again
+    assert [answer.status_code for answer in answers] == [401] * 10 + [429]
+    assert int(answers[-1].headers["retry-after"]) >= 1
+    # But the right token still logs in, at once
+    assert client.post("/login", {"token": ALICE, "csrf": nonce, "next": "/"}).status_code == 303
+    assert client.get("/").status_code == 200
+
+
+def test_an_attacker_behind_the_same_untrusted_router_cannot_lock_the_operator_out(r: redis.Redis) -> None:
+    # Given a web process that believes no proxy header (FORWARDED_ALLOW_IPS empty: the router is
+    # not trusted), so every client has the router's address, here 127.0.0.1
+    with serving(**ENV, FORWARDED_ALLOW_IPS="") as server:
+        attacker = WebClient(server.url)
+        nonce = csrf_in(attacker.get("/login").text)
+        # When an attacker sends 12 wrong tokens, each "from" another X-Forwarded-For
+        answers = [
+            attacker.post("/login", {"token": f"guess-{n:04d}", "csrf": nonce}, {"X-Forwarded-For": f"198.51.100.{n}"})
+            for n in range(12)
+        ]
+        # Then the header is not believed: they count against the one address, and are refused
+        assert [answer.status_code for answer in answers][-2:] == [429, 429]
+        # And an operator from that same address logs in with the right token
+        operator = logged_in(server, BOB)
+        assert operator.get("/queues").status_code == 200
+
+
+def test_a_rotating_forwarded_for_from_a_trusted_proxy_meets_the_overall_limit(server: Server) -> None:
+    # Given the default: the proxy on this machine (127.0.0.1) is believed, each X-Forwarded-For
+    # is a client address of its own
+    client = WebClient(server.url)
+    nonce = csrf_in(client.get("/login").text)
+
+    def guess(n: int, address: str) -> int:
+        form = {"token": f"guess-number-{n:05d}", "csrf": nonce}
+        return client.post("/login", form, {"X-Forwarded-For": address}).status_code
+
+    # When one address sends 11 wrong tokens, it is refused; another address is not
+    assert [guess(n, "203.0.113.1") for n in range(11)] == [401] * 10 + [429]
+    assert guess(11, "203.0.113.2") == 401
+    # When wrong tokens come from a new address each, past the overall budget (100 at once, 11
+    # spent above, then one more every 3 s)
+    rotating = [guess(n, f"10.{n // 250}.{n % 250}.1") for n in range(93)]
+    # Then the budget's rest is answered, and past it they are refused all the same: rotating the
+    # header buys no more guesses (but the one every 3 s)
+    assert rotating[:89] == [401] * 89
+    assert rotating[89:].count(429) >= 3
+    # And the right token still logs in, from any of those addresses
+    answer = client.post("/login", {"token": BOB, "csrf": nonce}, {"X-Forwarded-For": "10.0.5.1"})
+    assert answer.status_code == 303
+
+
+def test_two_logins_in_the_same_second_are_two_sessions(server: Server) -> None:
+    # Given alice logged in twice within one second (two browsers)
+    for _ in range(5):
+        first, second = logged_in(server), logged_in(server)
+        if first.cookies["triage_session"].split(".")[1] == second.cookies["triage_session"].split(".")[1]:
+            break
+    assert first.cookies["triage_session"] != second.cookies["triage_session"]
+    # When the first logs out
+    assert first.post("/logout", {"csrf": csrf_in(first.get("/").text)}).status_code == 303
+    # Then the first is logged out, and the second is still logged in
+    assert first.get("/").status_code == 303
+    assert second.get("/").status_code == 200
 
 
 def test_an_absurd_duration_is_a_400_not_a_crash(server: Server) -> None:
@@ -304,22 +364,41 @@ def test_ids_already_gone_count_as_taken_by_someone_else(server: Server) -> None
     assert '<dd data-field="gone">1</dd>' in text
 
 
-def test_without_a_token_only_local_pages_and_same_site_actions_are_served(r: redis.Redis) -> None:
+def test_without_a_token_the_printed_link_logs_in_and_only_local_same_origin_requests_act(r: redis.Redis) -> None:
     runtime.broker.registry.record_queues({QUEUE: "default"})
-    with serving() as server:  # no token: loopback only, no login
+    with serving() as server:  # no token: loopback only, a token minted for this run
+        token = server.local_token
+        # Given the login link it printed, opened by the operator's browser
         local = WebClient(server.url)
-        # A page opens without logging in, and its form acts
+        assert local.get("/queues").status_code == 303  # no page without it
+        opened = local.get(f"/login?token={token}&next=/queues")
+        # Then the browser has a session, and the token has left the address bar
+        assert opened.status_code == 303
+        assert opened.headers["location"] == "/queues"
+        assert token not in opened.headers["set-cookie"]
+        # And a page opens, and its form acts
         assert local.get("/queues").status_code == 200
-        confirm = local.get("/queues/t_dlq/pause")
-        assert local.post("/queues/t_dlq/pause", {"csrf": csrf_in(confirm.text)}).status_code == 303
+        confirm = local.get(f"/queues/{QUEUE}/pause")
+        assert local.post(f"/queues/{QUEUE}/pause", {"csrf": csrf_in(confirm.text)}).status_code == 303
+        # A link with another token logs nobody in
+        assert WebClient(server.url).get("/login?token=not-the-token-of-this-run").status_code == 401
         # A page of another site rebinding its name to 127.0.0.1 gets nothing
         assert local.get("/queues", headers={"Host": "evil.example"}).status_code == 421
-        assert server.call("GET", f"{ADMIN_PREFIX}/queue/stats")[0] == 200
-        # A cross-site request cannot act through the API
-        cross = WebClient(server.url).post(
-            f"{ADMIN_PREFIX}/queue/{QUEUE}/resume", {}, {"Origin": "https://evil.example"}
-        )
-        fetch = WebClient(server.url).post(f"{ADMIN_PREFIX}/queue/{QUEUE}/resume", {}, {"Sec-Fetch-Site": "cross-site"})
-        assert cross.status_code == 403
-        assert fetch.status_code == 403
+        # The admin API takes the minted token, and nothing else
+        assert server.call("GET", f"{ADMIN_PREFIX}/queue/stats")[0] == 401
+        assert server.call("GET", f"{ADMIN_PREFIX}/queue/stats", token)[0] == 200
+        # A request from another origin, or through a proxy, cannot act, token or not
+        resume = f"{ADMIN_PREFIX}/queue/{QUEUE}/resume"
+        bearer = {"Authorization": f"Bearer {token}"}
+        for refused in (
+            {"Origin": "https://evil.example"},
+            {"Origin": "null"},
+            {"Sec-Fetch-Site": "cross-site"},
+            {"Sec-Fetch-Site": "same-site"},
+            {"X-Forwarded-For": "203.0.113.9"},
+            {"Forwarded": "for=203.0.113.9"},
+            {"X-Real-IP": "203.0.113.9"},
+        ):
+            assert WebClient(server.url).post(resume, {}, {**bearer, **refused}).status_code == 403, refused
         assert runtime.queue_stats()[QUEUE]["paused"]
+        assert WebClient(server.url).post(resume, {}, bearer).status_code == 200

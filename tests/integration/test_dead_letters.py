@@ -271,6 +271,26 @@ def test_the_rate_option_of_the_cli(r: redis.Redis) -> None:
     assert (done.returncode, broker.counts(QUEUE)[0]) == (0, 3)
 
 
+def test_the_cli_refuses_rates_that_are_not_finite_and_empty_filters(r: redis.Redis) -> None:
+    # Given 3 dead letters
+    make_dead(t_dlq_export, 3)
+    # When the rate is not a finite number, or beyond any pace Redis keeps
+    for text in ("nan", "inf", "-inf", "1e400/s", "1e9"):
+        done = triage("dlq", "requeue", "--all", "--rate", text, "--yes")
+        # Then a one-line error naming --rate and exit 2: no traceback
+        assert done.returncode == 2, (text, done.stderr)
+        assert done.stderr.startswith("triage: --rate:"), done.stderr
+        assert "Traceback" not in done.stderr
+    # When a filter is empty (a dead letter without tenant has tenant "": is it "no tenant" or
+    # "no filter"? The dashboard's blank field is "no filter", so the CLI refuses to guess)
+    done = triage("dlq", "purge", "--queue", QUEUE, "--tenant", "", "--yes")
+    # Then it says so, and nothing was purged or requeued
+    assert done.returncode == 2, done.stderr
+    assert "--tenant: empty" in done.stderr
+    assert runtime.queue_stats()[QUEUE]["dead_letters_total"] == 3
+    assert broker.counts(QUEUE)[0] == 0
+
+
 def test_two_operators_requeueing_at_once_enqueue_each_message_once(r: redis.Redis) -> None:
     # Given 600 dead letters
     make_dead(t_dlq_export, 600)

@@ -1,6 +1,7 @@
 """The Render and Heroku manifests (`render.yaml`, `app.json`, at the root, where the platforms
 look for them) run the Procfile's processes with its commands, a Redis, a health-checked web
-service and a generated admin token."""
+service and a generated admin token; the web process believes the platform's router's
+X-Forwarded-For there (and only there: not in the Procfile, which runs anywhere)."""
 
 from __future__ import annotations
 
@@ -74,6 +75,10 @@ def test_render_web_service_is_health_checked_and_its_admin_token_generated() ->
     assert web["healthCheckPath"] == "/healthz"
     assert re.search(r"- key: TRIAGE_WEB_HOST\n\s+value: 0\.0\.0\.0\n", web["text"])
     assert re.search(r"- key: TRIAGE_ADMIN_TOKEN\n\s+generateValue: true\n", web["text"])
+    # And it believes the router's X-Forwarded-For (the only way in), so the login throttle sees clients
+    assert re.search(r"- key: FORWARDED_ALLOW_IPS\n\s+value: '\*'\n", web["text"])
+    others = [service for service in render_services() if service["name"] != "triage-web"]
+    assert all("FORWARDED_ALLOW_IPS" not in service["text"] for service in others)
     # And Redis is private and never evicts a message
     assert redis["type"] == "keyvalue"
     assert redis["ipAllowList"] == "[]"
@@ -91,6 +96,16 @@ def test_heroku_app_runs_each_procfile_process_with_redis_and_a_generated_token(
     assert [addon["plan"].split(":")[0] for addon in app["addons"]] == ["heroku-redis"]
     assert app["env"]["TRIAGE_ADMIN_TOKEN"]["generator"] == "secret"
     assert app["env"]["TRIAGE_WEB_HOST"]["value"] == "0.0.0.0"  # noqa: S104 (the PaaS setting under test)
+    # And the web process believes the router's X-Forwarded-For (a dyno is reachable only through it)
+    assert app["env"]["FORWARDED_ALLOW_IPS"]["value"] == "*"
+
+
+def test_the_procfile_trusts_no_proxy_header_by_itself() -> None:
+    # Given the Procfile, which also runs off the platforms (a VM, a container with a public port)
+    processes = procfile()
+    # Then it leaves FORWARDED_ALLOW_IPS to the environment (the platforms' manifests set it):
+    # believing every X-Forwarded-For where clients can connect directly would let them pick their address
+    assert all("FORWARDED_ALLOW_IPS" not in command for command in processes.values())
 
 
 def test_the_procfile_parser_reads_the_web_line() -> None:

@@ -49,8 +49,8 @@ def test_no_argument_appears_in_metrics_or_logs(r: redis.Redis) -> None:
                 return False
 
         wait_for(flushed, 30)
-        pages = [worker_metrics.get("/metrics")[1], web.get("/metrics")[1]]
-        stats = web.get("/api/v1/admin/queue/stats")[1]
+        pages = [worker_metrics.get("/metrics")[1], web.get("/metrics", token=web.local_token)[1]]
+        stats = web.get("/api/v1/admin/queue/stats", token=web.local_token)[1]
     # Then the runs are counted, and the secret is in no page and in no log line
     assert "t_canary_job" in pages[0]
     assert QUEUE in pages[1]
@@ -68,7 +68,7 @@ def test_a_send_is_in_the_next_scrape(r: redis.Redis) -> None:
         for expected in (1, 2, 3):
             # When a message is sent, and the web process is scraped right after
             t_canary_job.send("x", {})
-            page = web.get("/metrics")[1]
+            page = web.get("/metrics", token=web.local_token)[1]
             # Then the scrape already counts it: figures are read from Redis at each request
             line = f'triage_queue_messages{{queue="{QUEUE}",state="queued",tier="default"}} {expected}.0'
             assert line in page

@@ -47,15 +47,17 @@ class Prometheus:
 
 
 @pytest.fixture
-def prometheus_for() -> Iterator[Callable[[dict[str, int]], Prometheus]]:
-    """Starts a `prometheus` server scraping the given targets (job -> port) every second."""
+def prometheus_for() -> Iterator[Callable[..., Prometheus]]:
+    """Starts a `prometheus` server scraping the given targets (job -> port) every second, with
+    the bearer token `tokens` names for a job, if any."""
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="triage-prometheus-") as directory:
 
-        def start(targets: dict[str, int]) -> Prometheus:
+        def start(targets: dict[str, int], tokens: dict[str, str] | None = None) -> Prometheus:
             port = free_port()
             jobs = "".join(
                 f"  - job_name: {job}\n    static_configs: [{{targets: ['127.0.0.1:{target}']}}]\n"
+                + (f"    authorization: {{credentials: '{(tokens or {})[job]}'}}\n" if job in (tokens or {}) else "")
                 for job, target in targets.items()
             )
             config = Path(directory) / "prometheus.yml"
@@ -91,7 +93,7 @@ def prometheus_for() -> Iterator[Callable[[dict[str, int]], Prometheus]]:
 
 
 def test_a_prometheus_server_sees_the_depth_and_the_runs(
-    r: redis.Redis, prometheus_for: Callable[[dict[str, int]], Prometheus]
+    r: redis.Redis, prometheus_for: Callable[..., Prometheus]
 ) -> None:
     # Given 30 messages run by a worker group with metrics on a port, then 7 more left queued
     # (the queue paused), and the web process
@@ -106,7 +108,8 @@ def test_a_prometheus_server_sees_the_depth_and_the_runs(
             metered_ok.send(n)
         with serving() as web:
             # When a real Prometheus scrapes both every second
-            prometheus = prometheus_for({"triage-web": web.port, "triage-worker": metrics_port})
+            targets = {"triage-web": web.port, "triage-worker": metrics_port}
+            prometheus = prometheus_for(targets, {"triage-web": web.local_token})
             depth = f'triage_queue_messages{{job="triage-web",queue="{QUEUE}",state="queued"}}'
             runs = f'sum(triage_messages_total{{job="triage-worker",queue="{QUEUE}",outcome="done"}})'
             wait_for(lambda: prometheus.value(depth) == 7 and prometheus.value(runs) == 30, 60, interval=0.5)

@@ -1,5 +1,7 @@
 """The dashboard's sessions and CSRF tokens (`triage.admin.auth`): a session names its holder,
-cannot be forged or extended, ends when its token changes; a CSRF token belongs to one session."""
+cannot be forged or extended, ends when its token changes, is a new one at every login (even
+two in one second); a CSRF token belongs to one session; without a configured token, the
+process mints one of its own."""
 
 from __future__ import annotations
 
@@ -29,10 +31,13 @@ def test_a_session_names_its_holder_until_it_expires() -> None:
 
 def test_a_session_cannot_be_forged_renamed_or_extended() -> None:
     tokens = Tokens({"alice": ALICE, "bob": BOB})
-    _, expiry, signature = tokens.session("bob").split(".")
-    assert tokens.session_holder(f"alice.{expiry}.{signature}") is None  # bob's signature, alice's name
-    assert tokens.session_holder(f"bob.{int(expiry) + 3600}.{signature}") is None  # extended
-    assert tokens.session_holder(f"bob.{expiry}.{'0' * 64}") is None
+    _, expiry, nonce, signature = tokens.session("bob").split(".")
+    assert tokens.session_holder(f"bob.{expiry}.{nonce}.{signature}") == "bob"
+    assert tokens.session_holder(f"alice.{expiry}.{nonce}.{signature}") is None  # bob's signature, alice's name
+    assert tokens.session_holder(f"bob.{int(expiry) + 3600}.{nonce}.{signature}") is None  # extended
+    assert tokens.session_holder(f"bob.{expiry}.{nonce}x.{signature}") is None  # another nonce
+    assert tokens.session_holder(f"bob.{expiry}.{signature}") is None  # the old shape, without a nonce
+    assert tokens.session_holder(f"bob.{expiry}.{nonce}.{'0' * 64}") is None
     assert tokens.session_holder("nobody.99999999999.abc") is None
     assert tokens.session_holder("garbage") is None
     assert tokens.session_holder(None) is None
@@ -53,9 +58,33 @@ def test_a_csrf_token_belongs_to_one_session() -> None:
     assert not tokens.csrf_ok(tokens.session("alice", now=time.time() + 1), tokens.csrf(alice))
 
 
-def test_without_tokens_sessions_are_local_to_the_process() -> None:
-    one, other = Tokens({}), Tokens({})
+def test_two_logins_in_one_second_are_two_sessions() -> None:
+    # Given one token, and two logins at the very same instant
+    tokens = Tokens({"alice": ALICE})
+    now = time.time()
+    # When each gets a session
+    one, other = tokens.session("alice", now=now), tokens.session("alice", now=now)
+    # Then they are two sessions (ending one cannot end the other), each genuine, each with its CSRF token
+    assert one != other
+    assert tokens.session_holder(one) == tokens.session_holder(other) == "alice"
+    assert tokens.csrf(one) != tokens.csrf(other)
+
+
+def test_without_a_configured_token_the_process_mints_its_own() -> None:
+    # Given no token configured: each process mints one
+    one, other = Tokens.mint(), Tokens.mint()
+    assert not Tokens.of(None).enabled
+    # Then it is a long random token, named "local", and it logs in
+    token = one.local_token
+    assert token is not None
+    assert len(token) >= 40
+    assert one.enabled
+    assert one.minted
+    assert one.who(token) == LOCAL
+    assert other.who(token) is None
+    # And its sessions are the process's own: another process's token signs others
     session = one.session(LOCAL)
     assert one.session_holder(session) == LOCAL
-    assert other.session_holder(session) is None  # another process: its own random key
-    assert one.who("anything-at-all-here") is None
+    assert other.session_holder(session) is None
+    # And configured tokens are not minted: they have no local token to print
+    assert Tokens.of(ALICE).local_token is None

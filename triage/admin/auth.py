@@ -5,13 +5,15 @@ Guarantees:
 - Tokens are named: `TRIAGE_ADMIN_TOKEN` is "admin", `TRIAGE_ADMIN_TOKENS` ({"alice": "...", ...})
   adds more. `Tokens.who` compares a presented token with every configured one in constant
   time (no early exit, so the time taken does not tell which one nearly matched) and returns
-  its name. With no token configured, everyone is "local" (the server then binds loopback only).
-- A session (the dashboard's cookie) is `name.expiry.signature`, signed with a key derived from
-  that name's token by PBKDF2 (200,000 rounds, once per process): it holds no token, cannot be
-  forged without one, ends at its expiry, and ends at once for every holder when the token is
-  changed; a stolen cookie makes guessing the token offline slow. With no token, the key is
-  random per process (a restart logs everyone out of a loopback-only dashboard). Logging out
-  ends a session for good (`dashboard/site.py` keeps the ended ones in Redis until they expire).
+  its name. With no token configured, the web process mints one at start (`Tokens.mint`,
+  named "local", 256 random bits, printed once as a login link) and serves loopback only: the
+  admin API, `/metrics` and the dashboard always need a token.
+- A session (the dashboard's cookie) is `name.expiry.nonce.signature`, signed with a key derived
+  from that name's token by PBKDF2 (200,000 rounds, once per process): it holds no token, cannot
+  be forged without one, ends at its expiry, and ends at once for every holder when the token is
+  changed; a stolen cookie makes guessing the token offline slow. The random nonce makes every
+  login a session of its own (two logins in one second are two sessions). Logging out ends
+  that one session for good (`dashboard/site.py` keeps the ended ones in Redis until they expire).
 - A CSRF token is bound to the session it was issued with: a form posted from another site (or
   with another session's token) is refused.
 - `is_loopback` / `request_host` say whether a request came to this machine's own address
@@ -39,11 +41,11 @@ SESSION_SECONDS = 12 * 3600
 
 
 class Tokens:
-    """The admin tokens by name (empty: no token, everything open to loopback callers)."""
+    """The admin tokens by name (empty: none configured; the web process then uses `Tokens.mint()`)."""
 
-    def __init__(self, named: Mapping[str, str]) -> None:
+    def __init__(self, named: Mapping[str, str], *, minted: bool = False) -> None:
         self._named = {name: token.encode() for name, token in named.items()}
-        self._local_key = secrets.token_bytes(32)
+        self.minted = minted  # made by this process (no token configured): loopback only
         self._keys = {
             name: hashlib.pbkdf2_hmac("sha256", token, b"triage-dashboard-session", 200_000)
             for name, token in self._named.items()
@@ -55,6 +57,16 @@ class Tokens:
         if more and "admin" in more:
             raise ValueError("'admin' names TRIAGE_ADMIN_TOKEN: give the other tokens other names")
         return cls({**({"admin": token} if token else {}), **(more or {})})
+
+    @classmethod
+    def mint(cls) -> Tokens:
+        """No token configured: one made for this process, named LOCAL (`local_token` shows it)."""
+        return cls({LOCAL: secrets.token_urlsafe(32)}, minted=True)
+
+    @property
+    def local_token(self) -> str | None:
+        """The token this process minted (None when tokens are configured)."""
+        return self._named[LOCAL].decode() if self.minted else None
 
     @property
     def enabled(self) -> bool:
@@ -69,39 +81,41 @@ class Tokens:
                 found = name
         return found
 
-    def _key(self, name: str) -> bytes | None:
-        if not self.enabled:
-            return self._local_key if name == LOCAL else None
-        return self._keys.get(name)
-
     def session(self, name: str, *, now: float | None = None) -> str:
-        """A session for `name` (a configured token's name, or LOCAL without tokens)."""
+        """A new session for `name` (a configured or minted token's name): a random nonce each."""
         expiry = int((now if now is not None else time.time()) + SESSION_SECONDS)
-        return f"{name}.{expiry}.{self._sign(name, f'session|{name}|{expiry}')}"
+        nonce = secrets.token_urlsafe(12)
+        return f"{name}.{expiry}.{nonce}.{self._sign(name, f'session|{name}|{expiry}|{nonce}')}"
 
     def session_holder(self, session: str | None, *, now: float | None = None) -> str | None:
         """Who holds `session`, if it is genuine and not expired; else None."""
-        if not session:
+        parts = session_parts(session)
+        if parts is None:
             return None
-        parts = session.rsplit(".", 2)
-        if len(parts) != 3 or not parts[1].isdigit():
+        name, expiry, nonce, signature = parts
+        if expiry < (now if now is not None else time.time()) or name not in self._keys:
             return None
-        name, expiry, signature = parts
-        if int(expiry) < (now if now is not None else time.time()) or self._key(name) is None:
-            return None
-        expected = self._sign(name, f"session|{name}|{expiry}")
+        expected = self._sign(name, f"session|{name}|{expiry}|{nonce}")
         return name if hmac.compare_digest(signature.encode(), expected.encode()) else None
 
     def csrf(self, session: str) -> str:
         """The CSRF token of forms shown with `session` (assumed genuine)."""
-        return self._sign(session.rsplit(".", 2)[0], f"csrf|{session}")
+        return self._sign(session.rsplit(".", 3)[0], f"csrf|{session}")
 
     def csrf_ok(self, session: str, presented: str) -> bool:
         return bool(presented) and hmac.compare_digest(presented.encode(), self.csrf(session).encode())
 
     def _sign(self, name: str, text: str) -> str:
-        key = self._key(name) or secrets.token_bytes(32)  # an unknown name signs with noise: never valid
+        key = self._keys.get(name) or secrets.token_bytes(32)  # an unknown name signs with noise: never valid
         return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+
+
+def session_parts(session: str | None) -> tuple[str, int, str, str] | None:
+    """A session's name, expiry, nonce and signature, or None if it does not have that shape."""
+    parts = (session or "").rsplit(".", 3)
+    if len(parts) != 4 or not parts[1].isdigit() or not all(parts):
+        return None
+    return parts[0], int(parts[1]), parts[2], parts[3]
 
 
 def is_loopback(host: str) -> bool:

@@ -238,6 +238,9 @@ def _filters(function: Callable[..., None]) -> Callable[..., None]:
 
 def _where(queue: str | None, actor: str | None, tenant: str | None, error: str | None, reason: str | None,
            since: str | None) -> Filter:  # fmt: skip
+    given = {"queue": queue, "actor": actor, "tenant": tenant, "error": error, "reason": reason, "since": since}
+    if empty := [name for name, value in given.items() if value is not None and not value.strip()]:
+        fail(f"--{empty[0]}: empty; leave it out to not filter by {empty[0]} (as the API and dashboard read it)", 2)
     try:
         since_ms = dlq_model.since(since) if since else None
     except ValueError as exc:

@@ -4,11 +4,15 @@ the parsing of the CLI's durations and rates.
 
 Guarantees: an entry is built from the JSON record the broker keeps (`_dead.lua`); a field
 the record lacks gets a neutral value (empty string, 0, None), never an exception.
+An empty filter value is never a filter of "entries without it": a form's blank field is a
+filter not given (`filter_from`); the API and the CLI refuse an empty value outright. A rate
+is a finite number of messages per second, above 0 and at most MAX_RATE.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -54,6 +58,7 @@ EVERYTHING = Filter()
 NAME = r"^[A-Za-z0-9_.:-]{1,200}$"  # a queue, breaker or entry id
 DURATION = r"^\d{1,7}(\.\d{1,3})?[smhd]$"  # 30s, 15m, 1h, 7d
 MAX_VALUE = 200
+MAX_RATE = 100_000  # per second: a requeue's fastest pace
 
 
 def filter_from(values: Mapping[str, str | None], *, now: int | None = None) -> Filter:
@@ -169,13 +174,16 @@ def since(duration: str, *, now: int | None = None) -> int:
 
 
 def rate(value: str) -> float:
-    """`50/s`, `600/m`, `3000/h` or `50` (per second) -> messages per second."""
+    """`50/s`, `600/m`, `3000/h` or `50` (per second) -> messages per second: a finite number
+    above 0, at most MAX_RATE per second (else ValueError; `nan`, `inf`, `1e400` are not rates)."""
     number, _, unit = value.partition("/")
     per = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
     try:
         count = float(number)
     except ValueError:
         count = -1.0
-    if unit not in per or count <= 0:
-        raise ValueError(f"{value!r} is not a rate like 50/s, 600/m or 3000/h")
+    if unit not in per or not math.isfinite(count) or count <= 0:
+        raise ValueError(f"{value[:40]!r} is not a rate like 50/s, 600/m or 3000/h")
+    if count / per[unit] > MAX_RATE:
+        raise ValueError(f"{value[:40]!r} is over {MAX_RATE:,} per second")
     return count / per[unit]

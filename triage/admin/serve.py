@@ -2,7 +2,12 @@
 
 Guarantees:
 - Without an admin token it refuses any address but a loopback one (exit 2): the admin API
-  and the dashboard act on every queue.
+  and the dashboard act on every queue. It then mints a token for this run and prints it once,
+  as a login link (`http://127.0.0.1:8000/login?token=...`, as Jupyter does): the link logs the
+  browser in, and the admin API takes the token as a bearer token.
+- Request bodies over `TRIAGE_WEB_MAX_BODY_BYTES` (1 MiB) are refused with 413 unread.
+- uvicorn believes X-Forwarded-For / X-Forwarded-Proto from `FORWARDED_ALLOW_IPS` only
+  (default: this machine): the client address the login throttle counts by.
 - Operator reads and actions need no application code; only the dashboard's schedule screen
   imports the app (`--app`), the first time it is shown, so a broken actor module costs that
   screen only, which then says why.
@@ -62,19 +67,45 @@ def serve_command(host: str | None, port: int | None, app: str) -> None:
     admin = admin_or_exit()
     settings = admin.settings
     host = host or settings.web_host
+    port = port or settings.web_port
     tokens = Tokens.of(settings.admin_token, settings.admin_tokens)
     if not tokens.enabled and not is_loopback(host):
         fail(f"TRIAGE_ADMIN_TOKEN is not set: refusing to serve the admin API on {host} (only 127.0.0.1)", 2)
+    if not tokens.enabled:
+        tokens = Tokens.mint()
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     triage_logger = logging.getLogger("triage")
     triage_logger.addHandler(handler)
     triage_logger.setLevel(logging.INFO)
-    web = create_app(admin, token=tokens, readonly=settings.dashboard_readonly, actors=app_actors(app))
+    web = create_app(
+        admin,
+        token=tokens,
+        readonly=settings.dashboard_readonly,
+        actors=app_actors(app),
+        max_body_bytes=settings.web_max_body_bytes,
+    )
     client = admin.broker.client
     waiting = "the web process serves, /readyz answers 503 until then"
     threading.Thread(
         target=until_redis_answers, args=(client.ping, client), kwargs={"waiting": waiting}, daemon=True
     ).start()
-    click.echo(f"triage serve: dashboard at http://{host}:{port or settings.web_port}/", err=True)
-    uvicorn.run(web, host=host, port=port or settings.web_port, log_level="info", access_log=False)
+    base = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    if tokens.local_token is not None:
+        click.echo(
+            "triage serve: no TRIAGE_ADMIN_TOKEN: a token was made for this run. Open the dashboard at\n"
+            f"    {base}/login?token={tokens.local_token}\n"
+            "  (the admin API takes it as Authorization: Bearer ...)",
+            err=True,
+        )
+    else:
+        click.echo(f"triage serve: dashboard at {base}/", err=True)
+    uvicorn.run(
+        web,
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=False,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+    )

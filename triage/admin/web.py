@@ -16,23 +16,30 @@ Routes (the admin API's schema is served at `/openapi.json`):
   /  (and /login, /queues, /dead-letters, ...)     the dashboard (`dashboard/`), on the same tokens
 
 Guarantees:
+- Request bodies are capped (`body_limit.py`, outermost): over `max_body_bytes` is a 413 before
+  any authentication, parsing or route runs, a streamed body cut at the cap.
 - Admin endpoints and `/metrics` need `Authorization: Bearer <token>` (`TRIAGE_ADMIN_TOKEN`, or
   one of `TRIAGE_ADMIN_TOKENS`), compared in constant time: 401 without it, 403 with another
   (queue, breaker and tenant figures are
   not for the public internet; Prometheus sends the token, see deploy/prometheus). With no
-  token configured they are open, and `triage serve` refuses to bind anything but a loopback
-  address. `/healthz`, `/readyz` and `/openapi.json` are public: they hold no data.
-- With no token, a request must also name a loopback host (Host: localhost, 127.0.0.1, [::1];
-  else 421: a page of another site that rebinds its name to 127.0.0.1 gets nothing), and a
-  request that changes something must not come from another site (an Origin that is not the
-  Host, or Sec-Fetch-Site: cross-site: 403), so a web page the operator visits cannot act.
+  token configured, a token is minted for the process (`Tokens.mint`; `triage serve` prints it
+  as a login link) and is needed all the same; `triage serve` then refuses to bind anything but
+  a loopback address. `/healthz`, `/readyz` and `/openapi.json` are public: they hold no data.
+- With a minted token, a request must also name a loopback host (Host: localhost, 127.0.0.1,
+  [::1]; else 421: a page of another site that rebinds its name to 127.0.0.1 gets nothing),
+  carry no proxy header (X-Forwarded-For, Forwarded, X-Real-IP, X-Forwarded-Host: a proxy in
+  front means callers that are not local: 403, set a token), and a request that changes
+  something must come from this origin (an Origin that is "null" or not the Host, or a
+  Sec-Fetch-Site other than same-origin or none: 403).
 - Every answer is computed from Redis at request time (no application code, no cache); Redis
   unreachable (connection refused, timed out) gives 503 on `/readyz` and the admin API, and
   `triage_redis_up 0` on `/metrics`; any other Redis error is a 500 (a bug to see, not hide).
 - Bad input is a 4xx that names the problem (422 for a malformed parameter or body, 400 for an
   action that names no dead letters or both ids and filters, 404 for an unknown queue, breaker
   or dead letter); no request makes a 500, and every answer is documented in the schema
-  (fuzzed from it).
+  (fuzzed from it). Numbers are finite and in range (NaN and infinities are 422s whose body
+  quotes them as text), `all` is a JSON boolean (not 1, not "yes"), and a filter is never
+  empty: `tenant: ""` is refused rather than read as "no tenant" or as "no filter" (omit it).
 - An action names what it acts on: dead-letter actions need ids, filters or `all` (never a
   default of everything), and act on at most `limit` entries per call (`more` says whether
   matching entries remain), so that one request stays short.
@@ -43,6 +50,7 @@ Guarantees:
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at runtime.
 
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Annotated, Any, get_type_hints
@@ -50,11 +58,12 @@ from urllib.parse import urlsplit
 
 import redis
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, create_model
 
 from triage.broker.breaker_state import CircuitStore
 from triage.broker.periodic_state import last_successes
@@ -63,7 +72,8 @@ from triage.tiers import sla_targets
 
 from . import dlq_model
 from .actions import Actions, describe_selection
-from .auth import LOCAL, Tokens, is_loopback, request_host
+from .auth import Tokens, is_loopback, request_host
+from .body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimit
 from .breakers import MAX_OPEN_SECONDS, BreakerOps
 from .dashboard import install_dashboard
 from .dlq_model import DURATION, NAME, DeadLetter, Filter, Group
@@ -100,10 +110,14 @@ class Filters(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt filter is an error, not "everything"
 
     queue: Annotated[str, Field(pattern=NAME)] | None = None
-    actor: Annotated[str, Field(max_length=200)] | None = None
-    tenant: Annotated[str, Field(max_length=200)] | None = None
-    error: Annotated[str, Field(max_length=200, description="An error type, e.g. ConnectionError")] | None = None
-    reason: Annotated[str, Field(max_length=200, description="exhausted, dead_on, crash-loop, ...")] | None = None
+    actor: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    tenant: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    error: (
+        Annotated[str, Field(min_length=1, max_length=200, description="An error type, e.g. ConnectionError")] | None
+    ) = None
+    reason: (
+        Annotated[str, Field(min_length=1, max_length=200, description="exhausted, dead_on, crash-loop, ...")] | None
+    ) = None
     since: (
         Annotated[str, Field(pattern=DURATION, description="Dead-lettered this recently: 30s, 15m, 1h, 7d")] | None
     ) = None
@@ -122,12 +136,12 @@ class Selection(Filters):
     """Which dead letters an action takes: `ids`, or the filters, or `all` (with `queue`: that queue's)."""
 
     ids: list[Annotated[str, Field(pattern=NAME)]] = Field(default_factory=list, max_length=MAX_ACTION)
-    all: bool = False
+    all: StrictBool = Field(default=False, description='A JSON boolean (not 1, not "yes").')
     limit: Annotated[int, Field(ge=1, le=MAX_ACTION)] = 1000
 
 
 class RequeueRequest(Selection):
-    rate: Annotated[float, Field(ge=1, le=100_000)] | None = Field(
+    rate: Annotated[float, Field(ge=1, le=dlq_model.MAX_RATE, allow_inf_nan=False)] | None = Field(
         default=None, description="At most this many per second."
     )
 
@@ -169,7 +183,9 @@ class BreakerOut(BaseModel):
 class OpenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seconds: Annotated[float, Field(ge=0, le=MAX_OPEN_SECONDS)] = Field(default=0, description="0: until reset.")
+    seconds: Annotated[float, Field(ge=0, le=MAX_OPEN_SECONDS, allow_inf_nan=False)] = Field(
+        default=0, description="0: until reset."
+    )
 
 
 def create_app(
@@ -178,11 +194,15 @@ def create_app(
     token: str | Tokens | None,
     readonly: bool = False,
     actors: Callable[[], Mapping[str, Any]] | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> FastAPI:
     """The ASGI app over `admin`'s Redis; `token` (one, or `Tokens` by name) guards the admin
-    endpoints and the dashboard (None: open); `readonly`: the dashboard offers no action;
-    `actors`: the app's actors, for the dashboard's schedule (loaded when first shown)."""
+    endpoints and the dashboard (None: a token minted here, `app.state.tokens.local_token`);
+    `readonly`: the dashboard offers no action; `actors`: the app's actors, for the dashboard's
+    schedule (loaded when first shown); `max_body_bytes`: the largest request body read."""
     tokens = token if isinstance(token, Tokens) else Tokens.of(token)
+    if not tokens.enabled:
+        tokens = Tokens.mint()
     acts = Actions(admin)
     sla = sla_targets(admin.settings)
     registry = CollectorRegistry(auto_describe=False)
@@ -198,9 +218,7 @@ def create_app(
     bearer = HTTPBearer(auto_error=False, description="TRIAGE_ADMIN_TOKEN")
 
     def authorized(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
-        """The name of the caller's token (LOCAL when no token is configured)."""
-        if not tokens.enabled:
-            return LOCAL
+        """The name of the caller's token ("local" for the minted one)."""
         if credentials is None or not credentials.credentials:
             raise HTTPException(
                 401, "admin endpoints need Authorization: Bearer <TRIAGE_ADMIN_TOKEN>", {"WWW-Authenticate": "Bearer"}
@@ -221,13 +239,20 @@ def create_app(
             )  # fmt: skip
 
     app = FastAPI(title="Triage admin API", version="1", docs_url=None, redoc_url=None)
-    if not tokens.enabled:
+    app.state.tokens = tokens
+    if tokens.minted:
         app.middleware("http")(_local_callers_only)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)  # added last: the outermost
     api = APIRouter(
         prefix=ADMIN_PREFIX,
         dependencies=[Depends(authorized), Depends(single_valued)],
         responses=_documented(400, 401, 403, 503),
     )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        """FastAPI's 422, with the offending input made JSON (NaN and infinities as text)."""
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
 
     # Only an unreachable Redis is a 503; any other Redis error (a script's) is a bug, a 500.
     @app.exception_handler(redis.ConnectionError)
@@ -354,17 +379,36 @@ def create_app(
     return app
 
 
+PROXY_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip", "x-forwarded-host")
+
+
 async def _local_callers_only(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    """Without a token: only requests to a loopback host, and no change from another site."""
+    """With a minted token: only requests to a loopback host, through no proxy, and no change
+    from another origin."""
     host = request_host(request.headers.get("host"))
     if not is_loopback(host):
         return JSONResponse({"detail": f"without an admin token, only localhost is served (Host: {host!r})"}, 421)
+    if proxied := [name for name in PROXY_HEADERS if name in request.headers]:
+        detail = f"without an admin token, nothing is served through a proxy ({proxied[0]}): set TRIAGE_ADMIN_TOKEN"
+        return JSONResponse({"detail": detail}, 403)
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         origin = request.headers.get("origin")
-        cross = request.headers.get("sec-fetch-site", "").lower() == "cross-site"
-        if cross or (origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host")):
-            return JSONResponse({"detail": "a request from another site cannot act here"}, 403)
+        fetch_site = request.headers.get("sec-fetch-site", "same-origin").lower()
+        foreign = origin is not None and (origin == "null" or urlsplit(origin).netloc != request.headers.get("host"))
+        if foreign or fetch_site not in ("same-origin", "none"):
+            return JSONResponse({"detail": "a request from another origin cannot act here"}, 403)
     return await call_next(request)
+
+
+def _json_safe(value: Any) -> Any:
+    """`value` with every non-finite float as its text: JSON has no NaN or Infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    return value
 
 
 def _out(entry: DeadLetter, *, whole: bool = False) -> DeadLetter:

@@ -100,6 +100,7 @@ class ConsumerHost(Protocol):
     scripts: dict[str, Script]
     storer: Storer
     cluster: bool
+    tenant_idle_ms: int
 
     def dead_letter_limits(self, queue_name: str) -> tuple[int, int]: ...
 
@@ -206,7 +207,8 @@ class TriageConsumer(Consumer):
         # recording more than that plus what this fetch hands out means strays, not a race with acks.
         held_before = self.holding.count(index)
         fetched, next_eta, suspect, next_due, recorded = self.broker.scripts["fetch"](
-            keys=shard.fetch_keys, args=[now_ms(), count, MAX_DUE_MOVED_PER_FETCH, *self.limits]
+            keys=shard.fetch_keys,
+            args=[now_ms(), count, MAX_DUE_MOVED_PER_FETCH, *self.limits, self.broker.tenant_idle_ms],
         )
         shard.next_eta, shard.next_due = int(next_eta), int(next_due)
         if suspect:

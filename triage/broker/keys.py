@@ -63,6 +63,7 @@ class QueueKeys:
         self.deliveries = f"{tag}:deliveries"
         self.tenants = f"{tag}:tenants"
         self.parked = f"{tag}:parked"
+        self.tenants_idle = f"{tag}:tenants.idle"
         self.limits = f"{tag}:limits"
         self.dedup = f"{tag}:dedup"
         self.dedup_exp = f"{tag}:dedup.exp"
@@ -93,7 +94,7 @@ class QueueKeys:
         return list(self._block)
 
     def enqueue_keys(self) -> list[str]:
-        return [*self._block, self.deliveries, self.tenants, self.limits, *self.dedup_keys()]
+        return [*self._block, self.deliveries, self.tenants, self.limits, *self.dedup_keys(), self.tenants_idle]
 
     def dedup_keys(self) -> list[str]:
         """The deduplication keys held and their expiry (`lua/_dedup.lua`)."""
@@ -108,7 +109,15 @@ class QueueKeys:
         return [self.tenants, self.parked]
 
     def fetch_keys(self, consumer_id: str) -> list[str]:
-        return [*self._block, self.acks(consumer_id), self.deliveries, self.retrying, *self.tenant_keys(), self.limits]
+        return [
+            *self._block,
+            self.acks(consumer_id),
+            self.deliveries,
+            self.retrying,
+            *self.tenant_keys(),
+            self.limits,
+            self.tenants_idle,
+        ]
 
     def requeue_keys(self, consumer_id: str) -> list[str]:
         return [*self._block, self.acks(consumer_id), self.deliveries, *self.tenant_keys()]
@@ -123,6 +132,7 @@ class QueueKeys:
             *self.tenant_keys(),
             self.wake,
             *self.dedup_keys(),
+            self.tenants_idle,
         ]
 
     def retry_keys(self, source: QueueKeys, consumer_id: str) -> list[str]:
@@ -138,6 +148,7 @@ class QueueKeys:
             *source.tenant_keys(),
             source.wake,
             self.tenants,
+            source.tenants_idle,
         ]
 
     def reclaim_keys(self, dead_worker_id: str) -> list[str]:
@@ -148,6 +159,7 @@ class QueueKeys:
             *self.dead_keys(),
             *self.tenant_keys(),
             *self.dedup_keys(),
+            self.tenants_idle,
         ]
 
     def dedup_script_keys(self) -> list[str]:
@@ -169,6 +181,7 @@ class QueueKeys:
             self.deliveries,
             self.parked,
             self.tenants,
+            self.tenants_idle,
             self.heads,
             self.since,
             *self.dedup_keys(),

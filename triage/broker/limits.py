@@ -4,6 +4,26 @@ The limits themselves are applied by the broker's scripts (`lua/_tenants.lua`): 
 its rate (a token bucket: `rpm` per minute, `burst` deep) or its in-flight cap is parked out of
 the round-robin, its messages left in place, until it may be served again.
 
+Idle tenants are forgotten: a tenant's bookkeeping (`{ns:Q}:tenants` fields: its bucket, its
+throttled, refused and deferred counts) is removed once it has been idle (nothing pending, nothing
+in flight) for `TENANT_IDLE_MS` (an hour; `TriageBroker(tenant_idle_ms=...)`), so a million
+tenants seen once do not stay in Redis for ever. The fields are those of one per-queue hash, and
+Redis 7.0 cannot expire a hash field: a per-queue sorted set (`{ns:Q}:tenants.idle`, under the
+queue's hash tag, so every script still touches one cluster slot; one per shard) holds, for each
+tenant with such fields, since when it is idle, and each fetch forgets at most
+`TENANT_SWEEP_PER_FETCH` of those idle for longer. A fetch was chosen over a heartbeat sweep or
+the operators' view because it alone knows the limits (a bucket is forgotten only once it is full
+again) and runs on every worker, idle ones included, about once a second (with no worker
+fetching, nothing is forgotten until one does). A tenant is forgotten one idle time after its
+last pending message settled or it was last refused or deferred (one more idle time if its bucket
+had not refilled by then), never while something of it is pending or in flight, never while its
+bucket refills: a tenant that comes back starts with zero counts and a full bucket, which is what
+it would have found. What `tenant_view` shows of a forgotten tenant (its counters) starts again
+from zero.
+Cost: one ZRANGEBYSCORE per fetch, one ZADD XX when a tenant's last pending message settles, one
+ZADD when a bucket or throttle count is first written and at every refusal or deferral; a sweep is
+at most seven calls over at most `TENANT_SWEEP_PER_FETCH` tenants (`bench/tenants.py` measures it).
+
 Guarantees: `tenant_view` reads a queue's bookkeeping in one transaction (a consistent
 snapshot); it is O(fields of the queue's tenant state), for operators, never on a hot path.
 """
@@ -23,6 +43,8 @@ from .text import as_text
 Limits = tuple[float, float, int, int]  # a tenant's rpm, burst, max in flight, max pending (0: no limit)
 NO_LIMITS: Limits = (0, 0, 0, 0)
 SLOT_PARKED = 10**15  # lua/_tenants.lua's SLOT_PARKED: parked until one of its messages settles
+TENANT_IDLE_MS = 3_600_000  # a tenant idle this long is forgotten (TriageBroker's tenant_idle_ms)
+TENANT_SWEEP_PER_FETCH = 20  # a fetch forgets at most this many idle tenants (lua/_tenants.lua)
 ADMISSION_RETRY_AFTER_S = 5.0  # a refused tenant without a rate limit is told to come back after this
 
 

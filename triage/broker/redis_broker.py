@@ -71,7 +71,7 @@ from .encoder import MsgpackEncoder
 from .errors import CONNECTION_ERRORS, connection_lost, join_timeout
 from .holding import Holding
 from .keys import QueueKeys
-from .limits import NO_LIMITS, Limits, write_limits
+from .limits import NO_LIMITS, TENANT_IDLE_MS, Limits, write_limits
 from .operations import QueueOperations
 from .outcome import Outcome, Placed, set_outcome
 from .priority import DEFAULT_PRIORITY, check_priority
@@ -107,6 +107,8 @@ class TriageBroker(Sharding, QueueOperations, FastDispatch):
         pending; 0: none) and those of tenants with limits of their own (see `lua/_tenants.lua`).
       admission_delay_ms: a queue's admission policy for a tenant over its max pending: 0
         refuses the send (`Backpressure`), more sends it with that delay.
+      tenant_idle_ms: how long a tenant stays idle (nothing pending, nothing in flight) before
+        its bookkeeping (bucket, counters) is forgotten (`limits.TENANT_IDLE_MS`, an hour).
       shedding: which queues' new messages are held back while which queues' work waits too
         long (`shedding.py`); None: never.
       min_replicas, replica_timeout_ms: durable enqueue: WAIT for that many replicas,
@@ -129,6 +131,7 @@ class TriageBroker(Sharding, QueueOperations, FastDispatch):
         dead_letter_limits: Callable[[str], tuple[int, int]] = lambda queue_name: (100_000, 90 * 86_400_000),
         tenant_limits: Callable[[str], tuple[Limits, dict[str, Limits]]] = lambda queue_name: (NO_LIMITS, {}),
         admission_delay_ms: Callable[[str], int] = lambda queue_name: 0,
+        tenant_idle_ms: int = TENANT_IDLE_MS,
         shedding: Shedding | None = None,
         min_replicas: int = 0,
         replica_timeout_ms: int = 1000,
@@ -138,6 +141,8 @@ class TriageBroker(Sharding, QueueOperations, FastDispatch):
         super().__init__(middleware=middleware)
         if client is None and url is None:
             raise ValueError("TriageBroker needs a Redis url or client")
+        if isinstance(tenant_idle_ms, bool) or not isinstance(tenant_idle_ms, int) or tenant_idle_ms <= 0:
+            raise ValueError(f"TriageBroker's tenant_idle_ms must be a positive number of ms, not {tenant_idle_ms!r}")
         self.client: redis.Redis = client if client is not None else client_from_url(url)  # type: ignore[arg-type]
         self.namespace = namespace
         # Its own encoder, not Dramatiq's global one: what this broker writes, it can read.
@@ -160,6 +165,7 @@ class TriageBroker(Sharding, QueueOperations, FastDispatch):
         self.dead_letter_limits = dead_letter_limits
         self.tenant_limits = tenant_limits
         self.admission_delay_ms = admission_delay_ms
+        self.tenant_idle_ms = tenant_idle_ms
         self.shedder = LoadShedder(self.client, self.shards, shedding)
         self._limits_published: set[str] = set()
         self.queue_label = queue_label

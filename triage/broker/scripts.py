@@ -3,7 +3,7 @@
 Guarantees: each script is loaded as one text: a header that defines the constants the
 Lua shares with Python (`BLOCK` = `keys.BLOCK_SIZE`, the keys of a queue's block;
 `TOP_LEVEL` and `BOTTOM_LEVEL` = `priority.MAX_PRIORITY` and `MIN_PRIORITY`, its priority
-levels; `SLOT_PARKED` = `limits.SLOT_PARKED`; `ENQUEUE_FIELDS` = `outcome.ENQUEUE_FIELDS`, the
+levels; `SLOT_PARKED` and `TENANT_SWEEP_PER_FETCH` from `limits`; `ENQUEUE_FIELDS` = `outcome.ENQUEUE_FIELDS`, the
 values per message in the enqueue call), then the preludes it uses (`_fifo.lua`, the
 FIFO / round-robin structure of a queue and its helpers; `_dead.lua`, the dead letters;
 `_tenants.lua`, the per-tenant limits; `_dedup.lua`, the deduplication keys), then the script. No Lua file spells
@@ -19,7 +19,7 @@ import redis
 from redis.commands.core import Script
 
 from .keys import BLOCK_SIZE
-from .limits import SLOT_PARKED
+from .limits import SLOT_PARKED, TENANT_SWEEP_PER_FETCH
 from .outcome import ENQUEUE_FIELDS
 from .priority import MAX_PRIORITY, MIN_PRIORITY
 
@@ -53,6 +53,7 @@ def header() -> str:
         f"local TOP_LEVEL = {MAX_PRIORITY} -- the most urgent priority level (priority.MAX_PRIORITY)\n"
         f"local BOTTOM_LEVEL = {MIN_PRIORITY} -- the least urgent priority level (priority.MIN_PRIORITY)\n"
         f"local SLOT_PARKED = {SLOT_PARKED} -- parked until a slot is released (limits.SLOT_PARKED)\n"
+        f"local TENANT_SWEEP_PER_FETCH = {TENANT_SWEEP_PER_FETCH} -- idle tenants a fetch forgets at most\n"
         f"local ENQUEUE_FIELDS = {ENQUEUE_FIELDS} -- values per message in enqueue's ARGV (outcome.ENQUEUE_FIELDS)\n"
     )
 

@@ -7,7 +7,8 @@ Guarantees:
   CSRF token, origin, read-only). A refused POST changes nothing and answers 403 with why.
 - The POST goes through `actions.Actions` (audited with the token's name); bulk dead-letter
   actions run as a job (`jobs.py`) whose progress page the operator is sent to.
-- A failed login is a 401 page that does not say whether a token exists under another name.
+- A failed login is a 401 page that does not say whether a token exists under another name
+  (429, a second later, once over the login throttle; a right token always logs in).
 """
 
 from __future__ import annotations
@@ -33,13 +34,10 @@ from .site import (
     COOKIE,
     LOGIN_COOKIE,
     UNAVAILABLE,
-    LoginThrottle,
     Site,
-    client_address,
     form_of,
     ids_of,
     local_path,
-    plain_http_elsewhere,
 )
 
 Form = Annotated[dict[str, str], Depends(form_of)]
@@ -70,46 +68,32 @@ def install_actions(app: FastAPI, site: Site, *, admin: Admin, actions: Actions,
 
     # -- login -------------------------------------------------------------------------------
 
-    throttle = LoginThrottle()
-
     @app.post("/login", include_in_schema=False)
-    @refusals
-    def login(request: Request, form: Form) -> Response:
-        site.same_origin(request)
+    async def login(request: Request, form: Form) -> Response:
         target = local_path(form.get("next"))
         nonce = request.cookies.get(LOGIN_COOKIE, "")
+        try:
+            site.same_origin(request)
+        except HTTPException as exc:
+            return site.render("error.html", exc.status_code, title="Refused", detail=exc.detail, visitor=None)
         if not nonce or not hmac.compare_digest(form.get("csrf", "").encode(), nonce.encode()):
             detail = "Reload the login page (its form had expired, or this browser refused its cookie)."
             return site.render("error.html", 403, title="Refused", detail=detail, visitor=None)
-        address = client_address(request)
-        if throttle.blocked(address):
-            audit("-", "login", f"dashboard from={address}", "refused: too many failed logins")
-            detail = "Too many failed logins from this address: try again in a few minutes."
-            return site.render("error.html", 429, title="Refused", detail=detail, visitor=None)
-        who = site.tokens.who(form.get("token", ""))
-        if who is None:
-            throttle.failed(address)
-            audit("-", "login", f"dashboard from={address}", "refused: wrong token")
-            return site.render(
-                "login.html", 401, nonce=nonce, next=target, error="That token is not valid.", visitor=None,
-                insecure=plain_http_elsewhere(request),
-            )  # fmt: skip
-        audit(who, "login", "dashboard", "ok")
-        answer = site.headers(RedirectResponse(target, 303))
-        site.set_session(answer, site.tokens.session(who))
-        answer.delete_cookie(LOGIN_COOKIE, path="/login")
-        return answer
+        who = site.tokens.who(form.get("token", ""))  # first: a right token is never throttled
+        if who is not None:
+            return site.logged_in(request, who, target)
+        return await site.wrong_token(request, functools.partial(site.login_page, request, nonce=nonce, target=target))
 
     @app.post("/logout", include_in_schema=False)
     @refusals
     def logout(request: Request, form: Form) -> Response:
         site.same_origin(request)
         visitor = site.visitor(request)
-        if visitor is None or visitor.new or not site.tokens.csrf_ok(visitor.session, form.get("csrf", "")):
+        if visitor is None or not site.tokens.csrf_ok(visitor.session, form.get("csrf", "")):
             raise HTTPException(403, "not logged in, or the form's CSRF token is not this session's")
         site.end(visitor.session)
         audit(visitor.who, "logout", "dashboard", "ok")
-        answer = site.headers(RedirectResponse("/login" if site.tokens.enabled else "/", 303))
+        answer = site.headers(RedirectResponse("/login", 303))
         answer.delete_cookie(COOKIE, path="/")
         return answer
 

@@ -16,14 +16,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 
-from ..auth import audit
+from ..auth import LOCAL, audit
 from ..breakers import BreakerOps
 from ..dlq_model import Filter, filter_from
 from ..ops import Admin, UnknownQueue
 from ..schedule import schedule_rows
 from .data import live_workers, overview_cards, top_tenants
 from .jobs import Jobs
-from .site import LOGIN_COOKIE, Site, local_path, plain_http_elsewhere
+from .site import LOGIN_COOKIE, Site, local_path
 
 PAGE_SIZE = 50
 # A dead letter's message options shown before its arguments are asked for: the broker's and
@@ -159,13 +159,21 @@ def install_pages(
         return site.page(request, "schedule.html", rows=rows, problem=problem, page="schedule")
 
     @app.get("/login", include_in_schema=False)
-    def login(request: Request) -> Response:
+    async def login(request: Request) -> Response:
         target = local_path(request.query_params.get("next"))
-        if not site.tokens.enabled or site.visitor(request) is not None:
+        link_token = request.query_params.get("token")
+        if link_token is not None and site.tokens.minted:  # the login link `triage serve` printed
+            if site.tokens.who(link_token) is not None:
+                return site.logged_in(request, LOCAL, target)  # the token leaves the URL with the 303
+            return await site.wrong_token(request, lambda status: login_form(request, target, status))
+        if site.visitor(request) is not None:
             return site.headers(RedirectResponse(target, 303))
+        return login_form(request, target, 200)
+
+    def login_form(request: Request, target: str, status: int) -> Response:
+        """The login page, with a fresh form nonce (its cookie is set with it); `status` above 200
+        says why the previous try failed."""
         nonce = secrets.token_urlsafe(24)
-        answer = site.render(
-            "login.html", nonce=nonce, next=target, error="", visitor=None, insecure=plain_http_elsewhere(request)
-        )
+        answer = site.login_page(request, status, nonce=nonce, target=target)
         answer.set_cookie(LOGIN_COOKIE, nonce, httponly=True, secure=True, samesite="strict", path="/login")
         return answer

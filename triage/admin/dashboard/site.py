@@ -3,15 +3,18 @@
 Guarantees:
 - Pages are rendered from the package's Jinja templates with autoescaping on: no value from
   Redis or a request reaches the page unescaped.
-- With tokens configured, a request without a genuine, unexpired session is sent to `/login`
-  (a page: 303) or refused (an action: 403). Without tokens (loopback only), a session for
-  "local" is issued on the first page, so that actions still carry a CSRF token.
+- A request without a genuine, unexpired session is sent to `/login` (a page: 303) or refused
+  (an action: 403). Without a configured token, the token the process minted logs in, from the
+  login link it printed (`/login?token=...`: the session is set, and the token leaves the URL).
+- Logging in checks the token before the throttle (`throttle.py`): a right token always logs
+  in; a wrong one over the limits is answered 429 with Retry-After, after a delay of a second.
 - The session cookie is HttpOnly, Secure, SameSite=Strict, Path=/; it holds the holder's name,
-  an expiry and a signature, never the token (`auth.Tokens.session`).
+  an expiry, a random nonce and a signature, never the token (`auth.Tokens.session`).
 - Every POST must carry the CSRF token of its session (a hidden field of every form) and, when
   the browser sends an Origin, come from this site's own origin (its Host, or the
   X-Forwarded-Host a proxy sets); else 403.
-- Logging out ends the session for good: its digest is kept in Redis (`{ns:admin}:ended`)
+- Logging out ends that one session for good (another login of the same token, even in the same
+  second, is another session): its digest is kept in Redis (`{ns:admin}:ended`)
   until the session would have expired, and a session found there is no session.
 - Every page and redirect it renders carries a Content-Security-Policy allowing this origin only
   (no inline script, no CDN), and is not cached, framed or sent with a referrer elsewhere.
@@ -19,10 +22,9 @@ Guarantees:
 
 from __future__ import annotations
 
-import collections
+import asyncio
 import functools
 import hashlib
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -34,9 +36,10 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from ..auth import LOCAL, Tokens, is_loopback, request_host
+from ..auth import Tokens, audit, is_loopback, request_host, session_parts
 from .charts import bars
 from .data import seconds, when
+from .throttle import LoginThrottle, retry_after
 
 UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
 COOKIE = "triage_session"
@@ -51,13 +54,13 @@ HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+REFUSAL_DELAY = 1.0  # seconds a wrong login over the throttle's limits waits for its 429
 
 
 @dataclass(frozen=True)
 class Visitor:
     who: str
     session: str
-    new: bool  # issued with this answer (no tokens configured): set the cookie
 
 
 class Site:
@@ -65,6 +68,7 @@ class Site:
 
     def __init__(self, tokens: Tokens, *, readonly: bool, client: redis.Redis, namespace: str) -> None:
         self.tokens, self.readonly, self.client = tokens, readonly, client
+        self.throttle = LoginThrottle()
         self.ended_key = f"{{{namespace}:admin}}:ended"
         self.env = Environment(
             loader=PackageLoader("triage.admin.dashboard", "templates"),
@@ -72,15 +76,13 @@ class Site:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self.env.globals.update(bars=bars, seconds=seconds, when=when, readonly=readonly, login_required=tokens.enabled)
+        self.env.globals.update(bars=bars, seconds=seconds, when=when, readonly=readonly)
 
     def visitor(self, request: Request) -> Visitor | None:
         session = request.cookies.get(COOKIE)
         who = self.tokens.session_holder(session)
         if who is not None and session is not None and not self.ended(session):
-            return Visitor(who, session, new=False)
-        if not self.tokens.enabled:
-            return Visitor(LOCAL, self.tokens.session(LOCAL), new=True)
+            return Visitor(who, session)
         return None
 
     def page(self, request: Request, template: str, status: int = 200, **context: Any) -> Response:
@@ -88,10 +90,7 @@ class Site:
         visitor = self.visitor(request)
         if visitor is None:
             return self.to_login(request)
-        answer = self.render(template, status, visitor=visitor, csrf=self.tokens.csrf(visitor.session), **context)
-        if visitor.new:
-            self.set_session(answer, visitor.session)
-        return answer
+        return self.render(template, status, visitor=visitor, csrf=self.tokens.csrf(visitor.session), **context)
 
     def view(self, app: FastAPI, path: str) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
         """Register a GET page at `path`: without a session, the login page; input it cannot use
@@ -130,7 +129,7 @@ class Site:
         """Who posts `form`, once the session, the CSRF token and the origin are checked (else 403)."""
         self.same_origin(request)
         visitor = self.visitor(request)
-        if visitor is None or visitor.new:
+        if visitor is None:
             raise HTTPException(403, "log in first: this action needs a session")
         if not self.tokens.csrf_ok(visitor.session, form.get("csrf", "")):
             raise HTTPException(403, "the form's CSRF token is missing or not this session's: reload the page")
@@ -141,8 +140,6 @@ class Site:
     def ended(self, session: str) -> bool:
         """Whether `session` was logged out (Redis unreachable: not known to be, and every page
         that needs Redis says it is unreachable)."""
-        if not self.tokens.enabled:
-            return False
         try:
             return self.client.zscore(self.ended_key, _digest(session)) is not None
         except UNAVAILABLE:
@@ -150,11 +147,44 @@ class Site:
 
     def end(self, session: str) -> None:
         """End `session` for good (logout)."""
-        expiry = int(session.rsplit(".", 2)[1])
+        parts = session_parts(session)
+        if parts is None:
+            raise ValueError("not a session: only a genuine session can be ended")
+        expiry = parts[1]
         pipe = self.client.pipeline(transaction=False)
         pipe.zadd(self.ended_key, {_digest(session): expiry})
         pipe.zremrangebyscore(self.ended_key, "-inf", time.time())
         pipe.execute()
+
+    def login_page(self, request: Request, status: int = 200, *, nonce: str, target: str) -> Response:
+        """The login form (its hidden nonce `nonce`); `status` 401 or 429 says why the last try failed."""
+        error = {200: "", 401: "That token is not valid."}.get(status, "Too many failed logins: try again later.")
+        return self.render(
+            "login.html", status, nonce=nonce, next=target, error=error, visitor=None,
+            insecure=plain_http_elsewhere(request), minted=self.tokens.minted,
+        )  # fmt: skip
+
+    def logged_in(self, request: Request, who: str, target: str) -> Response:
+        """A new session for `who`, and a 303 to `target` (a path of this site)."""
+        audit(who, "login", "dashboard", "ok")
+        answer = self.headers(RedirectResponse(target, 303))
+        self.set_session(answer, self.tokens.session(who))
+        answer.delete_cookie(LOGIN_COOKIE, path="/login")
+        return answer
+
+    async def wrong_token(self, request: Request, page: Callable[[int], Response]) -> Response:
+        """The answer to a wrong token: `page(401)` while within the throttle's limits, else, a
+        second later, `page(429)` with Retry-After; audited either way."""
+        address = client_address(request)
+        wait = self.throttle.failed(address)
+        outcome = "refused: too many failed logins" if wait else "refused: wrong token"
+        audit("-", "login", f"dashboard from={address}", outcome)
+        if not wait:
+            return page(401)
+        await asyncio.sleep(REFUSAL_DELAY)
+        answer = page(429)
+        answer.headers["Retry-After"] = retry_after(wait)
+        return answer
 
     @staticmethod
     def same_origin(request: Request) -> None:
@@ -173,34 +203,6 @@ class Site:
     def headers(answer: Response) -> Response:
         answer.headers.update(HEADERS)
         return answer
-
-
-class LoginThrottle:
-    """Failed logins per client address: after `failures` within `window` seconds, that address
-    is refused until the oldest of them is `window` old (per web process)."""
-
-    def __init__(self, failures: int = 10, window: float = 300.0) -> None:
-        self.failures, self.window = failures, window
-        self._failed: dict[str, collections.deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def blocked(self, address: str) -> bool:
-        with self._lock:
-            recent = self._recent(address)
-            return len(recent) >= self.failures
-
-    def failed(self, address: str) -> None:
-        with self._lock:
-            self._recent(address).append(time.monotonic())
-            if len(self._failed) > 10_000:  # many addresses: forget those with nothing recent
-                for stale in [a for a, times in self._failed.items() if not times]:
-                    del self._failed[stale]
-
-    def _recent(self, address: str) -> collections.deque[float]:
-        times = self._failed.setdefault(address, collections.deque())
-        while times and time.monotonic() - times[0] > self.window:
-            times.popleft()
-        return times
 
 
 def plain_http_elsewhere(request: Request) -> bool:

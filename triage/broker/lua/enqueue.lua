@@ -6,8 +6,8 @@
 -- refused (nothing at all is stored), or, under the "defer" policy, its new messages are
 -- delayed by the queue's defer time. Then every other message is stored and takes its key.
 --
--- KEYS: one block of BLOCK + 5 keys per queue, queue g (1, 2, ...) at offset b = (BLOCK + 5) * (g - 1):
---   the queue's block (laid out in _fifo.lua), then five more. Named here:
+-- KEYS: one block of BLOCK + 6 keys per queue, queue g (1, 2, ...) at offset b = (BLOCK + 6) * (g - 1):
+--   the queue's block (laid out in _fifo.lua), then six more. Named here:
 --   msgs        KEYS[b + MSGS]       {ns:Q}:msgs, hash id -> encoded message
 --   delayed     KEYS[b + DELAYED]    {ns:Q}:delayed, zset "id|level|tenant" scored by eta
 --   stats       KEYS[b + STATS]      {ns:Q}:stats (enqueued_total, duplicates_total, ...)
@@ -16,6 +16,7 @@
 --   limits      KEYS[b + BLOCK + 3]  {ns:Q}:limits (read: a tenant's own max_pending)
 --   dedup       KEYS[b + BLOCK + 4]  {ns:Q}:dedup, hash dedup key -> its holder (_dedup.lua)
 --   dedup_exp   KEYS[b + BLOCK + 5]  {ns:Q}:dedup.exp, zset dedup key -> when it expires
+--   tenants_idle KEYS[b + BLOCK + 6] {ns:Q}:tenants.idle (a refused or deferred tenant is tracked, _tenants.lua)
 --   items, state, heads, rr:level and wake are written by the _fifo.lua helpers.
 -- ARGV: 1 now_ms, 2 a msgpack array with one entry per queue, in KEYS order, each a flat array
 --   of ENQUEUE_FIELDS per message: id, encoded message, level (1-10), tenant ("" for the shared
@@ -26,7 +27,7 @@
 --   defer_ms (0: refuse over it)}. Dedup keys expire by Redis's clock (one for every producer).
 -- Writes: msgs, items, state, delayed, stats (enqueued_total, duplicates_total,
 --   admission_denied_total, admission_deferred_total, shed_total), wake, rr:*, deliveries,
---   tenants, heads, dedup, dedup.exp
+--   tenants, heads, dedup, dedup.exp, tenants.idle
 -- Returns: { "stored", how many were stored, then for each duplicate: its queue's position g,
 --   its position in that queue's array (1, 2, ...), the holder's message_id (its own for a message
 --   sent again that is stored already) }, or, when a tenant
@@ -42,7 +43,7 @@ local F = ENQUEUE_FIELDS
 local duplicate = {} -- [g][i] = the holder's message_id
 local reply = { "stored", 0 }
 for g, fields in ipairs(groups) do
-  local b = (BLOCK + 5) * (g - 1)
+  local b = (BLOCK + 6) * (g - 1)
   local dedup = KEYS[b + BLOCK + 4]
   local taken = {}
   duplicate[g] = {}
@@ -65,10 +66,11 @@ end
 -- Admission, before anything is written: the tenants over their max_pending, per queue.
 local over = {}
 for g, fields in ipairs(groups) do
-  local b = (BLOCK + 5) * (g - 1)
+  local b = (BLOCK + 6) * (g - 1)
   local stats = KEYS[b + STATS]
   local tenants = KEYS[b + BLOCK + 2]
   local limits = KEYS[b + BLOCK + 3]
+  local tenants_idle = KEYS[b + BLOCK + 6]
   local max_pending, defer_ms = admission[g][1], admission[g][2]
   local adding = {}
   for i = 1, #fields, F do
@@ -84,18 +86,20 @@ for g, fields in ipairs(groups) do
       if defer_ms == 0 then
         redis.call("hincrby", tenants, "d|" .. tenant, n)
         redis.call("hincrby", stats, "admission_denied_total", n)
+        tenant_track(tenants_idle, tenant)
         return { "refused", tenant, g, pending, cap }
       end
       over[g .. "|" .. tenant] = now + defer_ms
       redis.call("hincrby", tenants, "a|" .. tenant, n)
       redis.call("hincrby", stats, "admission_deferred_total", n)
+      tenant_track(tenants_idle, tenant)
     end
   end
 end
 
 local stored = 0
 for g, fields in ipairs(groups) do
-  local b = (BLOCK + 5) * (g - 1)
+  local b = (BLOCK + 6) * (g - 1)
   local msgs = KEYS[b + MSGS]
   local delayed = KEYS[b + DELAYED]
   local stats = KEYS[b + STATS]

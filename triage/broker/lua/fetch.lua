@@ -5,7 +5,7 @@
 -- Tenant limits (_tenants.lua): a tenant over its rate or in-flight limit is parked rather than
 -- served; its FIFO stays in place. Due parked tenants go back to their rr:level first.
 --
--- KEYS: the queue's block at b = 0 (KEYS[1] .. KEYS[BLOCK], laid out in _fifo.lua), then six more.
+-- KEYS: the queue's block at b = 0 (KEYS[1] .. KEYS[BLOCK], laid out in _fifo.lua), then seven more.
 --   msgs        KEYS[b + MSGS]     {ns:Q}:msgs, hash id -> encoded message (read)
 --   delayed     KEYS[b + DELAYED]  {ns:Q}:delayed, zset "id|level|tenant" scored by eta
 --   stats       KEYS[b + STATS]    {ns:Q}:stats (running, fetched_total)
@@ -17,11 +17,13 @@
 --   tenants     KEYS[BLOCK + 4]    {ns:Q}:tenants, per-tenant in flight, tokens, parked levels (_tenants.lua)
 --   parked      KEYS[BLOCK + 5]    {ns:Q}:parked, zset "level|tenant" -> when it may be served again
 --   limits      KEYS[BLOCK + 6]    {ns:Q}:limits, hash tenant -> its own "rpm|burst|max_in_flight" (read)
+--   tenants_idle KEYS[BLOCK + 7]   {ns:Q}:tenants.idle, zset tenant -> since when it is idle (_tenants.lua)
 --   state and rr:level are read, and items written, by the _fifo.lua helpers too.
 -- ARGV: now_ms, max_messages, max_due_moved, then the queue's default tenant limits: rpm, burst,
---   max_in_flight (0: none)
+--   max_in_flight (0: none), then how long a tenant stays idle before its bookkeeping is
+--   forgotten, in ms (absent: never; at most TENANT_SWEEP_PER_FETCH tenants per fetch)
 -- Writes: items, state, delayed, retrying (due ones leave it), stats (running, fetched_total), rr:*,
---   acks, deliveries, tenants, parked
+--   acks, deliveries, tenants, parked, tenants.idle
 -- Returns: { {id1, message1, deliveries1, ready1, id2, ...}, when to look again (the next delayed
 --   message's eta or the next parked tenant's time, whichever is first) or -1,
 --   1 if the last message is a suspect else 0, the next delayed message's eta alone or -1,
@@ -46,9 +48,11 @@ local retrying = KEYS[BLOCK + 3]
 local tenants = KEYS[BLOCK + 4]
 local parked = KEYS[BLOCK + 5]
 local limits = KEYS[BLOCK + 6]
+local tenants_idle = KEYS[BLOCK + 7]
 local now = tonumber(ARGV[1])
 local wanted = tonumber(ARGV[2])
 local rpm, burst, max_in_flight = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local idle_ms = tonumber(ARGV[7] or "0")
 local limited = rpm > 0 or max_in_flight > 0 or redis.call("exists", limits) == 1
 local PARKS_PER_FETCH = 1000 -- a fetch parks at most this many tenants (the rest wait for the next)
 local parks = 0
@@ -84,7 +88,7 @@ if redis.call("exists", paused) == 0 then
   local taken = 0
   while taken < wanted and level >= BOTTOM_LEVEL and parks < PARKS_PER_FETCH do
     local id, tenant, ready_at = fifo_pop(b, level, function(candidate)
-      if not limited or tenant_admit(tenants, parked, limits, candidate, level, now, rpm, burst, max_in_flight) then
+      if not limited or tenant_admit(tenants, parked, limits, tenants_idle, candidate, level, now, rpm, burst, max_in_flight) then
         return true
       end
       parks = parks + 1
@@ -96,7 +100,7 @@ if redis.call("exists", paused) == 0 then
       local payload = redis.call("hget", msgs, id)
       if not payload then  -- its body is gone: give back the slot it took, and its pending count
         tenant_release(tenants, parked, wake, tenant)
-        tenant_pending(tenants, tenant, -1)
+        tenant_done(tenants, tenants_idle, tenant)
       else
         local count = redis.call("hincrby", deliveries, id, 1)
         if count > 1 and taken > 0 then
@@ -125,6 +129,10 @@ if redis.call("exists", paused) == 0 then
   if taken > 0 then
     redis.call("hincrby", stats, "running", taken)
   end
+end
+
+if idle_ms > 0 then
+  tenant_sweep(tenants, parked, limits, tenants_idle, now, idle_ms, rpm, burst)
 end
 
 local next_delayed = tonumber(redis.call("zrange", delayed, 0, 0, "WITHSCORES")[2] or -1)

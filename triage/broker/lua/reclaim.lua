@@ -3,7 +3,7 @@
 -- delivered max_deliveries times: a message that keeps killing its worker is moved to the
 -- dead letters with reason "crash-loop" instead of being delivered again.
 --
--- KEYS: the queue's block at b = 0 (KEYS[1] .. KEYS[BLOCK], laid out in _fifo.lua), then ten more.
+-- KEYS: the queue's block at b = 0 (KEYS[1] .. KEYS[BLOCK], laid out in _fifo.lua), then eleven more.
 --   msgs        KEYS[b + MSGS]   {ns:Q}:msgs, hash id -> encoded message (quarantined ones leave it)
 --   stats       KEYS[b + STATS]  {ns:Q}:stats (running, dead_total)
 --   acks        KEYS[BLOCK + 1]  {ns:Q}:acks:<dead worker id>, hash id -> "fetch seq|level|tenant"
@@ -16,12 +16,14 @@
 --   parked      KEYS[BLOCK + 8]  {ns:Q}:parked (levels parked for want of a slot become due)
 --   dedup       KEYS[BLOCK + 9]  {ns:Q}:dedup (a quarantined message's dedup key is released, _dedup.lua)
 --   dedup_exp   KEYS[BLOCK + 10] {ns:Q}:dedup.exp
+--   tenants_idle KEYS[BLOCK + 11] {ns:Q}:tenants.idle (a tenant whose last pending message is quarantined is idle)
 --   wake        KEYS[b + WAKE]   {ns:Q}:wake
 --   items, state, heads and rr:level are written by the _fifo.lua helpers.
 -- ARGV: now_ms, the queue's max_deliveries, the dead worker's id, the queue's max dead letters
 --   and their max age in ms (0: no limit)
 -- Writes: items, state, stats (running, dead_total, dead:crash-loop), wake, rr:*, acks (deleted),
---   deliveries, msgs (quarantined ones leave it), dead, dead.msgs, dead.info, dead.idx, tenants, parked, heads, dedup, dedup.exp
+--   deliveries, msgs (quarantined ones leave it), dead, dead.msgs, dead.info, dead.idx, tenants, parked, heads, dedup, dedup.exp,
+--   tenants.idle
 -- Returns: { messages put back, messages quarantined }
 
 local b = 0
@@ -37,6 +39,7 @@ local tenants = KEYS[BLOCK + 7]
 local parked = KEYS[BLOCK + 8]
 local dedup = KEYS[BLOCK + 9]
 local dedup_exp = KEYS[BLOCK + 10]
+local tenants_idle = KEYS[BLOCK + 11]
 local wake = KEYS[b + WAKE]
 local now = tonumber(ARGV[1])
 local default_max = tonumber(ARGV[2])
@@ -56,7 +59,7 @@ for _, message in ipairs(inflight) do
   local count = tonumber(redis.call("hget", deliveries, id) or "0")
   local max = tonumber(redis.call("hget", deliveries, id .. ":max") or default_max)
   if count >= max then
-    tenant_pending(tenants, tenant, -1)
+    tenant_done(tenants, tenants_idle, tenant)
     dedup_release(dedup, dedup_exp, deliveries, id)
     dead_letter(msgs, deliveries, dead, dead_msgs, dead_info, dead_idx, stats, id, {
       reason = "crash-loop",

@@ -12,7 +12,7 @@
 -- the first queue's hash tag, stays held there until its ttl.
 --
 -- KEYS: the block of the queue it goes to, at b = 0 (KEYS[1] .. KEYS[BLOCK], laid out in
---   _fifo.lua), then six more; the last four are the queue it was fetched from (the same queue
+--   _fifo.lua), then eleven more; src_* are the queue it was fetched from (the same queue
 --   for a deferral, and for a retry that stays).
 --   msgs            KEYS[b + MSGS]     {ns:T}:msgs, hash id -> encoded message
 --   delayed         KEYS[b + DELAYED]  {ns:T}:delayed, zset "id|level|tenant" scored by eta
@@ -26,11 +26,12 @@
 --   src_parked      KEYS[BLOCK + 8]    {ns:Q}:parked (its levels parked for want of a slot become due)
 --   src_wake        KEYS[BLOCK + 9]    {ns:Q}:wake (a token when they do)
 --   tenants         KEYS[BLOCK + 10]   {ns:T}:tenants (a message moved to another queue is pending there)
+--   src_tenants_idle KEYS[BLOCK + 11]  {ns:Q}:tenants.idle (its last message moved away: the tenant is idle there)
 --   items, state, rr:level and wake (of the target) are written by the _fifo.lua helpers.
 -- ARGV: "retry", "defer" or "move", now_ms, id in flight, new id (retry), encoded message (retry),
 --   level, tenant, eta_ms, max_deliveries of the new message (0: the queue's default)
 -- Writes: msgs, delayed, retrying, items, state, rr:*, wake, deliveries; src_msgs, src_stats,
---   src_acks, src_deliveries, src_tenants, src_parked, src_wake, tenants
+--   src_acks, src_deliveries, src_tenants, src_parked, src_wake, tenants, src_tenants_idle
 -- Returns: 1, or 0 when the message was not in flight for this consumer (already settled, or
 --   reclaimed after this worker was presumed dead): then nothing is written.
 -- Order: the message is placed first and the delivery forgotten last, so that if Redis
@@ -50,6 +51,7 @@ local src_tenants = KEYS[BLOCK + 7]
 local src_parked = KEYS[BLOCK + 8]
 local src_wake = KEYS[BLOCK + 9]
 local tenants = KEYS[BLOCK + 10]
+local src_tenants_idle = KEYS[BLOCK + 11]
 local mode, now, old = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local level, tenant, eta = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
 
@@ -79,7 +81,7 @@ redis.call("hdel", src_acks, old)
 local _, src_tenant = split_meta(meta)
 tenant_release(src_tenants, src_parked, src_wake, src_tenant)
 if src_msgs ~= msgs then  -- to another queue (retry_queue, a demotion): pending there, not here
-  tenant_pending(src_tenants, src_tenant, -1)
+  tenant_done(src_tenants, src_tenants_idle, src_tenant)
   tenant_pending(tenants, tenant, 1)
 end
 redis.call("hincrby", src_stats, "running", -1)

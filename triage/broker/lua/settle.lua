@@ -16,12 +16,13 @@
 --   wake        KEYS[11] {ns:Q}:wake (a token when they do)
 --   dedup       KEYS[12] {ns:Q}:dedup (the dedup key the message holds is released, _dedup.lua)
 --   dedup_exp   KEYS[13] {ns:Q}:dedup.exp
+--   tenants_idle KEYS[14] {ns:Q}:tenants.idle (a tenant whose last pending message settles is idle from now)
 -- ARGV: "ack", "nack" or "handed", now_ms, id; for ack: more ids may follow (acks written
 --   together, `acks.py`); for nack: the JSON description of the failure (reason, error, queue,
 --   actor), the queue's max dead letters and their max age in ms (0: no limit); for handed: the
 --   counter to add one to (retries_total or moved_total)
 -- Writes: msgs, stats, acks, deliveries, dead, dead.msgs, dead.info, dead.idx, tenants, parked, wake,
---   dedup, dedup.exp
+--   dedup, dedup.exp, tenants.idle
 -- Returns: how many messages were settled: an id not in flight for this consumer (already
 --   settled, or reclaimed after this worker was presumed dead) counts 0.
 
@@ -38,6 +39,7 @@ local parked = KEYS[10]
 local wake = KEYS[11]
 local dedup = KEYS[12]
 local dedup_exp = KEYS[13]
+local tenants_idle = KEYS[14]
 local mode = ARGV[1]
 local now = tonumber(ARGV[2])
 
@@ -49,7 +51,7 @@ local function settle(id)
   redis.call("hdel", acks, id)
   local _, tenant = split_meta(meta)
   tenant_release(tenants, parked, wake, tenant)
-  tenant_pending(tenants, tenant, -1)  -- acked or dead-lettered: no longer pending
+  tenant_done(tenants, tenants_idle, tenant)  -- acked or dead-lettered: no longer pending
   redis.call("hincrby", stats, "running", -1)
   if mode ~= "handed" then
     dedup_release(dedup, dedup_exp, deliveries, id)  -- acked or dead-lettered: done, for its dedup key
