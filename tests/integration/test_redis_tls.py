@@ -50,9 +50,13 @@ def stats(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 def test_heroku_style_tls_with_environment_variables_only(heroku: TLSServer) -> None:
-    # Given REDIS_URL as the platform sets it (rediss://, self-signed) and one variable of ours
+    # Given REDIS_URL as the platform sets it (rediss://, self-signed) and the variables app.json
+    # sets (TRIAGE_REDIS_SSL_CERT_REQS=none among them): what a Heroku deploy has, and nothing more
     heroku.plain().flushall()
-    env = {"REDIS_URL": f"rediss://:{PASSWORD}@127.0.0.1:{heroku.tls_port}", "TRIAGE_REDIS_SSL_CERT_REQS": "none"}
+    manifest = json.loads((ROOT / "app.json").read_text())["env"]
+    env = {name: spec["value"] for name, spec in manifest.items() if "value" in spec}
+    assert env["TRIAGE_REDIS_SSL_CERT_REQS"] == "none"
+    env["REDIS_URL"] = f"rediss://:{PASSWORD}@127.0.0.1:{heroku.tls_port}"
     # When the Procfile's critical worker line runs as it is
     line = procfile()["worker_critical"]
     worker = Worker(
