@@ -352,6 +352,9 @@ def test_ending_one_of_two_sessions_of_the_same_second_leaves_the_other(r: redis
     # Then it is ended, and the other is not
     assert site.ended(one)
     assert not site.ended(other)
+    # And it is ended by its nonce, not by its text: the same nonce under another spelling is ended too
+    name, expiry, nonce, signature = one.split(".")
+    assert site.ended(f"{name}.{expiry}.{nonce}.{signature.upper()}")
 
 
 def test_a_padded_copy_of_a_logged_out_session_is_refused(server: Server) -> None:
