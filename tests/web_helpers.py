@@ -51,9 +51,11 @@ class Server:
     def get(self, path: str, token: str | None = None) -> tuple[int, str]:
         return self.call("GET", path, token)
 
-    def call(self, method: str, path: str, token: str | None = None, body: Any = None) -> tuple[int, str]:
+    def call(
+        self, method: str, path: str, token: str | None = None, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, str]:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method)  # noqa: S310 - 127.0.0.1
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers or {})  # noqa: S310
         if data is not None:
             request.add_header("Content-Type", "application/json")
         if token is not None:

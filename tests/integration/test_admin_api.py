@@ -5,6 +5,8 @@ resume, breakers reset and opened, and clear 4xx answers for bad input."""
 from __future__ import annotations
 
 import json
+import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +16,7 @@ from fastapi.routing import APIRoute
 
 from actors import runtime
 from tests.integration.test_dead_letters import QUEUE, make_dead, t_dlq_export, t_dlq_sync
-from tests.web_helpers import Server, serving
+from tests.web_helpers import Server, WebClient, serving
 from triage.admin.ops import Admin
 from triage.admin.web import create_app
 from triage.settings import Settings
@@ -54,12 +56,15 @@ def test_every_admin_endpoint_needs_the_token(server: Server) -> None:
     ]
     assert ("GET", "/metrics") in operations
     assert len(operations) >= 10
-    for method, path in operations:
+    for n, (method, path) in enumerate(operations):
         body: dict[str, Any] | None = {} if method == "POST" else None
-        # When called without a token, then with a wrong one
+        # When called without a token, then with a wrong one (each from an address of its own,
+        # through the proxy on this machine that the server believes: the throttle, tested
+        # below, answers 429 past 10 wrong tokens from one address)
         # Then 401 (asking for a bearer token), then 403, and nothing was done
         assert server.call(method, path, None, body)[0] == 401, path
-        assert server.call(method, path, "not-the-admin-token", body)[0] == 403, path
+        wrong = server.call(method, path, "not-the-admin-token", body, {"X-Forwarded-For": f"192.0.2.{n + 1}"})
+        assert wrong[0] == 403, path
     assert not runtime.queue_stats()["default"]["paused"]
 
 
@@ -205,3 +210,24 @@ def test_pause_resume_and_breakers(server: Server) -> None:
     status, answer = call(server, "POST", "/breakers/nope/reset")
     assert status == 404
     assert "nope" in answer["detail"]
+
+
+def test_wrong_bearer_tokens_are_throttled_but_never_the_right_one(server: Server) -> None:
+    # Given an address that has sent 10 wrong bearer tokens to the admin API (all answered 403)
+    answers = [server.call("GET", f"{API}/queue/stats", f"wrong-token-number-{n:04d}") for n in range(10)]
+    assert [status for status, _ in answers] == [403] * 10
+    # When it sends an 11th
+    began = time.monotonic()
+    refused = WebClient(server.url).get(f"{API}/queue/stats", {"Authorization": "Bearer wrong-token-number-0011"})
+    # Then it is refused with when to try again (after a delay), and nothing is shown
+    assert refused.status_code == 429, refused.text
+    assert int(refused.headers["retry-after"]) >= 1
+    assert time.monotonic() - began >= 0.9
+    assert "queues" not in refused.text
+    # And the right token is still answered at once
+    assert server.call("GET", f"{API}/queue/stats", TOKEN)[0] == 200
+    # And the dashboard's login counts in the same throttle: that address's wrong login is refused too
+    client = WebClient(server.url)
+    nonce = re.search(r'name="csrf" value="([^"]+)"', client.get("/login").text)
+    assert nonce
+    assert client.post("/login", {"token": "wrong-token-number-0012", "csrf": nonce.group(1)}).status_code == 429

@@ -6,6 +6,7 @@ stay off its page until asked for."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import time
@@ -19,6 +20,9 @@ from actors import runtime
 from tests.helpers import wait_for
 from tests.integration.test_dead_letters import QUEUE, make_dead, t_dlq_export
 from tests.web_helpers import Server, WebClient, serving
+from triage.admin.auth import Tokens
+from triage.admin.dashboard.site import Site
+from triage.admin.dashboard.throttle import LoginThrottle
 from triage.admin.ops import Admin
 from triage.admin.web import ADMIN_PREFIX, create_app
 from triage.settings import Settings
@@ -325,18 +329,89 @@ def test_a_rotating_forwarded_for_from_a_trusted_proxy_meets_the_overall_limit(s
     assert answer.status_code == 303
 
 
-def test_two_logins_in_the_same_second_are_two_sessions(server: Server) -> None:
-    # Given alice logged in twice within one second (two browsers)
-    for _ in range(5):
-        first, second = logged_in(server), logged_in(server)
-        if first.cookies["triage_session"].split(".")[1] == second.cookies["triage_session"].split(".")[1]:
-            break
+def test_two_logins_are_two_sessions_and_logging_out_of_one_leaves_the_other(server: Server) -> None:
+    # Given alice logged in twice (two browsers)
+    first, second = logged_in(server), logged_in(server)
     assert first.cookies["triage_session"] != second.cookies["triage_session"]
     # When the first logs out
     assert first.post("/logout", {"csrf": csrf_in(first.get("/").text)}).status_code == 303
     # Then the first is logged out, and the second is still logged in
     assert first.get("/").status_code == 303
     assert second.get("/").status_code == 200
+
+
+def test_ending_one_of_two_sessions_of_the_same_second_leaves_the_other(r: redis.Redis) -> None:
+    # Given two sessions of alice's made at the very same instant (two logins in one second)
+    tokens = Tokens({"alice": ALICE})
+    site = Site(tokens, readonly=False, client=r, namespace=Settings().namespace, throttle=LoginThrottle())
+    now = time.time()
+    one, other = tokens.session("alice", now=now), tokens.session("alice", now=now)
+    assert one.split(".")[1] == other.split(".")[1]
+    # When the first is ended (logout)
+    site.end(one)
+    # Then it is ended, and the other is not
+    assert site.ended(one)
+    assert not site.ended(other)
+    # And it is ended by its nonce, not by its text: the same nonce under another spelling is ended too
+    name, expiry, nonce, signature = one.split(".")
+    assert site.ended(f"{name}.{expiry}.{nonce}.{signature.upper()}")
+
+
+def test_a_padded_copy_of_a_logged_out_session_is_refused(server: Server) -> None:
+    # Given alice's session, copied as it is and with a zero before its expiry (as a thief would)
+    alice = logged_in(server)
+    stolen = alice.cookies["triage_session"]
+    name, expiry, rest = stolen.split(".", 2)
+    padded = f"{name}.0{expiry}.{rest}"
+    tokens = Tokens({"alice": ALICE})
+    # When she logs out
+    assert alice.post("/logout", {"csrf": csrf_in(alice.get("/").text)}).status_code == 303
+    for session in (stolen, padded):
+        thief = WebClient(server.url)
+        thief.cookies["triage_session"] = session
+        # Then neither opens a page (303 to login) nor takes an action (403), even with its CSRF token
+        page = thief.get("/queues")
+        assert page.status_code == 303, session
+        assert page.headers["location"].startswith("/login"), session
+        action = thief.post(f"/queues/{QUEUE}/pause", {"csrf": tokens.csrf(session)})
+        assert action.status_code == 403, session
+    assert not runtime.queue_stats()[QUEUE]["paused"]
+
+
+def test_a_cookie_with_a_superscript_digit_goes_to_login_not_a_500(server: Server) -> None:
+    # Given a crafted session cookie whose expiry ends in "²", sent as raw latin-1 bytes
+    for path in ("/", "/queues", "/login"):
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        try:
+            # When it asks for a dashboard page
+            connection.request("GET", path, headers={"Cookie": "triage_session=admin.1796723175\u00b2.n.sig"})
+            response = connection.getresponse()
+            response.read()
+        finally:
+            connection.close()
+        # Then it is a visitor without a session: sent to log in (the login page itself: shown)
+        if path == "/login":
+            assert response.status == 200, path
+        else:
+            assert response.status == 303, path
+            assert (response.getheader("location") or "").startswith("/login"), path
+
+
+def test_a_forwarded_for_that_is_not_an_address_cannot_forge_the_audit_log(r: redis.Redis) -> None:
+    # Given a web process that believes every X-Forwarded-For (FORWARDED_ALLOW_IPS=*, behind a router)
+    with serving(**ENV, FORWARDED_ALLOW_IPS="*") as server:
+        client = WebClient(server.url)
+        nonce = csrf_in(client.get("/login").text)
+        # When a wrong token comes "from" a text that is not an address, then from a real address
+        forged = {"X-Forwarded-For": "1.2.3.4 outcome=ok who=admin"}
+        assert client.post("/login", {"token": "wrong-token-0001", "csrf": nonce}, forged).status_code == 401
+        real = {"X-Forwarded-For": "203.0.113.7"}
+        assert client.post("/login", {"token": "wrong-token-0002", "csrf": nonce}, real).status_code == 401
+    # Then the audit line names no such address (nor the fields it carried), and the real one is kept
+    lines = [line.split("triage.audit: ", 1)[1] for line in server.output.splitlines() if "action=login" in line]
+    assert "who=- action=login target=dashboard from=- outcome=refused: wrong token" in lines, lines
+    assert "who=- action=login target=dashboard from=203.0.113.7 outcome=refused: wrong token" in lines, lines
+    assert not any("1.2.3.4" in line or "who=admin" in line for line in lines), lines
 
 
 def test_an_absurd_duration_is_a_400_not_a_crash(server: Server) -> None:

@@ -1,7 +1,7 @@
 """The web process started without TRIAGE_ADMIN_TOKEN (loopback only, a token minted for the run),
-attacked as the audit did: a page on another port of the same host that sends the operator's
-own browser (real headless Chromium, logged in) through a 307 redirect to the admin API and to
-a dashboard action, and a remote client reaching it through a real nginx in front that rewrites
+against two attacks: a page on another port of the same host that sends the operator's own
+browser (real headless Chromium, logged in) through a 307 redirect to the admin API and to a
+dashboard action, and a remote client reaching it through a real nginx in front that rewrites
 Host to 127.0.0.1. Neither pauses a queue, opens a breaker or reads a dead letter."""
 
 from __future__ import annotations

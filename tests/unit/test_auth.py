@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from triage.admin.auth import LOCAL, SESSION_SECONDS, Tokens
+from triage.admin.auth import LOCAL, SESSION_SECONDS, Tokens, client_address_of, session_parts
 
 ALICE, BOB = "alice-token-0123456789", "bob-token-0123456789"
 
@@ -88,3 +88,34 @@ def test_without_a_configured_token_the_process_mints_its_own() -> None:
     assert other.session_holder(session) is None
     # And configured tokens are not minted: they have no local token to print
     assert Tokens.of(ALICE).local_token is None
+
+
+def test_only_the_canonical_expiry_is_a_session() -> None:
+    # Given alice's genuine session
+    tokens = Tokens({"alice": ALICE})
+    name, expiry, nonce, signature = tokens.session("alice").split(".")
+    # When its expiry is written another way (a zero in front, a sign, a digit of another script)
+    for other in ("0" + expiry, "+" + expiry, expiry + "\u00b2", "\u0661" + expiry, f" {expiry}", "0"):
+        # Then it is no session (not a copy of hers, and not an error either)
+        assert tokens.session_holder(f"{name}.{other}.{nonce}.{signature}") is None, other
+        assert session_parts(f"{name}.{other}.{nonce}.{signature}") is None, other
+    assert tokens.session_holder(f"{name}.{expiry}.{nonce}.{signature}") == "alice"
+
+
+def test_a_session_with_a_superscript_digit_is_no_session_not_an_error() -> None:
+    # Given a crafted cookie whose expiry ends in "²" ("²".isdigit() is true, int("…²") raises)
+    crafted = "admin.1796723175\u00b2.n.sig"
+    # When it is read, Then it is no session
+    assert session_parts(crafted) is None
+    assert Tokens({"admin": ALICE}).session_holder(crafted) is None
+
+
+def test_a_client_address_is_kept_only_if_it_is_an_ip_address() -> None:
+    # Given the addresses uvicorn may report (with FORWARDED_ALLOW_IPS=*, an X-Forwarded-For entry as sent)
+    # Then an IPv4 or IPv6 address is kept, anything else is "-"
+    assert client_address_of("203.0.113.7") == "203.0.113.7"
+    assert client_address_of("2001:db8::1") == "2001:db8::1"
+    assert client_address_of("1.2.3.4 outcome=ok who=admin") == "-"
+    assert client_address_of("evil.example") == "-"
+    assert client_address_of("") == "-"
+    assert client_address_of(None) == "-"

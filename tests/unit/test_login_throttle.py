@@ -4,6 +4,7 @@ O(1) work per failure however many addresses fail."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -86,3 +87,34 @@ def test_bad_parameters_are_named_and_retry_after_is_whole_seconds() -> None:
     with pytest.raises(ValueError, match="window"):
         LoginThrottle(window=0)
     assert [retry_after(0.2), retry_after(1.0), retry_after(29.01)] == ["1", "1", "30"]
+
+
+def test_a_refusal_waits_its_delay_but_only_so_many_wait_at_once() -> None:
+    # Given an address over its limit, a refusal delay of 0.3 s and at most 2 refusals waiting
+    throttle = LoginThrottle(per_address=1, overall=100, window=300, delay=0.3, most_delayed=2)
+
+    async def timed(address: str) -> tuple[float, float]:
+        began = time.perf_counter()
+        wait = await throttle.refused(address)
+        return wait, time.perf_counter() - began
+
+    async def attempts() -> list[tuple[float, float]]:
+        first = await timed("a")  # counted: answered at once
+        return [first, *await asyncio.gather(*(timed("a") for _ in range(5)))]
+
+    # When it sends one wrong token, then 5 at once
+    answers = asyncio.run(attempts())
+    # Then the first is counted at once; of the 5 refused, 2 wait the delay and 3 are answered at once
+    assert answers[0][0] == 0.0
+    assert answers[0][1] < 0.1
+    assert all(wait > 0 for wait, _ in answers[1:])
+    took = sorted(elapsed for _, elapsed in answers[1:])
+    assert all(elapsed < 0.1 for elapsed in took[:3]), took
+    assert all(elapsed >= 0.29 for elapsed in took[3:]), took
+    # And once they are answered, a refusal waits again
+    assert asyncio.run(timed("a"))[1] >= 0.29
+
+
+def test_a_negative_delay_is_refused() -> None:
+    with pytest.raises(ValueError, match="delay"):
+        LoginThrottle(delay=-1)

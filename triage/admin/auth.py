@@ -12,10 +12,14 @@ Guarantees:
   from that name's token by PBKDF2 (200,000 rounds, once per process): it holds no token, cannot
   be forged without one, ends at its expiry, and ends at once for every holder when the token is
   changed; a stolen cookie makes guessing the token offline slow. The random nonce makes every
-  login a session of its own (two logins in one second are two sessions). Logging out ends
-  that one session for good (`dashboard/site.py` keeps the ended ones in Redis until they expire).
+  login a session of its own (two logins in one second are two sessions). An expiry has one
+  spelling only (ASCII digits, no leading zero): a session cannot be copied under another text
+  with the same signature. Logging out ends that one session for good, by its nonce
+  (`dashboard/site.py` keeps the ended ones in Redis until they expire).
 - A CSRF token is bound to the session it was issued with: a form posted from another site (or
   with another session's token) is refused.
+- `client_address_of` keeps a client address only if it is an IP address (else "-"): a forged
+  X-Forwarded-For cannot write text into the audit log or grow the throttle's memory.
 - `is_loopback` / `request_host` say whether a request came to this machine's own address
   (the no-token mode serves nothing else; the dashboard's Secure cookie needs it or HTTPS).
 - `audit` writes one INFO line per action to the `triage.audit` logger: who, what, on what, and
@@ -110,10 +114,14 @@ class Tokens:
         return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
 
 
+_EXPIRY = re.compile(r"[1-9][0-9]{0,11}")  # ASCII digits, no leading zero: one spelling per expiry
+
+
 def session_parts(session: str | None) -> tuple[str, int, str, str] | None:
-    """A session's name, expiry, nonce and signature, or None if it does not have that shape."""
+    """A session's name, expiry, nonce and signature, or None if it does not have that shape
+    (an expiry is only its canonical spelling: no leading zero, sign, space or non-ASCII digit)."""
     parts = (session or "").rsplit(".", 3)
-    if len(parts) != 4 or not parts[1].isdigit() or not all(parts):
+    if len(parts) != 4 or not all(parts) or not _EXPIRY.fullmatch(parts[1]):
         return None
     return parts[0], int(parts[1]), parts[2], parts[3]
 
@@ -126,6 +134,15 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def client_address_of(host: str | None) -> str:
+    """`host` (the client address uvicorn reports) if it is an IP address, else "-": with
+    FORWARDED_ALLOW_IPS=* it is an X-Forwarded-For entry as sent, and may be any text."""
+    try:
+        return str(ipaddress.ip_address(host or ""))
+    except ValueError:
+        return "-"
 
 
 def request_host(host_header: str | None) -> str:

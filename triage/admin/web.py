@@ -19,7 +19,10 @@ Guarantees:
 - Request bodies are capped (`body_limit.py`, outermost): over `max_body_bytes` is a 413 before
   any authentication, parsing or route runs, a streamed body cut at the cap.
 - Admin endpoints and `/metrics` need `Authorization: Bearer <token>` (`TRIAGE_ADMIN_TOKEN`, or
-  one of `TRIAGE_ADMIN_TOKENS`), compared in constant time: 401 without it, 403 with another
+  one of `TRIAGE_ADMIN_TOKENS`), compared in constant time: 401 without it, 403 with another;
+  wrong ones are counted per client address and overall in the throttle the dashboard's login
+  counts in (`dashboard/throttle.py`, one per process), and past its limits a wrong token is a
+  429 with Retry-After, a second later; the right token is checked first and never refused
   (queue, breaker and tenant figures are
   not for the public internet; Prometheus sends the token, see deploy/prometheus). With no
   token configured, a token is minted for the process (`Tokens.mint`; `triage serve` prints it
@@ -76,6 +79,8 @@ from .auth import Tokens, is_loopback, request_host
 from .body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimit
 from .breakers import MAX_OPEN_SECONDS, BreakerOps
 from .dashboard import install_dashboard
+from .dashboard.site import client_address
+from .dashboard.throttle import LoginThrottle, retry_after
 from .dlq_model import DURATION, NAME, DeadLetter, Filter, Group
 from .fleet_metrics import FleetCollector
 from .ops import Admin, UnknownQueue
@@ -163,6 +168,7 @@ def _documented(*codes: int) -> dict[int | str, dict[str, Any]]:
         400: "A body that is not JSON, or an action that names no dead letters (or both ids and filters)",
         401: "No admin token (Authorization: Bearer <TRIAGE_ADMIN_TOKEN>)",
         403: "Wrong admin token",
+        429: "Too many wrong admin tokens from this address (or from all): try again after Retry-After",
         404: "Unknown queue, breaker or dead letter",
         503: "Redis unavailable",
     }
@@ -216,17 +222,23 @@ def create_app(
         )
     )
     bearer = HTTPBearer(auto_error=False, description="TRIAGE_ADMIN_TOKEN")
+    throttle = LoginThrottle()  # wrong tokens of this process: the API's and the dashboard's logins
 
-    def authorized(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
-        """The name of the caller's token ("local" for the minted one)."""
+    async def authorized(
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    ) -> str:
+        """The name of the caller's token ("local" for the minted one); a wrong one is counted in
+        the throttle (the right one is checked first: never refused)."""
         if credentials is None or not credentials.credentials:
             raise HTTPException(
                 401, "admin endpoints need Authorization: Bearer <TRIAGE_ADMIN_TOKEN>", {"WWW-Authenticate": "Bearer"}
             )
         who = tokens.who(credentials.credentials)
-        if who is None:
-            raise HTTPException(403, "wrong admin token")
-        return who
+        if who is not None:
+            return who
+        if wait := await throttle.refused(client_address(request)):
+            raise HTTPException(429, "too many wrong admin tokens: try again later", {"Retry-After": retry_after(wait)})
+        raise HTTPException(403, "wrong admin token")
 
     Who = Annotated[str, Depends(authorized)]
 
@@ -246,7 +258,7 @@ def create_app(
     api = APIRouter(
         prefix=ADMIN_PREFIX,
         dependencies=[Depends(authorized), Depends(single_valued)],
-        responses=_documented(400, 401, 403, 503),
+        responses=_documented(400, 401, 403, 429, 503),
     )
 
     @app.exception_handler(RequestValidationError)
@@ -375,7 +387,9 @@ def create_app(
         return BreakerOut(breaker=name, state=state)
 
     app.include_router(api)
-    install_dashboard(app, admin=admin, actions=acts, tokens=tokens, readonly=readonly, sla=sla, actors=actors)
+    install_dashboard(
+        app, admin=admin, actions=acts, tokens=tokens, readonly=readonly, sla=sla, actors=actors, throttle=throttle
+    )
     return app
 
 

@@ -33,6 +33,7 @@ from .actions import install_actions
 from .jobs import Jobs
 from .pages import install_pages
 from .site import Site
+from .throttle import LoginThrottle
 
 STATIC = Path(__file__).parent / "static"
 
@@ -46,9 +47,13 @@ def install_dashboard(
     readonly: bool,
     sla: Mapping[str, float],
     actors: Callable[[], Mapping[str, Any]] | None,
+    throttle: LoginThrottle,
 ) -> None:
-    """Add the dashboard's routes to `app` (none of them in the API's schema)."""
-    site = Site(tokens, readonly=readonly, client=admin.broker.client, namespace=admin.settings.namespace)
+    """Add the dashboard's routes to `app` (none of them in the API's schema); `throttle` counts
+    its wrong logins (the web process's, shared with the admin API's bearer check)."""
+    site = Site(
+        tokens, readonly=readonly, client=admin.broker.client, namespace=admin.settings.namespace, throttle=throttle
+    )
     jobs = Jobs(actions)
     install_pages(app, site, admin=admin, jobs=jobs, sla=sla, actors=actors)
     install_actions(app, site, admin=admin, actions=actions, jobs=jobs)

@@ -6,25 +6,27 @@ Guarantees:
 - A request without a genuine, unexpired session is sent to `/login` (a page: 303) or refused
   (an action: 403). Without a configured token, the token the process minted logs in, from the
   login link it printed (`/login?token=...`: the session is set, and the token leaves the URL).
-- Logging in checks the token before the throttle (`throttle.py`): a right token always logs
-  in; a wrong one over the limits is answered 429 with Retry-After, after a delay of a second.
+- Logging in checks the token before the throttle (`throttle.py`, the one the admin API's bearer
+  check counts in too): a right token always logs in; a wrong one over the limits is answered
+  429 with Retry-After, after a delay of a second.
 - The session cookie is HttpOnly, Secure, SameSite=Strict, Path=/; it holds the holder's name,
   an expiry, a random nonce and a signature, never the token (`auth.Tokens.session`).
 - Every POST must carry the CSRF token of its session (a hidden field of every form) and, when
   the browser sends an Origin, come from this site's own origin (its Host, or the
   X-Forwarded-Host a proxy sets); else 403.
 - Logging out ends that one session for good (another login of the same token, even in the same
-  second, is another session): its digest is kept in Redis (`{ns:admin}:ended`)
-  until the session would have expired, and a session found there is no session.
+  second, is another session): its nonce (signed, unique to the login) is kept in Redis
+  (`{ns:admin}:ended`) until the session would have expired, and a session whose nonce is
+  there is no session, however its cookie is spelt.
+- A cookie that is not a session (any bytes) is a visitor without one, never an error.
+- A client address (the audit log's `from=`, the throttle's key) is an IP address or "-".
 - Every page and redirect it renders carries a Content-Security-Policy allowing this origin only
   (no inline script, no CDN), and is not cached, framed or sent with a referrer elsewhere.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import hashlib
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -36,7 +38,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from ..auth import Tokens, audit, is_loopback, request_host, session_parts
+from ..auth import Tokens, audit, client_address_of, is_loopback, request_host, session_parts
 from .charts import bars
 from .data import seconds, when
 from .throttle import LoginThrottle, retry_after
@@ -54,7 +56,6 @@ HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-REFUSAL_DELAY = 1.0  # seconds a wrong login over the throttle's limits waits for its 429
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,13 @@ class Visitor:
 
 
 class Site:
-    """Rendering and access for the dashboard; `tokens` decide who may see and act."""
+    """Rendering and access for the dashboard; `tokens` decide who may see and act; `throttle`
+    counts wrong logins (the web process's one, shared with the admin API)."""
 
-    def __init__(self, tokens: Tokens, *, readonly: bool, client: redis.Redis, namespace: str) -> None:
-        self.tokens, self.readonly, self.client = tokens, readonly, client
-        self.throttle = LoginThrottle()
+    def __init__(
+        self, tokens: Tokens, *, readonly: bool, client: redis.Redis, namespace: str, throttle: LoginThrottle
+    ) -> None:
+        self.tokens, self.readonly, self.client, self.throttle = tokens, readonly, client, throttle
         self.ended_key = f"{{{namespace}:admin}}:ended"
         self.env = Environment(
             loader=PackageLoader("triage.admin.dashboard", "templates"),
@@ -138,21 +141,24 @@ class Site:
         return visitor.who
 
     def ended(self, session: str) -> bool:
-        """Whether `session` was logged out (Redis unreachable: not known to be, and every page
-        that needs Redis says it is unreachable)."""
+        """Whether `session` was logged out, by its nonce (Redis unreachable: not known to be,
+        and every page that needs Redis says it is unreachable)."""
+        parts = session_parts(session)
+        if parts is None:
+            return True
         try:
-            return self.client.zscore(self.ended_key, _digest(session)) is not None
+            return self.client.zscore(self.ended_key, parts[2]) is not None
         except UNAVAILABLE:
             return False
 
     def end(self, session: str) -> None:
-        """End `session` for good (logout)."""
+        """End `session` for good (logout): its nonce, whatever its cookie's spelling."""
         parts = session_parts(session)
         if parts is None:
             raise ValueError("not a session: only a genuine session can be ended")
-        expiry = parts[1]
+        _, expiry, nonce, _ = parts
         pipe = self.client.pipeline(transaction=False)
-        pipe.zadd(self.ended_key, {_digest(session): expiry})
+        pipe.zadd(self.ended_key, {nonce: expiry})
         pipe.zremrangebyscore(self.ended_key, "-inf", time.time())
         pipe.execute()
 
@@ -173,15 +179,14 @@ class Site:
         return answer
 
     async def wrong_token(self, request: Request, page: Callable[[int], Response]) -> Response:
-        """The answer to a wrong token: `page(401)` while within the throttle's limits, else, a
-        second later, `page(429)` with Retry-After; audited either way."""
+        """The answer to a wrong token: `page(401)` while within the throttle's limits, else,
+        after its delay (a second), `page(429)` with Retry-After; audited either way."""
         address = client_address(request)
-        wait = self.throttle.failed(address)
+        wait = await self.throttle.refused(address)
         outcome = "refused: too many failed logins" if wait else "refused: wrong token"
         audit("-", "login", f"dashboard from={address}", outcome)
         if not wait:
             return page(401)
-        await asyncio.sleep(REFUSAL_DELAY)
         answer = page(429)
         answer.headers["Retry-After"] = retry_after(wait)
         return answer
@@ -214,11 +219,8 @@ def plain_http_elsewhere(request: Request) -> bool:
 
 
 def client_address(request: Request) -> str:
-    return request.client.host if request.client else "-"
-
-
-def _digest(session: str) -> str:
-    return hashlib.sha256(session.encode()).hexdigest()
+    """The client's IP address as uvicorn reports it, or "-" (none, or not an IP address)."""
+    return client_address_of(request.client.host if request.client else None)
 
 
 async def form_of(request: Request) -> dict[str, str]:

@@ -1,10 +1,11 @@
-"""The login throttle: wrong tokens are counted per client address and overall, and slowed
-once over either limit; a right token is never refused because of them.
+"""The throttle of wrong tokens: the dashboard's logins and the admin API's bearer tokens are
+counted together (one throttle per web process, built by `web.create_app`), per client address
+and overall, and slowed once over either limit; a right token is never refused because of them.
 
 Guarantees:
-- Only wrong attempts are counted and only wrong attempts are refused: the login routes check
-  the token first, so an operator behind the same router as an attacker (every client of an
-  untrusted router shares its address) still logs in at once.
+- Only wrong attempts are counted and only wrong attempts are refused: the login route and the
+  API's bearer check test the token first, so an operator behind the same router as an attacker
+  (every client of an untrusted router shares its address) still gets in at once.
 - Per address (the client address uvicorn reports: the peer, or the X-Forwarded-For entry it
   was told to believe with `FORWARDED_ALLOW_IPS`): `per_address` failures at once, then one
   more every `window / per_address` seconds (a GCRA, the token bucket as one timestamp).
@@ -13,7 +14,12 @@ Guarantees:
   believed from a router) buys no more guesses than that.
 - A refused attempt is not counted (an attacker cannot push its own limit, or a shared
   address's, ever further away); `failed` returns how long until a wrong attempt would be
-  counted again, which the routes send as Retry-After, after a delay of their own.
+  counted again, which the routes send as Retry-After (429).
+- `refused` is `failed` plus the delay of a refusal: over the limits, a wrong attempt is
+  answered after `delay` seconds, unless `most_delayed` refusals are already waiting (then at
+  once: waiting refusals are bounded too). The delay slows one client trying tokens one after
+  another; many at once are bounded only by the server's throughput, which long random tokens
+  make enough.
 - Bounded memory and O(1) work per failure: at most `addresses` addresses are remembered
   (least recently failed forgotten first: forgetting one only forgives it early, the overall
   limit still holds). Per web process, in memory: a restart forgets, several processes each count.
@@ -21,6 +27,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import math
 import threading
@@ -29,7 +36,7 @@ from collections.abc import Callable
 
 
 class LoginThrottle:
-    """Failed logins, per client address and overall.
+    """Wrong tokens (failed logins and bearer checks), per client address and overall.
 
     Parameters:
       per_address: failures one address may make before its wrong attempts are refused.
@@ -37,6 +44,8 @@ class LoginThrottle:
       window: seconds in which each budget refills completely.
       addresses: how many addresses are remembered (least recently failed forgotten first).
       clock: a monotonic clock in seconds (tests pass their own).
+      delay: seconds a refused attempt waits for its answer (`refused`).
+      most_delayed: how many refused attempts may wait at once (the others are answered at once).
     """
 
     def __init__(
@@ -47,10 +56,15 @@ class LoginThrottle:
         window: float = 300.0,
         addresses: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        delay: float = 1.0,
+        most_delayed: int = 16,
     ) -> None:
         if min(per_address, overall, addresses) < 1 or not window > 0:
             raise ValueError("per_address, overall and addresses must be at least 1, and window positive")
+        if not delay >= 0 or most_delayed < 0:
+            raise ValueError("delay and most_delayed must not be negative")
         self.window, self.addresses, self.clock = window, addresses, clock
+        self.delay, self.most_delayed, self._delayed = delay, most_delayed, 0
         self._address_step, self._overall_step = window / per_address, window / overall
         self._full_at: collections.OrderedDict[str, float] = collections.OrderedDict()  # GCRA per address
         self._overall_full_at = 0.0
@@ -72,6 +86,18 @@ class LoginThrottle:
             if len(self._full_at) > self.addresses:
                 self._full_at.popitem(last=False)
             return 0.0
+
+    async def refused(self, address: str) -> float:
+        """`failed(address)`; over the limits, answered `delay` seconds later (at once if
+        `most_delayed` refusals already wait). Call it on the event loop only."""
+        wait = self.failed(address)
+        if wait and self._delayed < self.most_delayed:
+            self._delayed += 1
+            try:
+                await asyncio.sleep(self.delay)
+            finally:
+                self._delayed -= 1
+        return wait
 
     def remembered(self) -> int:
         """How many addresses are remembered now (at most `addresses`)."""
