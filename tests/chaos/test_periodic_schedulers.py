@@ -1,6 +1,7 @@
 """Three real schedulers (two `triage scheduler`, one `periodiq actors`) for a few minutes of a
 per-minute job, one of them killed (SIGKILL) and restarted mid-way, a real worker running the
-ticks: every minute runs once, none twice, none lost while any scheduler was up."""
+ticks: every minute runs once, none twice, none lost while any scheduler was up. And two
+schedulers without a worker (periodiq's command and `triage scheduler`): each tick is stored once."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from typing import Any
 
 import pytest
 import redis
@@ -74,3 +76,43 @@ def test_three_schedulers_one_killed_run_each_minute_once(r: redis.Redis) -> Non
     )
     assert (lost, duplicated) == (0, 0), runs
     assert runtime.queue_stats()[QUEUE]["duplicates_total"] >= 2 * MINUTES
+
+
+def test_two_real_schedulers_send_each_tick_once(r: redis.Redis) -> None:
+    # Given two schedulers against one Redis (two dynos), no worker: periodiq's own command,
+    # and `triage scheduler` (periodiq's scheduler, kept alive through a failed send)
+    commands = [
+        [str(BIN / "periodiq"), "actors", "tests.periodic_actors"],
+        [str(BIN / "triage"), "scheduler", "--app", "tests.periodic_actors"],
+    ]
+    schedulers = [
+        subprocess.Popen(args, cwd=ROOT, env=env_with(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for args in commands
+    ]
+    try:
+        # When both have sent the current minute's tick, and then the next minute's
+        def stats() -> dict[str, int]:
+            row = runtime.queue_stats()[QUEUE]
+            return {"queued": row["queued"], "duplicates": row["duplicates_total"]}
+
+        wait_for(lambda: stats()["duplicates"] >= 1, 60)  # both fired one tick
+        first = stats()["queued"]
+        wait_for(lambda: stats()["queued"] > first and stats()["duplicates"] >= 2, 75, interval=0.5)
+        time.sleep(3)  # any late send of that tick
+    finally:
+        for process in schedulers:
+            process.terminate()
+            process.wait(10)
+    # Then each tick was stored once: as many messages as distinct (actor, tick), and the
+    # per-minute job has two consecutive minutes
+    sent = [(m["actor_name"], m["options"]["scheduled_at"]) for m in _queued_messages(r)]
+    assert len(sent) == len(set(sent))
+    minutes = sorted(dt.datetime.fromisoformat(tick) for actor, tick in sent if actor == "every_minute")
+    assert len(minutes) >= 2
+    assert minutes[1] - minutes[0] == dt.timedelta(minutes=1)
+
+
+def _queued_messages(r: redis.Redis) -> list[dict[str, Any]]:
+    encoder = runtime.broker.encoder
+    bodies: list[bytes] = r.hvals(runtime.broker.keys(QUEUE).msgs)  # type: ignore[assignment]
+    return [encoder.decode(raw) for raw in bodies]

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import subprocess
-import time
 from collections.abc import Callable
-from typing import Any
 
 import pendulum
 import pytest
 import redis
 
 from actors import background, runtime
-from tests.helpers import BIN, ROOT, dramatiq_worker, env_with, triage, wait_for
+from tests.helpers import dramatiq_worker, triage, wait_for
 from tests.periodic_actors import QUEUE, RAN, daily, every_five_exclusive, every_minute, leap_day
 from triage.admin.scheduler import ResilientScheduler
 from triage.cron import UTC
@@ -185,43 +182,3 @@ def test_a_bad_periodic_declaration_is_refused_naming_the_actor(options: dict[st
         def t_bad_periodic() -> None: ...
 
     assert "t_bad_periodic" in str(caught.value)
-
-
-def test_two_real_schedulers_send_each_tick_once(r: redis.Redis) -> None:
-    # Given two schedulers against one Redis (two dynos), no worker: periodiq's own command,
-    # and `triage scheduler` (periodiq's scheduler, kept alive through a failed send)
-    commands = [
-        [str(BIN / "periodiq"), "actors", "tests.periodic_actors"],
-        [str(BIN / "triage"), "scheduler", "--app", "tests.periodic_actors"],
-    ]
-    schedulers = [
-        subprocess.Popen(args, cwd=ROOT, env=env_with(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for args in commands
-    ]
-    try:
-        # When both have sent the current minute's tick, and then the next minute's
-        def stats() -> dict[str, int]:
-            row = runtime.queue_stats()[QUEUE]
-            return {"queued": row["queued"], "duplicates": row["duplicates_total"]}
-
-        wait_for(lambda: stats()["duplicates"] >= 1, 60)  # both fired one tick
-        first = stats()["queued"]
-        wait_for(lambda: stats()["queued"] > first and stats()["duplicates"] >= 2, 75, interval=0.5)
-        time.sleep(3)  # any late send of that tick
-    finally:
-        for process in schedulers:
-            process.terminate()
-            process.wait(10)
-    # Then each tick was stored once: as many messages as distinct (actor, tick), and the
-    # per-minute job has two consecutive minutes
-    sent = [(m["actor_name"], m["options"]["scheduled_at"]) for m in _queued_messages(r)]
-    assert len(sent) == len(set(sent))
-    minutes = sorted(dt.datetime.fromisoformat(tick) for actor, tick in sent if actor == "every_minute")
-    assert len(minutes) >= 2
-    assert minutes[1] - minutes[0] == dt.timedelta(minutes=1)
-
-
-def _queued_messages(r: redis.Redis) -> list[dict[str, Any]]:
-    encoder = runtime.broker.encoder
-    bodies: list[bytes] = r.hvals(runtime.broker.keys(QUEUE).msgs)  # type: ignore[assignment]
-    return [encoder.decode(raw) for raw in bodies]
