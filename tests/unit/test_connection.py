@@ -271,3 +271,13 @@ def test_rediss_sentinel_reaches_the_sentinels_and_the_primary_over_tls() -> Non
     plain = client_from_url("rediss+sentinel://h1/svc?sentinel_ssl=false").connection_pool
     assert plain.sentinel_manager.sentinels[0].connection_pool.connection_class is Connection  # type: ignore[attr-defined]
     assert issubclass(plain.connection_class, SentinelManagedSSLConnection)
+
+
+def test_the_sentinels_are_asked_with_a_socket_timeout() -> None:
+    # Given a Sentinel URL (with a sentinel password, so the sentinels get keywords of their own)
+    for url in ("redis+sentinel://s1,s2/svc", "rediss+sentinel://s1/svc?sentinel_password=pw"):
+        pool = client_from_url(url).connection_pool
+        # Then every sentinel connection times out rather than hanging on a sentinel that stops answering
+        for sentinel in pool.sentinel_manager.sentinels:  # type: ignore[attr-defined]
+            kwargs = sentinel.connection_pool.connection_kwargs
+            assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == 1.0

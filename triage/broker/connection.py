@@ -33,6 +33,7 @@ Guarantees:
   restart. Form: `redis+sentinel://[[user]:password@]host1:26379,host2:26379/service_name[/db]`
   `[?sentinel_password=…]`. With `rediss+sentinel://` both the sentinels and the primary are
   reached over TLS, with the same options; `sentinel_ssl=false` reaches the sentinels without.
+  The sentinels are asked with a 1 s connect and socket timeout, so a silent sentinel is skipped.
 - A Cluster URL gives redis-py's cluster client, which learns the slot map from any of the
   nodes named and follows MOVED/ASK redirections and failovers by itself. Form:
   `redis+cluster://[[user]:password@]host1:7000,host2:7001[/]` (Redis Cluster has database 0
@@ -56,6 +57,7 @@ from redis.sentinel import Sentinel
 SENTINEL_PORT = 26379
 CLUSTER_PORT = 6379
 SERVER_PORT = 6379
+SENTINEL_TIMEOUT = 1.0  # seconds: a sentinel's (and, unless told otherwise, the primary's) socket timeout
 # scheme -> (kind, TLS); kinds: "server" (one server or a socket), "sentinel", "cluster"
 SCHEMES = {
     "redis": ("server", False),
@@ -331,14 +333,15 @@ def client_from_url(url: str, *, tls: Mapping[str, object] | None = None, **opti
         return redis.Redis.from_url(plain, **credentials, **ssl, **options)
     path = [p for p in parsed.path.split("/") if p]
     service, db = unquote(path[0]), int(path[1]) if len(path) > 1 else 0
-    sentinel_kwargs: dict[str, object] = {}
+    # The sentinels get their own keywords: without a timeout here, a sentinel that stops answering hangs the client.
+    sentinel_kwargs: dict[str, object] = dict.fromkeys(("socket_timeout", "socket_connect_timeout"), SENTINEL_TIMEOUT)
     if "sentinel_password" in parsed.options:
         sentinel_kwargs["password"] = parsed.options["sentinel_password"]
     if parsed.tls and _flag(parsed.options.get("sentinel_ssl", True)):
         sentinel_kwargs.update(ssl=True, **ssl)
     primary_tls = {"ssl": True, **ssl} if parsed.tls else {}
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        _hosts(parsed.hostlist, SENTINEL_PORT), sentinel_kwargs=sentinel_kwargs, socket_timeout=1.0
+        _hosts(parsed.hostlist, SENTINEL_PORT), sentinel_kwargs=sentinel_kwargs, socket_timeout=SENTINEL_TIMEOUT
     )
     client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
         service, db=db, username=parsed.username, password=parsed.password, **primary_tls, **options
