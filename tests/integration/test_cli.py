@@ -180,3 +180,25 @@ def test_a_bad_redis_url_is_one_line_naming_redis_url_and_no_traceback(url: str,
     assert expected in done.stderr
     assert "Traceback" not in done.stderr
     assert "s3cret" not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--rate", "nan"),
+        ("--rate", "inf"),
+        ("--rate", "0"),
+        ("--rate", "-1"),
+        ("--duration", "nan"),
+        ("--duration", "inf"),
+        ("--duration", "-1"),
+    ],
+)
+def test_demo_refuses_a_rate_or_duration_that_is_not_a_finite_number(option: str, value: str) -> None:
+    # Given a demo rate or duration that is NaN, infinite, or below what the option takes
+    # When the demo is started with it
+    done = triage("demo", option, value, timeout=20)
+    # Then click refuses it naming the option, before anything is sent: no traceback
+    assert done.returncode == 2
+    assert f"Invalid value for '{option}'" in done.stderr
+    assert "Traceback" not in done.stderr
