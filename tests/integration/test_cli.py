@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import redis
 
 from actors import runtime
@@ -159,4 +160,45 @@ def test_demo_with_a_bad_configuration_exits_2_naming_the_variable() -> None:
     done = triage("demo", "--duration", "1", env=env_with(TRIAGE_MAX_PAYLOAD_BYTES="lots"))
     assert done.returncode == 2
     assert "TRIAGE_MAX_PAYLOAD_BYTES: Input should be a valid integer" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://:s3cret@host:notaport/0", "REDIS_URL: host 'host': the port must be a number from 1 to 65535"),
+        ("redis://:s3cret@host:99999/0", "REDIS_URL: host 'host': the port must be a number from 1 to 65535"),
+        ("redis://:pa&ssl_password=s3cret@127.0.0.1:99999/0", "REDIS_URL: is not valid; the details are not shown"),
+    ],
+)
+def test_a_bad_redis_url_is_one_line_naming_redis_url_and_no_traceback(url: str, expected: str) -> None:
+    # Given a REDIS_URL with a port no Redis listens on
+    # When an operator asks for the stats
+    done = triage("stats", env=env_with(REDIS_URL=url))
+    # Then the command fails with one line naming REDIS_URL and the problem: no traceback, no password
+    assert done.returncode in (1, 2)
+    assert expected in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "s3cret" not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--rate", "nan"),
+        ("--rate", "inf"),
+        ("--rate", "0"),
+        ("--rate", "-1"),
+        ("--duration", "nan"),
+        ("--duration", "inf"),
+        ("--duration", "-1"),
+    ],
+)
+def test_demo_refuses_a_rate_or_duration_that_is_not_a_finite_number(option: str, value: str) -> None:
+    # Given a demo rate or duration that is NaN, infinite, or below what the option takes
+    # When the demo is started with it
+    done = triage("demo", option, value, timeout=20)
+    # Then click refuses it naming the option, before anything is sent: no traceback
+    assert done.returncode == 2
+    assert f"Invalid value for '{option}'" in done.stderr
     assert "Traceback" not in done.stderr

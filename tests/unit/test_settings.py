@@ -225,3 +225,43 @@ def test_tls_variables_give_the_client_its_options(monkeypatch: pytest.MonkeyPat
     assert settings.redis_tls() == {"ssl_cert_reqs": "none", "ssl_check_hostname": False}
     kwargs = settings.redis_client().connection_pool.connection_kwargs
     assert (kwargs["ssl_cert_reqs"], kwargs["ssl_check_hostname"]) == ("none", False)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://:pw@host:notaport/0", "REDIS_URL: host 'host': the port must be a number from 1 to 65535"),
+        ("redis://:pw@host:99999/0", "REDIS_URL: host 'host': the port must be a number from 1 to 65535"),
+        ("rediss://:pw@host:0", "REDIS_URL: host 'host': the port must be a number from 1 to 65535"),
+        ("redis://:pw@127.0.0.1:6379/abc", "REDIS_URL: the path must be /db, a database number from 0 to 2147483647"),
+        ("redis://:pw@127.0.0.1:6379/2147483648", "REDIS_URL: the path's database must be a number from 0 to"),
+        ("redis://:pw@127.0.0.1:6379?db=-1", "REDIS_URL: query option 'db' must be a number from 0 to 2147483647"),
+        ("redis://:pw@/0", "REDIS_URL: names no host: redis://[[user]:password@]host[:port][/db]"),
+        ("redis://:pw@bad host:6379/0", "REDIS_URL: the host must be name[:port]"),
+        ("redis+sentinel://:pw@s1:99999/mymaster", "REDIS_URL: host 's1': the port must be a number from 1 to 65535"),
+        ("redis+sentinel://s1,s2:x/mymaster/1", "REDIS_URL: host 's2': the port must be a number from 1 to 65535"),
+        ("redis+sentinel://s1,:1/mymaster", "REDIS_URL: host 2 of 2 must be name[:port]"),
+        ("redis+sentinel://s1/mymaster/٣", "REDIS_URL: a redis+sentinel URL's path is /service_name or"),
+        ("redis+cluster://:pw@n1:7000,n2:65536", "REDIS_URL: host 'n2': the port must be a number from 1 to 65535"),
+    ],
+)  # fmt: skip
+def test_a_host_port_or_database_redis_cannot_take_is_refused_naming_redis_url(
+    monkeypatch: pytest.MonkeyPatch, url: str, expected: str
+) -> None:
+    # Given a REDIS_URL whose host, port or database no Redis client can use
+    monkeypatch.setenv("REDIS_URL", url)
+    # When settings are loaded, Then a ConfigError names REDIS_URL and the problem, never the password
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert expected in str(caught.value)
+    assert ":pw@" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://[::1]:6380/15", "redis://my_redis:6379/2147483647", "rediss://h.example.com", "redis://h:1/"]
+)
+def test_hosts_ports_and_databases_redis_takes_are_accepted(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    # Given a REDIS_URL with an IPv6 host, an underscore name, the largest database, no port, the lowest port
+    monkeypatch.setenv("REDIS_URL", url)
+    # Then it loads
+    assert load_settings().redis_url == url

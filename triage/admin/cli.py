@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -208,9 +209,40 @@ def run(procfile: str, data_dir: str, no_demo: bool) -> None:
     sys.exit(run_stack(procfile=procfile, data_dir=data_dir, demo=not no_demo))
 
 
+class FiniteFloat(click.ParamType[float]):
+    """A finite number, above `minimum` (or at it, with `or_equal`): NaN and infinities are refused."""
+
+    name = "number"
+
+    def __init__(self, minimum: float, *, or_equal: bool) -> None:
+        self.minimum, self.or_equal = minimum, or_equal
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        below = number < self.minimum if self.or_equal else number <= self.minimum
+        if not math.isfinite(number) or below:
+            bound = f"{'at least' if self.or_equal else 'above'} {self.minimum:g}"
+            self.fail(f"{value!r} is not a finite number {bound}", param, ctx)
+        return number
+
+
 @main.command()
-@click.option("--rate", default=20.0, show_default=True, help="Messages per second, all tiers together.")
-@click.option("--duration", default=0.0, help="Stop after this many seconds (0: until interrupted).")
+@click.option(
+    "--rate",
+    type=FiniteFloat(0, or_equal=False),
+    default=20.0,
+    show_default=True,
+    help="Messages per second, all tiers together.",
+)
+@click.option(
+    "--duration",
+    type=FiniteFloat(0, or_equal=True),
+    default=0.0,
+    help="Stop after this many seconds (0: until interrupted).",
+)
 def demo(rate: float, duration: float) -> None:
     """Send a realistic mix of critical, default and background work to the demo's actors
     (workers run them with TRIAGE_DEMO=1, which `triage run` sets)."""

@@ -3,14 +3,25 @@
 
 Guarantees:
 - `parse_url(url)` reads a URL without connecting, or raises `URLError` (a ValueError) saying
-  what is wrong: an unknown scheme, a query option the URL's kind does not take (named), a value
-  it does not accept, a TLS option on a URL without TLS. No message quotes the URL's credentials.
+  what is wrong: an unknown scheme, a host that is not `name[:port]` (a host name, an IPv4
+  address or a bracketed IPv6 one; a port from 1 to 65535, digits only), a `redis://` or
+  `rediss://` URL with no host (Triage does not fall back to localhost), a database that is not
+  a number from 0 to 2**31 - 1 (path `/db` or query `db=`), a query option the URL's kind does
+  not take (named), a value it does not accept, a TLS option on a URL without TLS.
   Schemes are case-insensitive: `REDIS://` is `redis://`.
-- The password is everything between the first `:` and the last `@` before the host list, so a
-  raw `@`, `:`, `/`, `?` or `#` in it reads as meant (a `@` inside the value of a query option
-  that names a file or a password is not taken for that `@`); `%40` and the like are decoded.
-  `redact_url` reads the URL the same way and shows `***` for the password and every query
-  `…password=` value, whatever characters they hold.
+- No message and no redacted URL shows any character of a password. A message quotes a host or a
+  query option's name or value only when the URL has no `@` after the one that ends its userinfo
+  and no `&` after a query `…password=`; otherwise a password could have been read as the host or
+  the query, and the message says what to check without quoting it.
+- For the connection, the password is everything between the first `:` and the last `@` before
+  the host list, so a raw `@`, `:`, `/`, `?` or `#` in it reads as meant (a `@` inside the value of
+  a query option that names a file or a password is not taken for that `@`); `%40` and the like
+  are decoded. A password holding `?` or `&` followed by such an option's name and `=` must be
+  percent-encoded (`%3F`, `%26`), and so must a `&` in a query value.
+- `redact_url` is more cautious than that reading: it stars everything from the first `:` after
+  `scheme://` to the URL's last `@` (when a `@` sits inside a query value this hides the host
+  too: the URL cannot be told from one whose password holds `?ssl_ca_certs=`), and everything
+  after a query's first `…password=` (a raw `&` in that password would otherwise show its tail).
 - TLS options, for every TLS scheme: `ssl_cert_reqs` (none, optional, required), `ssl_ca_certs`,
   `ssl_ca_data`, `ssl_check_hostname`, `ssl_certfile`, `ssl_keyfile`, `ssl_password`. They come
   from the URL's query, else from `client_from_url(..., tls=...)` (Triage's settings pass the
@@ -22,6 +33,7 @@ Guarantees:
   restart. Form: `redis+sentinel://[[user]:password@]host1:26379,host2:26379/service_name[/db]`
   `[?sentinel_password=…]`. With `rediss+sentinel://` both the sentinels and the primary are
   reached over TLS, with the same options; `sentinel_ssl=false` reaches the sentinels without.
+  The sentinels are asked with a 1 s connect and socket timeout, so a silent sentinel is skipped.
 - A Cluster URL gives redis-py's cluster client, which learns the slot map from any of the
   nodes named and follows MOVED/ASK redirections and failovers by itself. Form:
   `redis+cluster://[[user]:password@]host1:7000,host2:7001[/]` (Redis Cluster has database 0
@@ -45,6 +57,7 @@ from redis.sentinel import Sentinel
 SENTINEL_PORT = 26379
 CLUSTER_PORT = 6379
 SERVER_PORT = 6379
+SENTINEL_TIMEOUT = 1.0  # seconds: a sentinel's (and, unless told otherwise, the primary's) socket timeout
 # scheme -> (kind, TLS); kinds: "server" (one server or a socket), "sentinel", "cluster"
 SCHEMES = {
     "redis": ("server", False),
@@ -113,8 +126,17 @@ _AT_OPTIONS = (
     "password",
 )
 _OPTION_VALUE = re.compile(r"[?&](?:" + "|".join(_AT_OPTIONS) + r")=[^&]*")
-_PASSWORD_VALUE = re.compile(r"([?&][a-z_]*password=)[^&]*")
+_PASSWORD_VALUE = re.compile(r"[?&][a-z_]*password=(.*)", re.IGNORECASE | re.DOTALL)
 _SCHEME_NAME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+_HOST_NAME = re.compile(r"[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+(?:%[A-Za-z0-9_.-]+)?\]")
+_NUMBER = re.compile(r"[0-9]+")
+MAX_PORT = 65535
+MAX_DB = 2**31 - 1
+NOT_SHOWN = (
+    "is not valid; the details are not shown because they could quote a password (the URL has a '@' inside a "
+    "query value, or a '&' after a query password): check the host, port, path and query options, and "
+    "percent-encode a '@', '?' or '&' inside a password (%40, %3F, %26)"
+)
 
 
 @dataclass(frozen=True)
@@ -145,15 +167,24 @@ def _userinfo_end(rest: str) -> int:
 
 
 def redact_url(url: str) -> str:
-    """`redis://user:secret@host:6379/0` → `redis://user:***@host:6379/0`, query passwords too."""
+    """`redis://user:secret@host:6379/0` → `redis://user:***@host:6379/0`, query passwords too
+    (see the module's guarantees: what any reading of the URL could take for a password is starred)."""
     scheme, sep, rest = url.partition("://")
-    if sep:
-        at = _userinfo_end(rest)
-        if at >= 0:
-            username, colon, _ = rest[:at].partition(":")
-            rest = f"{username}:***@{rest[at + 1 :]}" if colon else rest
-        url = f"{scheme}://{rest}"
-    return _PASSWORD_VALUE.sub(r"\1***", url)
+    prefix = scheme + sep if sep else ""
+    rest = rest if sep else url
+    secret = [False] * len(rest)
+    last_at = rest.rfind("@")
+    colon = rest.find(":", 0, max(last_at, 0))
+    spans = [match.span(1) for match in _PASSWORD_VALUE.finditer(rest)]
+    for start, end in [(colon + 1, last_at)] * (colon >= 0) + spans:
+        secret[start:end] = [True] * (end - start)
+    after_secret = [False, *secret]
+    shown = (
+        ("***" if hide else ch)
+        for ch, hide, after in zip(rest, secret, after_secret, strict=False)
+        if not hide or not after
+    )
+    return prefix + "".join(shown)
 
 
 def parse_url(url: str) -> RedisURL:
@@ -165,6 +196,18 @@ def parse_url(url: str) -> RedisURL:
         got = f"{written}://" if sep and _SCHEME_NAME.fullmatch(written) else "no scheme"
         raise URLError(f"must start with one of {allowed} (got {got})")
     at = _userinfo_end(rest)
+    try:
+        return _read(scheme, rest, at)
+    except URLError:
+        # The userinfo could end at a later '@', or a query password could hold a raw '&': the message
+        # could quote a password.
+        query_password = _PASSWORD_VALUE.search(rest)
+        if rest.rfind("@") > at or (query_password and "&" in query_password.group(1)):
+            raise URLError(NOT_SHOWN) from None
+        raise
+
+
+def _read(scheme: str, rest: str, at: int) -> RedisURL:
     userinfo, rest = (rest[:at], rest[at + 1 :]) if at >= 0 else (None, rest)
     username, _, password = (userinfo or "").partition(":")
     hostlist, tail = re.match(r"([^/?#]*)(.*)", rest, re.DOTALL).groups()  # type: ignore[union-attr]
@@ -172,13 +215,15 @@ def parse_url(url: str) -> RedisURL:
     if "#" in tail:
         raise URLError("has a '#' after the host: percent-encode it as %23 (in a password or a query value)")
     parsed = RedisURL(scheme, unquote(username) or None, unquote(password) or None, hostlist, path)
+    _check_structure(parsed)
     options = parsed.options
     for key, value in parse_qsl(query, keep_blank_values=True):
         _check_option(parsed, key, value)
         options[key] = value
     if "ssl_keyfile" in options and "ssl_certfile" not in options:
         raise URLError("query option 'ssl_keyfile' needs 'ssl_certfile' in the query too")
-    _check_structure(parsed)
+    if "db" in options:
+        _db(options["db"], "query option 'db'")
     return parsed
 
 
@@ -202,9 +247,20 @@ def _check_option(parsed: RedisURL, key: str, value: str) -> None:
 
 def _check_structure(parsed: RedisURL) -> None:
     path = [p for p in parsed.path.split("/") if p]
+    if parsed.scheme == "unix":
+        return
     if parsed.kind == "server":
         if "," in parsed.hostlist:
             raise URLError("names several hosts: use redis+sentinel:// or redis+cluster:// for that")
+        if not parsed.hostlist:
+            raise URLError(
+                f"names no host: {parsed.scheme}://[[user]:password@]host[:port][/db] "
+                "(Triage does not fall back to localhost; for a socket, unix:///path/to/redis.sock)"
+            )
+        if not re.fullmatch(r"/?|/[0-9]+", parsed.path):
+            raise URLError(f"the path must be /db, a database number from 0 to {MAX_DB} (or nothing, for 0)")
+        _db(parsed.path.strip("/") or "0", "the path's database")
+        _hosts(parsed.hostlist, SERVER_PORT)
         return
     if parsed.kind == "cluster":
         if not parsed.hostlist:
@@ -214,9 +270,17 @@ def _check_structure(parsed: RedisURL) -> None:
     else:
         if not path:
             raise URLError("a redis+sentinel URL needs the service name as its path: redis+sentinel://h:26379/mymaster")
-        if len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        if len(path) > 2 or (len(path) == 2 and not _NUMBER.fullmatch(path[1])):
             raise URLError("a redis+sentinel URL's path is /service_name or /service_name/db (a number)")
+        if len(path) == 2:
+            _db(path[1], "the path's database")
     _hosts(parsed.hostlist, 0)
+
+
+def _db(text: str, what: str) -> int:
+    if not _NUMBER.fullmatch(text.strip()) or int(text) > MAX_DB:
+        raise URLError(f"{what} must be a number from 0 to {MAX_DB}")
+    return int(text)
 
 
 def tls_options(parsed: RedisURL, defaults: Mapping[str, object] | None = None) -> dict[str, object]:
@@ -240,11 +304,17 @@ def is_cluster(client: object) -> bool:
 
 
 def _hosts(hostlist: str, default_port: int) -> list[tuple[str, int]]:
+    """`[(name, port)]` of a comma-separated host list, or `URLError`. A message quotes a host's name
+    only when it is a valid one, and never a port (a mistyped URL can put a password there)."""
+    written = hostlist.split(",")
     hosts = []
-    for host in hostlist.split(","):
+    for number, host in enumerate(written, 1):
         name, _, port = host.rpartition(":") if ":" in host.rpartition("]")[2] else (host, "", "")
-        if not name or not (port.isdigit() or not port):
-            raise URLError(f"host {host!r} must be name[:port]")
+        if not _HOST_NAME.fullmatch(name):
+            which = "the host" if len(written) == 1 else f"host {number} of {len(written)}"
+            raise URLError(f"{which} must be name[:port]: a host name, an IPv4 address or a [bracketed] IPv6 one")
+        if port and not (_NUMBER.fullmatch(port) and 1 <= int(port) <= MAX_PORT):
+            raise URLError(f"host {name!r}: the port must be a number from 1 to {MAX_PORT}")
         hosts.append((name.strip("[]"), int(port or default_port)))
     return hosts
 
@@ -263,14 +333,15 @@ def client_from_url(url: str, *, tls: Mapping[str, object] | None = None, **opti
         return redis.Redis.from_url(plain, **credentials, **ssl, **options)
     path = [p for p in parsed.path.split("/") if p]
     service, db = unquote(path[0]), int(path[1]) if len(path) > 1 else 0
-    sentinel_kwargs: dict[str, object] = {}
+    # The sentinels get their own keywords: without a timeout here, a sentinel that stops answering hangs the client.
+    sentinel_kwargs: dict[str, object] = dict.fromkeys(("socket_timeout", "socket_connect_timeout"), SENTINEL_TIMEOUT)
     if "sentinel_password" in parsed.options:
         sentinel_kwargs["password"] = parsed.options["sentinel_password"]
     if parsed.tls and _flag(parsed.options.get("sentinel_ssl", True)):
         sentinel_kwargs.update(ssl=True, **ssl)
     primary_tls = {"ssl": True, **ssl} if parsed.tls else {}
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        _hosts(parsed.hostlist, SENTINEL_PORT), sentinel_kwargs=sentinel_kwargs, socket_timeout=1.0
+        _hosts(parsed.hostlist, SENTINEL_PORT), sentinel_kwargs=sentinel_kwargs, socket_timeout=SENTINEL_TIMEOUT
     )
     client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
         service, db=db, username=parsed.username, password=parsed.password, **primary_tls, **options
