@@ -1,6 +1,7 @@
-"""What `deploy/` ships stays true to the service: the alert rules load and pass their unit
-tests, the Prometheus and Grafana files name only metrics that Triage exports, every alert has
-a test and a runbook section, and the Render and Heroku files run the Procfile's commands."""
+"""What `triage/deploy/` ships (in the wheel too, for `triage deploy-files`) stays true to the
+service: the alert rules load and pass their unit tests, the Prometheus and Grafana files name
+only metrics that Triage exports, every alert has a test and a runbook section, and the Render
+and Heroku files run the Procfile's commands."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from tests.grafana_schema import dropped_keys, model_problems
 from tests.helpers import ROOT
 from triage.admin.cli import main as triage_cli
 
-DEPLOY = ROOT / "deploy"
+DEPLOY = ROOT / "triage" / "deploy"
 RULES = DEPLOY / "prometheus" / "rules.yml"
 RULES_TESTS = DEPLOY / "prometheus" / "rules.test.yml"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"

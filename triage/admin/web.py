@@ -24,7 +24,7 @@ Guarantees:
   counts in (`dashboard/throttle.py`, one per process), and past its limits a wrong token is a
   429 with Retry-After, a second later; the right token is checked first and never refused
   (queue, breaker and tenant figures are
-  not for the public internet; Prometheus sends the token, see deploy/prometheus). With no
+  not for the public internet; Prometheus sends the token, see triage/deploy/prometheus). With no
   token configured, a token is minted for the process (`Tokens.mint`; `triage serve` prints it
   as a login link) and is needed all the same; `triage serve` then refuses to bind anything but
   a loopback address. `/healthz`, `/readyz` and `/openapi.json` are public: they hold no data.
