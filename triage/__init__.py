@@ -14,9 +14,14 @@ connects until `install()` (or the first tier decorator, which installs the defa
     @default(circuit="telegram")            # an open breaker defers the message, no retry used
     def notify(chat_id: int, text: str) -> None:
         with triage.breaker("bank"): ...    # or around one call; CircuitOpen when open
+
+`__version__` is the distribution's version (`dramatiq-triage` on the package index), defined
+here and nowhere else: the build reads it from this file, `triage --version` prints it.
 """
 
 from __future__ import annotations
+
+__version__ = "0.2.0"
 
 from collections.abc import Iterable
 from typing import Any
