@@ -8,12 +8,15 @@ from pathlib import Path
 import pytest
 import redis
 
+import triage as triage_package
 from actors import runtime
 from tests import worker_actors
-from tests.helpers import dramatiq_worker, env_with, triage, wait_for
+from tests.helpers import ROOT, dramatiq_worker, env_with, triage, wait_for
+from tests.integration.test_deploy_manifests import procfile
 
 broker = runtime.broker
 CONTRACT_FIELDS = {"queued", "delayed", "running", "dead_letters_total", "paused"}
+DEPLOY = ROOT / "triage" / "deploy"  # what `triage deploy-files` copies out of the package
 
 
 def test_stats_json_counts_queued_delayed_running_and_dead(r: redis.Redis) -> None:
@@ -202,3 +205,112 @@ def test_demo_refuses_a_rate_or_duration_that_is_not_a_finite_number(option: str
     assert done.returncode == 2
     assert f"Invalid value for '{option}'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# -- version and deploy files -------------------------------------------------------------
+
+
+def test_version_names_the_package_version_and_the_distribution() -> None:
+    # When an operator asks `triage --version`
+    done = triage("--version")
+    # Then it prints the package's version and the distribution's name, on one line
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"triage {triage_package.__version__} (dramatiq-triage)\n"
+
+
+def test_deploy_files_writes_each_file_once_and_says_so(tmp_path: Path) -> None:
+    # Given an app's directory
+    target = tmp_path / "deploy"
+    # When the deploy files are written into its `deploy` directory for the app `shop.tasks`
+    done = triage("deploy-files", "deploy", "--app", "shop.tasks", cwd=tmp_path)
+    # Then every file the package ships is there, as it is in the package
+    assert done.returncode == 0, done.stderr
+    shipped = sorted(p.relative_to(DEPLOY) for p in DEPLOY.rglob("*") if p.is_file())
+    assert sorted(p.relative_to(target) for p in target.rglob("*") if p.is_file()) == shipped
+    rules = Path("prometheus", "rules.yml")
+    assert (target / rules).read_bytes() == (DEPLOY / rules).read_bytes()
+    # And the output has one line per file, naming it, each readable at 100 columns
+    lines = done.stdout.splitlines()
+    assert len(lines) == len(shipped)
+    for line, relative in zip(lines, shipped, strict=True):
+        assert line.startswith(f"wrote {Path('deploy', relative)} "), line
+        assert len(line) <= 100, line
+    # And the Procfile's commands run the app's module, its comments still explain the placeholder
+    procfile = (target / "Procfile").read_text()
+    commands = [line for line in procfile.splitlines() if line and not line.startswith("#")]
+    assert commands[1].startswith(
+        "worker_critical: Q=$(triage queues critical --app shop.tasks) && exec dramatiq shop.tasks "
+    )
+    assert all("myapp.tasks" not in line for line in commands)
+
+
+def test_deploy_files_without_app_keeps_the_placeholder_and_says_so(tmp_path: Path) -> None:
+    # When the deploy files are written with no --app (and no TRIAGE_APP)
+    env = env_with()
+    env.pop("TRIAGE_APP", None)
+    done = triage("deploy-files", "out", cwd=tmp_path, env=env)
+    # Then the Procfile is the template, and the output says it must be edited
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "Procfile").read_bytes() == (DEPLOY / "Procfile").read_bytes()
+    assert "myapp.tasks is a placeholder" in done.stdout.splitlines()[-1]
+
+
+def test_deploy_files_refuses_to_overwrite_unless_forced(tmp_path: Path) -> None:
+    # Given a directory where the runbook has been edited
+    assert triage("deploy-files", "out", "--app", "shop", cwd=tmp_path).returncode == 0
+    (tmp_path / "out" / "RUNBOOK.md").write_text("our own runbook")
+    (tmp_path / "out" / "grafana" / "triage.json").unlink()
+    # When the deploy files are written again
+    again = triage("deploy-files", "out", "--app", "shop", cwd=tmp_path)
+    # Then it exits 2 naming the files in the way, and writes none (not even the missing one)
+    assert again.returncode == 2
+    assert "none written (--force overwrites them)" in again.stderr
+    assert "out/RUNBOOK.md" in again.stderr
+    assert (tmp_path / "out" / "RUNBOOK.md").read_text() == "our own runbook"
+    assert not (tmp_path / "out" / "grafana" / "triage.json").exists()
+    # And with --force, it overwrites them
+    forced = triage("deploy-files", "out", "--app", "shop", "--force", cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    assert (tmp_path / "out" / "RUNBOOK.md").read_bytes() == (DEPLOY / "RUNBOOK.md").read_bytes()
+
+
+@pytest.mark.parametrize("app", ["my app", "shop.tasks; rm -rf /", "shop..tasks", "1shop", ""])
+def test_deploy_files_refuses_an_app_that_is_not_a_module_name(tmp_path: Path, app: str) -> None:
+    # When --app is not a dotted Python module name (it goes into the Procfile's shell lines)
+    done = triage("deploy-files", "out", "--app", app, cwd=tmp_path)
+    # Then it exits 2 naming the problem, and writes nothing
+    assert done.returncode == 2
+    assert "--app must be a dotted Python module name" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_deploy_files_refuses_a_file_as_the_directory(tmp_path: Path) -> None:
+    # Given a file where the directory should be
+    (tmp_path / "out").write_text("x")
+    # When the deploy files are written there
+    done = triage("deploy-files", "out", cwd=tmp_path)
+    # Then it exits 2 naming the problem
+    assert done.returncode == 2
+    assert "is a file" in done.stderr or "not a directory" in done.stderr
+
+
+def test_the_procfile_template_runs_the_services_commands_for_an_app() -> None:
+    # Given the repository's Procfile (the service: `actors`) and the template the package ships
+    service = procfile()
+    template = {
+        name.strip(): command.strip()
+        for name, command in (
+            line.split(":", 1) for line in (DEPLOY / "Procfile").read_text().splitlines() if line and line[0] != "#"
+        )
+    }
+    # Then the template has the same processes, with the same commands, for the placeholder module
+    app = "myapp.tasks"
+    expected = {
+        name: command.replace("dramatiq actors ", f"dramatiq {app} ")
+        .replace("triage serve ", f"triage serve --app {app} ")
+        .replace(") && exec", f" --app {app}) && exec")
+        .replace("exec triage scheduler", f"exec triage scheduler --app {app}")
+        for name, command in service.items()
+    }
+    assert template == expected

@@ -22,11 +22,12 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, cast
 
 import click
 
-from triage import runtime
+from triage import __version__, runtime
 from triage.settings import ConfigError, TierName
 
 from . import dlq_model
@@ -34,6 +35,7 @@ from .breakers import breakers_group
 from .cli_common import NOT_FOUND, admin_or_exit, fail, reporting_redis_errors, settings_or_exit
 from .dedup import dedup_group
 from .demo import produce
+from .deploy_files import PLACEHOLDER, DeployFilesError, write_deploy_files
 from .dlq_model import DeadLetter, Filter
 from .ops import Admin, UnknownQueue
 from .run import run_stack
@@ -75,6 +77,8 @@ def _load_app(app: str, *, optional: bool = False) -> runtime.Runtime:
 
 
 @click.group()
+# The version is a constant of the package: no distribution metadata is read to print it.
+@click.version_option(__version__, prog_name="triage", message="%(prog)s %(version)s (dramatiq-triage)")
 def main() -> None:
     """Triage: operate tiered Dramatiq workers on Redis."""
 
@@ -93,6 +97,27 @@ main.add_command(dedup_group)
 def serve(host: str | None, port: int | None, app: str) -> None:
     """The web process: the dashboard at /, /metrics (the whole fleet, from Redis), /healthz, /readyz, the admin API."""
     serve_command(host, port, app)
+
+
+@main.command("deploy-files")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--app",
+    envvar="TRIAGE_APP",
+    help=f"The app's module, written into the Procfile in place of {PLACEHOLDER} (env TRIAGE_APP).",
+)
+@click.option("--force", is_flag=True, help="Overwrite files that already exist.")
+def deploy_files(directory: Path, app: str | None, force: bool) -> None:
+    """Copy the alert rules, Grafana dashboard, runbook and a Procfile template into DIRECTORY."""
+    try:
+        written = write_deploy_files(directory, app=app, force=force)
+    except DeployFilesError as exc:
+        fail(str(exc), 2)
+    width = max(len(str(item.path)) for item in written)
+    for item in written:
+        click.echo(f"wrote {item.path!s:<{width}}  {item.description}".rstrip())
+    if app is None:
+        click.echo(f"Procfile: {PLACEHOLDER} is a placeholder: edit it, or run again with --app MODULE --force")
 
 
 @main.command()
