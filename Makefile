@@ -69,6 +69,13 @@ run: install-run  ## Redis (embedded if none), the three tier workers and a demo
 test: install tools  ## the suite, against a redis-server it starts itself
 	$(BIN)/pytest -m "not slow and not cluster"
 
+coverage: install tools  ## the suite of `make test` under coverage (worker and CLI subprocesses too): the library's line coverage, modules under 85 % named
+	rm -rf .triage/coverage && mkdir -p .triage/coverage
+	$(BIN)/coverage run -m pytest -m "not slow and not cluster" -q || \
+	  echo "make coverage: a test failed under coverage (make test is the judge of the suite); the report follows"
+	$(BIN)/coverage combine -q
+	$(BIN)/python .ci/coverage_below.py 85
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
