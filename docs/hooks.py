@@ -1,10 +1,14 @@
-"""mkdocs hook: the HTTP API reference, generated at build time from the web process itself.
+"""mkdocs hooks: the HTTP API reference, generated at build time from the web process itself;
+and the CLI reference's options without a default shown as such.
 
 Guarantees: `reference/http-api.md` is never in git; each build renders it from the app that
 `triage.admin.web.create_app` builds on default settings, so every route the app serves appears
 in it (the OpenAPI schema's routes with their summary, parameters, request body fields and
 responses; the routes outside the schema, `/metrics` and the dashboard's pages, by method and
 path). Building it needs no Redis: the client connects lazily and the schema reads none.
+
+mkdocs-click prints click's "no default" marker (`Sentinel.UNSET`, click >= 8.3) as if it were a
+default; pages show an empty cell instead.
 """
 
 from __future__ import annotations
@@ -15,15 +19,22 @@ from typing import Any
 
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.structure.files import File, Files
+from mkdocs.structure.pages import Page
 
 PAGE = "reference/http-api.md"
 METHODS = ("get", "post", "put", "patch", "delete")
+NO_DEFAULT = "<td><code>Sentinel.UNSET</code></td>"
 
 
 def on_files(files: Files, config: MkDocsConfig) -> Files:
     """Add the generated page to the site's files."""
     files.append(File.generated(config, PAGE, content=render()))
     return files
+
+
+def on_page_content(html: str, page: Page, config: MkDocsConfig, files: Files) -> str:
+    """Click's marker for "no default" is not a default: an empty cell."""
+    return html.replace(NO_DEFAULT, "<td></td>")
 
 
 def build_app() -> Any:
