@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 RUN_STAMP := $(VENV)/.run-stamp
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: install install-run tools run test lint format clean dist bench bench-targets bench-cluster profile chaos cluster
+.PHONY: install install-run tools run test lint format clean dist docs docs-build bench bench-targets bench-cluster profile chaos cluster
 
 install: $(STAMP)
 
@@ -88,12 +88,20 @@ dist: install  ## the sdist and the wheel of `dramatiq-triage` into dist/, check
 	$(BIN)/python -m build --quiet --outdir dist .
 	$(BIN)/twine check --strict dist/*
 
+# The documentation site (mkdocs.yml, docs/): strict, so a warning or a broken link is an error.
+# Needs neither Redis nor the network.
+docs: docs-build  ## build the site strictly, then serve it on http://127.0.0.1:8001/ with live reload
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8001
+
+docs-build: install  ## build the site strictly into site/
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .triage .mypy_cache .ruff_cache *.egg-info build dist
+	rm -rf $(VENV) .triage .mypy_cache .ruff_cache *.egg-info build dist site
 
 bench: install  ## stock Dramatiq vs Triage, same run; prints the table (a few minutes)
 	$(BIN)/python -m bench.run
