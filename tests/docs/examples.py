@@ -11,7 +11,8 @@ Guarantees:
   of PATH in document order, in one namespace of their own (`__name__` is `"__main__"`, as in a
   script), in a process of their own: the examples may install Triage, import the service's
   `actors`, start threads, and nothing leaks into the test process. A failing block does not stop
-  the ones after it. For each block it prints one JSON line, flushed before the next block runs
+  the ones after it. For each block it prints one line, RESULT followed by JSON, flushed before the
+  next block runs (the examples' own output may come between those lines and is not read)
   (so a block that hangs leaves the lines of those before it): `{"line": N, "outcome": "passed" |
   "skipped" | "failed", "detail": text}`, the detail of a failure being the exception and its
   traceback from the block's own lines (they carry the document's path and line numbers). A
@@ -133,13 +134,16 @@ def run(path: Path) -> Iterator[dict[str, object]]:
             raise DirectiveError(f"{path}:{example.line}: {detail.splitlines()[-1]}")
 
 
+RESULT = "@@triage-example-result@@ "  # starts a result line (an example's own print does not)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) != 1:
         sys.exit("usage: python -m tests.docs.examples PATH.md")
     sys.path.insert(0, str(ROOT))  # the service's modules (actors, config), as from the repository root
     try:
         for result in run(Path(argv[0]).resolve()):
-            print(json.dumps(result), flush=True)
+            print(RESULT + json.dumps(result), flush=True)
     except DirectiveError as exc:
         print(exc, file=sys.stderr)
         os._exit(1)

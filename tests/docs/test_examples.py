@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.docs.examples import ROOT, code_blocks, documents
+from tests.docs.examples import RESULT, ROOT, code_blocks, documents
 from tests.helpers import env_with
 
 DOCUMENT_TIMEOUT = 60.0
@@ -47,7 +47,9 @@ def _run_document(document: Path, redis_url: str) -> Outcomes:
         client.close()
     outcomes: Outcomes = {}
     for line in stdout.splitlines():
-        result = json.loads(line)
+        if not line.startswith(RESULT):
+            continue  # what the examples print themselves
+        result = json.loads(line.removeprefix(RESULT))
         outcomes[result["line"]] = {"outcome": result["outcome"], "detail": result["detail"]}
     for line_number in code_blocks(document):
         if line_number not in outcomes:
