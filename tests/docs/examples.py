@@ -3,10 +3,14 @@
 Guarantees:
 - `documents()` is README.md and every `docs/**/*.md` of the repository, in a stable order.
 - `parsers()` finds, in a document: fenced code blocks whose language is `python`, `py` or `pycon`,
-  with or without attributes after it (mkdocs-material's ```python title="myapp/tasks.py"); a
-  block that starts with `>>>` is a doctest. `<!-- skip: next -->` (sybil's skip directive, also
-  `skip: start` / `skip: end`) skips blocks that cannot run alone, and `<!-- clear-namespace -->`
-  starts a fresh namespace. `code_blocks(path)` is the first line of every such block.
+  with or without attributes after it (mkdocs-material's ```python title="myapp/tasks.py"), and
+  hidden ones, HTML comments that open with `<!-- invisible-code-block: python` on a line of their
+  own and close with `-->` (sybil's Markdown code directive; the built page leaves them out): the
+  set-up a visible example assumes and the checks of what it claims, run in document order with
+  the visible blocks. A block that starts with `>>>` is a doctest. `<!-- skip: next -->` (sybil's
+  skip directive, also `skip: start` / `skip: end`) skips blocks that truly cannot run, and
+  `<!-- clear-namespace -->` starts a fresh namespace. `code_blocks(path)` is the first line of
+  every such block (of a hidden one: the comment's first line).
 - `python -m tests.docs.examples PATH` (from the repository root, `REDIS_URL` set) runs the blocks
   of PATH in document order, in one namespace of their own (`__name__` is `"__main__"`, as in a
   script), in a process of their own: the examples may install Triage, import the service's

@@ -2,8 +2,9 @@
 
 Each document runs in a process of its own (`tests.docs.examples`), on a database emptied before
 and after it; each of its blocks is one test, named `path:line`, and a failure says the block's
-file and line and the exception. A block that cannot run alone is marked `<!-- skip: next -->`
-in the document.
+file and line and the exception. Hidden blocks (`<!-- invisible-code-block: python ... -->`) run
+with the visible ones, in document order, and are tests too (named by the comment's line). A
+block that truly cannot run is marked `<!-- skip: next -->` in the document.
 """
 
 from __future__ import annotations
@@ -119,3 +120,26 @@ def test_a_malformed_directive_is_named_with_its_line(tmp_path: Path) -> None:
     # Then the block after it fails with the directive's file, line and problem
     assert outcomes[2]["outcome"] == "failed"
     assert f"{document}:1: ValueError: Bad skip action: sideways" in outcomes[2]["detail"]
+
+
+def test_hidden_blocks_set_up_and_check_the_visible_example_in_document_order(tmp_path: Path) -> None:
+    # Given a document whose visible example uses what a hidden block defined before it, followed
+    # by a hidden check that holds and one that does not
+    document = tmp_path / "page.md"
+    document.write_text(
+        "# Page\n\n"
+        "<!-- invisible-code-block: python\nclass Bot:\n    def send(self, text):\n        return text.upper()\n\n\n"
+        "bot = Bot()\n-->\n\n"
+        "```python\nreply = bot.send('hi')\n```\n\n"
+        "<!-- invisible-code-block: python\nassert reply == 'HI', reply\n-->\n\n"
+        "<!-- invisible-code-block: python\nassert reply == 'hi', reply\n-->\n",
+        encoding="utf-8",
+    )
+    assert code_blocks(document) == [3, 12, 16, 20]
+    # When it is run
+    outcomes = _run_document(document, os.environ["REDIS_URL"])
+    # Then every block ran, hidden ones included, and the failing check names its line and the claim
+    assert [outcomes[line]["outcome"] for line in (3, 12, 16)] == ["passed", "passed", "passed"]
+    assert outcomes[20]["outcome"] == "failed"
+    assert f'File "{document}", line 21' in outcomes[20]["detail"]
+    assert outcomes[20]["detail"].endswith("AssertionError: HI")
