@@ -5,7 +5,7 @@ Guarantees: with `TRIAGE_SWITCH_INTERVAL_MS` set, each `dramatiq` worker process
 Python's default (5 ms). A thread that wakes (a fetched critical message, a settle's reply)
 may wait up to that interval for the running thread to give up the GIL; a shorter one can cut
 that wait for CPU-bound actors, at the cost of more switches. Measured on the benchmark's
-flood (README, Benchmark): no gain at 1 or 0.5 ms, so the default stays Python's.
+flood (docs/benchmarks.md): no gain at 1 or 0.5 ms, so the default stays Python's.
 """
 
 from __future__ import annotations
