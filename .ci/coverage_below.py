@@ -1,5 +1,6 @@
 """Prints the suite's line coverage of the library from combined coverage data, and names every
-module below the threshold (85 % unless given): a report, never a failure."""
+module below the threshold (85 % unless given): a report, never a failure. Python modules only
+(the dashboard's Jinja templates are measured too, as the code they compile to, and skipped here)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ def main(threshold: float = 85.0) -> None:
     cov.load()
     rows = []
     for path in sorted(cov.get_data().measured_files()):
+        if not path.endswith(".py"):
+            continue  # a Jinja template runs as code under its own file name: not a module
         _, statements, _, missing, _ = cov.analysis2(path)
         if statements:
             rows.append((100.0 * (len(statements) - len(missing)) / len(statements), len(statements), path))
