@@ -19,6 +19,7 @@ from typing import Any
 from dramatiq.message import Message
 
 from bench.run import client, fresh_redis, percentile, wait_until, workers
+from triage.broker.consumer import TriageConsumer
 from triage.broker.delivery import redis_id_of
 from triage.broker.limits import TENANT_SWEEP_PER_FETCH
 from triage.broker.redis_broker import TriageBroker
@@ -73,16 +74,20 @@ def parked_fetch_ms(url: str, tenants: int = 10_000, free: int = 10) -> float:
         for message in list(consumer.cache):
             consumer.ack(message)
         consumer.cache.clear()
-    times = []
-    for _ in range(30):
-        started = time.perf_counter()
-        consumer._fetch(100)
-        times.append((time.perf_counter() - started) * 1000)
-        for message in list(consumer.cache):
-            consumer.ack(message)
-        consumer.cache.clear()
+    times = [_timed_fetch(consumer) for _ in range(30)]
     broker.close()
     return statistics.median(times)
+
+
+def _timed_fetch(consumer: TriageConsumer) -> float:
+    """Milliseconds one fetch of up to 100 messages takes; what it got is then acked."""
+    started = time.perf_counter()
+    consumer._fetch(100)
+    elapsed = (time.perf_counter() - started) * 1000
+    for message in list(consumer.cache):
+        consumer.ack(message)
+    consumer.cache.clear()
+    return elapsed
 
 
 def sweeping_fetch_ms(url: str, tenants: int = 10_000, free: int = 10, idle_ms: int = 3000) -> tuple[float, int]:
@@ -108,12 +113,7 @@ def sweeping_fetch_ms(url: str, tenants: int = 10_000, free: int = 10, idle_ms: 
     times, fetches = [], 0
     while broker.client.zcard(idle) > free or fetches < 30:  # the free tenants stay (busy)
         broker.enqueue_batch([Message(queue, "job", (), {}, {"tenant": f"free{i}"}) for i in range(free)])
-        started = time.perf_counter()
-        consumer._fetch(100)
-        times.append((time.perf_counter() - started) * 1000)
-        for message in list(consumer.cache):
-            consumer.ack(message)
-        consumer.cache.clear()
+        times.append(_timed_fetch(consumer))
         fetches += 1
         assert fetches <= tenants // TENANT_SWEEP_PER_FETCH + 60, "the idle tenants are not forgotten"
     broker.close()
